@@ -1,0 +1,308 @@
+"""The per-clip model bundle on disk: manifest schema, atomic save, validated load.
+
+Layout of a bundle folder::
+
+    manifest.json                 what the bundle is (schema below); written last, atomically
+    frames.safetensors            "frames": uint8 (N, H, W, 3), the clip at model resolution
+    weights/<role>.safetensors    the EMA weights that serving uses, one file per trained role
+    engines/                      exported engines (ONNX, TensorRT plans), listed in manifest "engines"
+    previews/                     frames rendered during training
+    training/<role>.safetensors   resume state kept apart from serving: raw weights, optimizer moments
+    training/<role>.json          step counter, RNG state and settings of the interrupted run
+
+Nothing here unpickles: tensors are safetensors, everything else is JSON. The module imports no torch,
+so servers that run ONNX Runtime or TensorRT can read bundles without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .config import ROLES, TARGETS, NetworkConfig
+from .sampling import Models, RoleSampling
+from .schedule import SCHEDULES, Schedule, make_schedule
+
+FORMAT = "sinfusion-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FRAMES = "frames.safetensors"
+MODES = ("video", "image")
+
+
+class BundleError(ValueError):
+    """A bundle that is missing, damaged or of a format this version does not understand."""
+
+
+# --- atomic file writes ---------------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file so that readers see the old content or the new one, never a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],
+                 metadata: dict[str, str] | None = None) -> str:
+    """Atomically write numpy arrays as safetensors; returns the file's sha256."""
+    from safetensors.numpy import save
+
+    data = save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: file missing") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- manifest schema --------------------------------------------------------------------------------
+
+@dataclass
+class RoleEntry:
+    """One trained role: how to rebuild its network and how to sample from it."""
+
+    network: NetworkConfig
+    schedule: dict  # {"kind": "cosine"|"linear", "steps": T}
+    target: str  # "eps" | "x0": what the network predicts
+    weights: str  # path inside the bundle
+    sha256: str = ""
+    trained_steps: int = 0
+    settings: dict = field(default_factory=dict)  # training settings worth recording (crop, k, lr)
+
+    def to_dict(self) -> dict:
+        return {
+            "network": self.network.to_dict(),
+            "schedule": dict(self.schedule),
+            "target": self.target,
+            "weights": self.weights,
+            "sha256": self.sha256,
+            "trained_steps": self.trained_steps,
+            "settings": dict(self.settings),
+        }
+
+    @classmethod
+    def from_dict(cls, role: str, d: dict) -> RoleEntry:
+        try:
+            network = NetworkConfig.from_dict(d["network"])
+            schedule = dict(d["schedule"])
+            target = d["target"]
+            weights = d["weights"]
+        except KeyError as exc:
+            raise BundleError(f"manifest roles.{role} lacks field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"manifest roles.{role}.network is invalid: {exc}") from None
+        if target not in TARGETS:
+            raise BundleError(f"manifest roles.{role}.target {target!r} not in {TARGETS}")
+        if schedule.get("kind") not in SCHEDULES or int(schedule.get("steps", 0)) < 1:
+            raise BundleError(f"manifest roles.{role}.schedule {schedule} is invalid")
+        return cls(network, schedule, target, weights, d.get("sha256", ""),
+                   int(d.get("trained_steps", 0)), dict(d.get("settings", {})))
+
+    def make_schedule(self) -> Schedule:
+        return make_schedule(self.schedule["kind"], int(self.schedule["steps"]))
+
+
+@dataclass
+class Manifest:
+    """manifest.json. `engines` entries are written by export and read by the server."""
+
+    name: str
+    mode: str  # "video" | "image" (single-image mode: Projector only)
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    source: dict = field(default_factory=dict)
+    roles: dict[str, RoleEntry] = field(default_factory=dict)
+    correction_steps: int = 3  # default T_corr for serving
+    engines: list[dict] = field(default_factory=list)
+    created_by: str = f"sinfusion {__version__}"
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created_by": self.created_by,
+            "name": self.name,
+            "mode": self.mode,
+            "width": self.width,
+            "height": self.height,
+            "fps": self.fps,
+            "frame_count": self.frame_count,
+            "frames": FRAMES,
+            "source": dict(self.source),
+            "correction_steps": self.correction_steps,
+            "roles": {r: e.to_dict() for r, e in self.roles.items()},
+            "engines": list(self.engines),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = MANIFEST) -> Manifest:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise BundleError(f"{where}: not a SinFusion bundle manifest (format != {FORMAT!r})")
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"{where}: bundle format version {version} is not supported by this version "
+                f"(supports {FORMAT_VERSION}); re-train or upgrade sinfusion"
+            )
+        try:
+            roles = {}
+            for role, entry in d["roles"].items():
+                if role not in ROLES:
+                    raise BundleError(f"{where}: unknown role {role!r}; valid roles: {ROLES}")
+                roles[role] = RoleEntry.from_dict(role, entry)
+            m = cls(
+                name=str(d["name"]),
+                mode=d["mode"],
+                width=int(d["width"]),
+                height=int(d["height"]),
+                fps=float(d["fps"]),
+                frame_count=int(d["frame_count"]),
+                source=dict(d.get("source", {})),
+                roles=roles,
+                correction_steps=int(d.get("correction_steps", 3)),
+                engines=list(d.get("engines", [])),
+                created_by=str(d.get("created_by", "")),
+            )
+        except KeyError as exc:
+            raise BundleError(f"{where}: missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            if isinstance(exc, BundleError):
+                raise
+            raise BundleError(f"{where}: invalid value ({exc})") from None
+        if m.mode not in MODES:
+            raise BundleError(f"{where}: mode {m.mode!r} not in {MODES}")
+        if m.width < 1 or m.height < 1 or m.frame_count < 1:
+            raise BundleError(f"{where}: frame size and count must be positive")
+        return m
+
+
+# --- the bundle ---------------------------------------------------------------------------------
+
+class Bundle:
+    """A bundle folder on disk, opened with a validated manifest."""
+
+    def __init__(self, path: str | os.PathLike, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Bundle:
+        path = Path(path)
+        if not path.is_dir():
+            raise BundleError(f"{path}: no such bundle folder")
+        mpath = path / MANIFEST
+        try:
+            data = json.loads(mpath.read_text())
+        except FileNotFoundError:
+            raise BundleError(f"{path}: not a bundle (no {MANIFEST})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BundleError(f"{mpath}: not valid JSON ({exc})") from None
+        return cls(path, Manifest.from_dict(data, str(mpath)))
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.manifest.roles)
+
+    def role(self, role: str) -> RoleEntry:
+        if role not in ROLES:
+            raise BundleError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+        if role not in self.manifest.roles:
+            raise BundleError(f"{self.path}: bundle has no trained {role} (has: {', '.join(self.roles)})")
+        return self.manifest.roles[role]
+
+    def frames(self) -> np.ndarray:
+        """The clip at model resolution, uint8 (N, H, W, 3)."""
+        frames = load_tensors(self.path / FRAMES)["frames"]
+        m = self.manifest
+        if frames.dtype != np.uint8 or frames.shape[1:] != (m.height, m.width, 3):
+            raise BundleError(f"{self.path / FRAMES}: frames {frames.dtype} {frames.shape} do not "
+                              f"match the manifest's {m.height}x{m.width}")
+        return frames
+
+    def weights(self, role: str, verify: bool = True) -> dict[str, np.ndarray]:
+        """The served (EMA) weights of a role, checksum-verified."""
+        entry = self.role(role)
+        path = self.path / entry.weights
+        if verify and entry.sha256:
+            if not path.is_file():
+                raise BundleError(f"{path}: weights file missing")
+            if sha256_file(path) != entry.sha256:
+                raise BundleError(f"{path}: checksum mismatch; the file is damaged or was replaced")
+        return load_tensors(path)
+
+    def models(self) -> Models:
+        """The sampling facts of every trained role."""
+        return Models({r: RoleSampling(e.make_schedule(), e.target)
+                       for r, e in self.manifest.roles.items()})
+
+    def save_manifest(self) -> None:
+        atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())
+
+    # --- writing -----------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, manifest: Manifest, frames: np.ndarray) -> Bundle:
+        """Start a bundle: frames and manifest (no roles trained yet). Refuses a non-bundle folder."""
+        path = Path(path)
+        if path.exists() and any(path.iterdir()) and not (path / MANIFEST).exists():
+            raise BundleError(f"{path}: exists and is not a bundle; choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+        save_tensors(path / FRAMES, {"frames": frames})
+        bundle = cls(path, manifest)
+        bundle.save_manifest()
+        return bundle
+
+    def write_weights(self, role: str, entry: RoleEntry, tensors: dict[str, np.ndarray]) -> None:
+        """Store a role's served weights and record them in the manifest (both atomically)."""
+        entry.sha256 = save_tensors(self.path / entry.weights, tensors, {"role": role})
+        self.manifest.roles[role] = entry
+        self.save_manifest()
+
+
+def weights_path(role: str) -> str:
+    return f"weights/{role}.safetensors"

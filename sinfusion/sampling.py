@@ -1,0 +1,354 @@
+"""The sampling loops, written once for every runtime (paper sections 5-6, appendix D).
+
+A loop is a Python generator. It yields `StepRequest`s (one diffusion step of one sample: arrays without
+a batch axis) and receives each step's output back through `send`; it yields `Frame`s when a frame is
+final. Whoever drives it decides how requests reach an engine: `run` executes them one by one (the
+trainer's `sample` command), the server's scheduler stacks the pending requests of many streams into one
+batched engine call. The loop owns every random draw, from the numpy Generator it is given, so a seeded
+stream produces the same frames on any runtime, alone or batched.
+
+Frames inside the loops are float32 (3, H, W) in [-1, 1] (see sinfusion.frames).
+
+A runtime is a `Denoiser`: a callable (role, x, cond, t, k, coef, noise) -> x_next over batched arrays
+that computes one step of `sinfusion.network.DiffusionStep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .schedule import Schedule
+
+METHODS = ("ddpm", "ddim")
+
+
+class Denoiser:
+    """Protocol of a runtime: one batched diffusion step of a role's network.
+
+    Arguments are batched: x (B,3,H,W), cond (B,Cc,H,W) or None, t (B,), k (B,), coef (B,5),
+    noise (B,3,H,W), all float32. Returns x_next (B,3,H,W) float32.
+    """
+
+    def __call__(self, role: str, x, cond, t, k, coef, noise) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+
+@dataclass
+class StepRequest:
+    """One pending diffusion step of one sample (no batch axis)."""
+
+    role: str
+    x: np.ndarray  # (3, H, W)
+    cond: np.ndarray | None  # (Cc, H, W) or None
+    t: float
+    k: float
+    coef: np.ndarray  # (5,), see network.COEF_NAMES
+    noise: np.ndarray  # (3, H, W)
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests with equal keys can share one engine call."""
+        return (self.role, self.x.shape)
+
+
+@dataclass
+class Frame:
+    """A finished frame of a stream."""
+
+    index: int  # position in the stream's output, from 0
+    image: np.ndarray  # (3, H, W) float32 in [-1, 1]
+    synthesized: bool = True
+
+
+@dataclass(frozen=True)
+class RoleSampling:
+    """What the loop needs to know about one role's trained network."""
+
+    schedule: Schedule
+    target: str  # "eps" or "x0": what the network predicts
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """User-facing knobs of the loops, with the paper's defaults."""
+
+    steps: int = 0  # denoising steps per frame; 0 = all T of the schedule
+    method: str = "ddpm"  # "ddpm": ancestral (paper); "ddim": deterministic, strided
+    correction_steps: int = 3  # T_corr: noise a predicted frame to this level, then denoise; 0 = off
+
+    def validate(self, schedule_steps: int) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if not 0 <= self.steps <= schedule_steps:
+            raise ValueError(f"steps must be in [0, {schedule_steps}], got {self.steps}")
+        if not 0 <= self.correction_steps <= schedule_steps:
+            raise ValueError(
+                f"correction_steps must be in [0, {schedule_steps}], got {self.correction_steps}"
+            )
+
+
+@dataclass(frozen=True)
+class Models:
+    """The sampling facts of a bundle's roles (only the trained ones are present)."""
+
+    roles: dict[str, RoleSampling] = field(default_factory=dict)
+
+    def __getitem__(self, role: str) -> RoleSampling:
+        if role not in self.roles:
+            raise KeyError(f"this bundle has no trained {role}")
+        return self.roles[role]
+
+
+# --- per-step coefficients -------------------------------------------------------------------------
+
+def _x0_coefs(schedule: Schedule, target: str, t: int) -> tuple[float, float]:
+    """(p, q) with x0_hat = p * x_t + q * net_out."""
+    if target == "x0":
+        return 0.0, 1.0
+    if target == "eps":
+        ab = schedule.alpha_bars[t]
+        return 1.0 / np.sqrt(ab), -np.sqrt(1.0 - ab) / np.sqrt(ab)
+    raise ValueError(f"unknown prediction target {target!r}; valid targets: eps, x0")
+
+
+def timesteps(start: int, steps: int) -> list[int]:
+    """Descending noise levels from `start` to 0 visiting `steps` levels (0 = every level)."""
+    if start < 1:
+        return [0]
+    n = start if steps <= 0 or steps >= start else steps
+    levels = np.round(np.linspace(start, 0, n + 1)).astype(int)
+    return [int(v) for v in levels]
+
+
+def step_plan(
+    schedule: Schedule, target: str, start: int, steps: int = 0, method: str = "ddpm"
+) -> list[tuple[int, np.ndarray]]:
+    """[(t, coef)] for denoising from level `start` to 0.
+
+    ddpm: ancestral sampling from the posterior q(x_s | x_t, x0_hat) (respaced when s < t-1; with
+    s = t-1 it is the paper's DDPM step). ddim: the deterministic DDIM update (eta = 0).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    ab = schedule.alpha_bars
+    levels = timesteps(start, steps)
+    plan = []
+    for t, s in zip(levels[:-1], levels[1:]):
+        p, q = _x0_coefs(schedule, target, t)
+        if s == 0:
+            a, b, c = 1.0, 0.0, 0.0
+        elif method == "ddpm":
+            beta = 1.0 - ab[t] / ab[s]
+            a = np.sqrt(ab[s]) * beta / (1.0 - ab[t])
+            b = np.sqrt(ab[t] / ab[s]) * (1.0 - ab[s]) / (1.0 - ab[t])
+            c = np.sqrt(beta * (1.0 - ab[s]) / (1.0 - ab[t]))
+        else:
+            b = np.sqrt(1.0 - ab[s]) / np.sqrt(1.0 - ab[t])
+            a = np.sqrt(ab[s]) - b * np.sqrt(ab[t])
+            c = 0.0
+        plan.append((t, np.array([p, q, a, b, c], dtype=np.float32)))
+    return plan
+
+
+def noise_to_level(x0: np.ndarray, schedule: Schedule, t: int, rng: np.random.Generator) -> np.ndarray:
+    """Forward process, paper eq. (1): sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
+    eps = rng.standard_normal(x0.shape, dtype=np.float32)
+    ab = schedule.alpha_bars[t]
+    return (np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps).astype(np.float32)
+
+
+# --- the loops ---------------------------------------------------------------------------------------
+
+Loop = Generator["StepRequest | Frame", "np.ndarray | None", "np.ndarray"]
+
+
+def denoise(
+    role: str,
+    rs: RoleSampling,
+    x: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    start: int,
+    steps: int = 0,
+    method: str = "ddpm",
+    cond: np.ndarray | None = None,
+    k: float = 0.0,
+) -> Loop:
+    """Denoise x from noise level `start` to a clean frame, one StepRequest per step."""
+    zeros = None
+    for t, coef in step_plan(rs.schedule, rs.target, start, steps, method):
+        if coef[4] != 0.0:
+            noise = rng.standard_normal(x.shape, dtype=np.float32)
+        else:  # deterministic step: no draw, so the random sequence only depends on stochastic steps
+            zeros = np.zeros(x.shape, np.float32) if zeros is None else zeros
+            noise = zeros
+        x = yield StepRequest(role, x, cond, float(t), float(k), coef, noise)
+    return x
+
+
+def generate_frame(models: Models, shape: tuple[int, int], rng: np.random.Generator,
+                   options: SamplingOptions) -> Loop:
+    """A new frame from pure noise with the Projector (paper section 6.2 / first frame of 6.1)."""
+    rs = models["projector"]
+    x = rng.standard_normal((3, *shape), dtype=np.float32)
+    return (yield from denoise("projector", rs, x, rng, start=rs.schedule.steps,
+                               steps=options.steps, method=options.method))
+
+
+def correct(models: Models, frame: np.ndarray, rng: np.random.Generator,
+            options: SamplingOptions) -> Loop:
+    """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off."""
+    if options.correction_steps <= 0 or "projector" not in models.roles:
+        return frame
+    rs = models["projector"]
+    x = noise_to_level(frame, rs.schedule, options.correction_steps, rng)
+    return (yield from denoise("projector", rs, x, rng, start=options.correction_steps))
+
+
+def predict_frame(models: Models, prev: np.ndarray, k: int, rng: np.random.Generator,
+                  options: SamplingOptions) -> Loop:
+    """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction."""
+    rs = models["predictor"]
+    x = rng.standard_normal(prev.shape, dtype=np.float32)
+    x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
+                           method=options.method, cond=prev, k=float(k))
+    return (yield from correct(models, x, rng, options))
+
+
+def interpolate_frame(models: Models, before: np.ndarray, after: np.ndarray,
+                      rng: np.random.Generator, options: SamplingOptions) -> Loop:
+    """The frame between two frames: Interpolator conditioned on both, then Projector correction."""
+    rs = models["interpolator"]
+    x = rng.standard_normal(before.shape, dtype=np.float32)
+    cond = np.concatenate([before, after], axis=0)
+    x = yield from denoise("interpolator", rs, x, rng, start=rs.schedule.steps,
+                           steps=options.steps, method=options.method, cond=cond)
+    return (yield from correct(models, x, rng, options))
+
+
+def extrapolate(models: Models, start: np.ndarray, count: int, k: int,
+                rng: np.random.Generator, options: SamplingOptions) -> Loop:
+    """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`.
+
+    The start frame itself is not emitted. Each frame is yielded as soon as it is final.
+    """
+    validate_k(k)
+    prev = start
+    for i in range(count):
+        prev = yield from predict_frame(models, prev, k, rng, options)
+        yield Frame(i, prev)
+    return prev
+
+
+def generate(models: Models, shape: tuple[int, int], count: int, rng: np.random.Generator,
+             options: SamplingOptions, k: int = 1) -> Loop:
+    """A new clip: the first frame from the Projector, then the Predictor -> Projector loop."""
+    if count < 1:
+        return None
+    first = yield from generate_frame(models, shape, rng, options)
+    yield Frame(0, first)
+    last = first
+    for i in range(1, count):
+        last = yield from predict_frame(models, last, k, rng, options)
+        yield Frame(i, last)
+    return last
+
+
+def interpolate_between(models: Models, before: np.ndarray, after: np.ndarray, factor: int,
+                        rng: np.random.Generator, options: SamplingOptions,
+                        first_index: int = 0) -> Loop:
+    """The factor-1 frames between two frames, yielded in temporal order (factor 2, 4 or 8).
+
+    The middle frame comes first from the Interpolator; each half is then filled recursively, so
+    x4 = mid, then the quarter points. Frames are yielded in time order regardless.
+    """
+    validate_factor(factor)
+    index = first_index
+
+    def fill(a: np.ndarray, b: np.ndarray, f: int):
+        nonlocal index
+        if f < 2:
+            return
+        mid = yield from interpolate_frame(models, a, b, rng, options)
+        yield from fill(a, mid, f // 2)
+        yield Frame(index, mid)
+        index += 1
+        yield from fill(mid, b, f // 2)
+
+    yield from fill(before, after, factor)
+    return None
+
+
+def upsample(models: Models, frames: Iterable[np.ndarray], factor: int,
+             rng: np.random.Generator, options: SamplingOptions) -> Loop:
+    """Temporal upsampling of a frame sequence: originals (synthesized=False) with the in-betweens."""
+    validate_factor(factor)
+    index = 0
+    prev = None
+    for frame in frames:
+        if prev is not None:
+            yield from interpolate_between(models, prev, frame, factor, rng, options, index)
+            index += factor - 1
+        yield Frame(index, frame, synthesized=False)
+        index += 1
+        prev = frame
+    return None
+
+
+def validate_k(k: int) -> None:
+    if k == 0 or abs(k) > 3:
+        raise ValueError(f"k must be a nonzero integer in [-3, 3], got {k}")
+
+
+def validate_factor(factor: int) -> None:
+    if factor not in (2, 4, 8):
+        raise ValueError(f"factor must be 2, 4 or 8, got {factor}")
+
+
+# --- driving loops -------------------------------------------------------------------------------
+
+def run_requests(denoiser: Callable, requests: Sequence[StepRequest]) -> list[np.ndarray]:
+    """Execute same-key requests as one batched call; returns each request's x_next."""
+    first = requests[0]
+    if any(r.batch_key != first.batch_key for r in requests):
+        raise ValueError("requests of one batch must share role and shape")
+    cond = None if first.cond is None else np.stack([r.cond for r in requests])
+    out = denoiser(
+        first.role,
+        np.stack([r.x for r in requests]),
+        cond,
+        np.array([r.t for r in requests], np.float32),
+        np.array([r.k for r in requests], np.float32),
+        np.stack([r.coef for r in requests]),
+        np.stack([r.noise for r in requests]),
+    )
+    return [np.asarray(o, dtype=np.float32) for o in out]
+
+
+def run(loop: Loop, denoiser: Callable) -> Iterator[Frame]:
+    """Drive one loop to the end with batch-1 engine calls, yielding its frames as they finish."""
+    reply = None
+    while True:
+        try:
+            event = loop.send(reply)
+        except StopIteration:
+            return
+        if isinstance(event, StepRequest):
+            reply = run_requests(denoiser, [event])[0]
+        else:
+            reply = None
+            yield event
+
+
+def run_to_value(loop: Loop, denoiser: Callable):
+    """Drive a loop that yields no frames (e.g. predict_frame) and return its value."""
+    reply = None
+    while True:
+        try:
+            event = loop.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        reply = run_requests(denoiser, [event])[0] if isinstance(event, StepRequest) else None

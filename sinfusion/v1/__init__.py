@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of protos/sinfusion/v1/sinfusion.proto (tools/gen_protos.py)."""

@@ -1,0 +1,152 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ResizePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESIZE_POLICY_UNSPECIFIED: _ClassVar[ResizePolicy]
+    RESIZE_POLICY_RESIZE: _ClassVar[ResizePolicy]
+    RESIZE_POLICY_REFUSE: _ClassVar[ResizePolicy]
+
+class SamplingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SAMPLING_METHOD_UNSPECIFIED: _ClassVar[SamplingMethod]
+    SAMPLING_METHOD_DDPM: _ClassVar[SamplingMethod]
+    SAMPLING_METHOD_DDIM: _ClassVar[SamplingMethod]
+RESIZE_POLICY_UNSPECIFIED: ResizePolicy
+RESIZE_POLICY_RESIZE: ResizePolicy
+RESIZE_POLICY_REFUSE: ResizePolicy
+SAMPLING_METHOD_UNSPECIFIED: SamplingMethod
+SAMPLING_METHOD_DDPM: SamplingMethod
+SAMPLING_METHOD_DDIM: SamplingMethod
+
+class RawFrame(_message.Message):
+    __slots__ = ("width", "height", "rgb")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RGB_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    height: int
+    rgb: bytes
+    def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("index", "width", "height", "rgb", "synthesized", "resized")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RGB_FIELD_NUMBER: _ClassVar[int]
+    SYNTHESIZED_FIELD_NUMBER: _ClassVar[int]
+    RESIZED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    width: int
+    height: int
+    rgb: bytes
+    synthesized: bool
+    resized: bool
+    def __init__(self, index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ..., synthesized: _Optional[bool] = ..., resized: _Optional[bool] = ...) -> None: ...
+
+class SamplingParams(_message.Message):
+    __slots__ = ("steps", "method", "correction_steps", "seed")
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CORRECTION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    steps: int
+    method: SamplingMethod
+    correction_steps: int
+    seed: int
+    def __init__(self, steps: _Optional[int] = ..., method: _Optional[_Union[SamplingMethod, str]] = ..., correction_steps: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
+
+class DescribeModelRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "width", "height", "fps", "frame_count", "capabilities", "runtime", "roles", "schedule_steps", "default_correction_steps", "batch_sizes", "mode", "max_step")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_CORRECTION_STEPS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    runtime: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    schedule_steps: int
+    default_correction_steps: int
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    mode: str
+    max_step: int
+    def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., schedule_steps: _Optional[int] = ..., default_correction_steps: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[str] = ..., max_step: _Optional[int] = ...) -> None: ...
+
+class ExtrapolateRequest(_message.Message):
+    __slots__ = ("model", "frames", "step", "start_frame", "start_image", "resize", "sampling")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    START_FRAME_FIELD_NUMBER: _ClassVar[int]
+    START_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    frames: int
+    step: int
+    start_frame: int
+    start_image: RawFrame
+    resize: ResizePolicy
+    sampling: SamplingParams
+    def __init__(self, model: _Optional[str] = ..., frames: _Optional[int] = ..., step: _Optional[int] = ..., start_frame: _Optional[int] = ..., start_image: _Optional[_Union[RawFrame, _Mapping]] = ..., resize: _Optional[_Union[ResizePolicy, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("model", "frames", "sampling")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    frames: int
+    sampling: SamplingParams
+    def __init__(self, model: _Optional[str] = ..., frames: _Optional[int] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...
+
+class UpsampleRequest(_message.Message):
+    __slots__ = ("model", "factor", "resize", "sampling", "frame")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    FACTOR_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    FRAME_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    factor: int
+    resize: ResizePolicy
+    sampling: SamplingParams
+    frame: RawFrame
+    def __init__(self, model: _Optional[str] = ..., factor: _Optional[int] = ..., resize: _Optional[_Union[ResizePolicy, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., frame: _Optional[_Union[RawFrame, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,91 @@
+"""The backbone's shapes and locality; bundle round trip and validation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sinfusion import sampling as S
+from sinfusion.bundle import Bundle, BundleError
+from sinfusion.config import NetworkConfig, default_config
+from sinfusion.network import DiffusionStep, SinFusionNet
+from sinfusion.runtimes.torch_runtime import TorchDenoiser
+
+
+@pytest.mark.parametrize("role,cin", [("predictor", 6), ("projector", 3), ("interpolator", 9)])
+def test_network_shapes(role, cin):
+    net = SinFusionNet(default_config(role, channels=8, blocks=2))
+    x = torch.randn(2, cin, 12, 20)
+    k = torch.tensor([1.0, -3.0]) if role == "predictor" else None
+    assert net(x, torch.tensor([1.0, 50.0]), k).shape == (2, 3, 12, 20)
+
+
+def test_receptive_field_is_local():
+    """No down-sampling, no attention: a pixel far outside the receptive field has no influence."""
+    cfg = default_config("projector", channels=8, blocks=2)
+    net = SinFusionNet(cfg).eval()
+    x = torch.randn(1, 3, 8, 64)
+    y = x.clone()
+    y[..., -1] += 5.0  # change the last column only
+    with torch.no_grad():
+        a, b = net(x, torch.tensor([5.0])), net(y, torch.tensor([5.0]))
+    changed = (a - b).abs().amax(dim=(0, 1, 2)) > 0
+    assert changed[-1] and not changed[: 64 - cfg.receptive_field].any()
+
+
+def test_config_rejects_unknown_keys_and_odd_depth():
+    with pytest.raises(ValueError, match="unknown network config keys"):
+        NetworkConfig.from_dict({"channels": 8, "heads": 4})
+    with pytest.raises(ValueError, match="even"):
+        NetworkConfig(blocks=3)
+    with pytest.raises(ValueError, match="valid roles"):
+        default_config("critic")
+
+
+def test_step_module_matches_the_formula():
+    net = SinFusionNet(default_config("projector", channels=8, blocks=2)).eval()
+    step = DiffusionStep(net)
+    x, noise = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    coef = torch.tensor([[0.0, 1.0, 0.7, 0.2, 0.1]])
+    t = torch.tensor([10.0])
+    with torch.no_grad():
+        x0 = net(x, t).clamp(-1, 1)
+        expected = 0.7 * x0 + 0.2 * x + 0.1 * noise
+        torch.testing.assert_close(step(x, None, t, None, coef, noise), expected)
+
+
+def test_bundle_round_trip(tiny_bundle):
+    again = Bundle.open(tiny_bundle.path)
+    assert again.roles == ["predictor", "projector", "interpolator"]
+    assert again.frames().shape == (8, 16, 24, 3)
+    den = TorchDenoiser(again)
+    start = (again.frames()[0].transpose(2, 0, 1).astype(np.float32) / 127.5) - 1
+    frames = list(S.run(S.extrapolate(again.models(), start, 2, 1, np.random.default_rng(0),
+                                      S.SamplingOptions(steps=3)), den))
+    assert len(frames) == 2 and frames[0].image.shape == (3, 16, 24)
+
+
+def test_bundle_refuses_what_it_does_not_understand(tiny_bundle, tmp_path):
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    data["format_version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="format version 99 is not supported"):
+        Bundle.open(tiny_bundle.path)
+    path.write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.open(tiny_bundle.path)
+    with pytest.raises(BundleError, match="no such bundle"):
+        Bundle.open(tmp_path / "missing")
+
+
+def test_damaged_weights_are_refused(tiny_bundle):
+    w = tiny_bundle.path / "weights" / "projector.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        Bundle.open(tiny_bundle.path).weights("projector")

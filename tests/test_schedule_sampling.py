@@ -1,0 +1,149 @@
+"""Schedules against closed forms; the loops against a closed-form oracle denoiser."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from sinfusion import sampling as S
+from sinfusion.schedule import cosine_schedule, linear_schedule, make_schedule
+
+
+def test_linear_schedule_closed_form():
+    s = linear_schedule(50, 2e-3, 0.4)
+    assert s.betas[0] == 0 and s.alpha_bars[0] == 1
+    assert s.betas[1] == pytest.approx(2e-3) and s.betas[50] == pytest.approx(0.4)
+    expected = np.prod([1 - (2e-3 + (0.4 - 2e-3) * i / 49) for i in range(50)])
+    assert s.alpha_bars[50] == pytest.approx(expected, rel=1e-12)
+
+
+def test_cosine_schedule_closed_form():
+    s = cosine_schedule(50)
+    for t in (1, 10, 25, 49):
+        f = lambda u: math.cos((u / 50 + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+        assert s.alpha_bars[t] == pytest.approx(f(t) / f(0), rel=1e-9)
+    assert np.all(np.diff(s.alpha_bars) < 0)
+    assert s.alpha_bars[50] < 1e-3
+
+
+def test_unknown_schedule_lists_valid_ones():
+    with pytest.raises(ValueError, match="cosine, linear"):
+        make_schedule("sigmoid")
+
+
+@pytest.mark.parametrize("start,steps,expected", [(50, 0, 51), (50, 10, 11), (3, 0, 4), (3, 10, 4)])
+def test_timesteps_visit_levels(start, steps, expected):
+    levels = S.timesteps(start, steps)
+    assert levels[0] == start and levels[-1] == 0 and len(levels) == expected
+    assert all(a > b for a, b in zip(levels, levels[1:]))
+
+
+def test_ddpm_single_steps_match_the_posterior():
+    s = cosine_schedule(50)
+    plan = dict(S.step_plan(s, "x0", 50))
+    t = 20
+    p, q, a, b, c = plan[t]
+    ab, abp = s.alpha_bars[t], s.alpha_bars[t - 1]
+    assert (p, q) == (0.0, 1.0)
+    assert a == pytest.approx(math.sqrt(abp) * s.betas[t] / (1 - ab), rel=1e-5)
+    assert b == pytest.approx(math.sqrt(s.alphas[t]) * (1 - abp) / (1 - ab), rel=1e-5)
+    assert c ** 2 == pytest.approx(s.posterior_variance()[t], rel=1e-5)
+
+
+def test_eps_target_converts_to_x0():
+    s = cosine_schedule(50)
+    p, q, *_ = dict(S.step_plan(s, "eps", 50))[30]
+    ab = s.alpha_bars[30]
+    x0, eps = 0.3, -1.2
+    xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * eps
+    assert p * xt + q * eps == pytest.approx(x0, abs=1e-5)
+
+
+def oracle_for(x0):
+    """A denoiser that knows the clean frame: x0_hat = x0 exactly."""
+
+    def denoiser(role, x, cond, t, k, coef, noise):
+        c = coef[:, :, None, None]
+        return c[:, 2:3] * x0[None] + c[:, 3:4] * x + c[:, 4:5] * noise
+
+    return denoiser
+
+
+@pytest.mark.parametrize("method", S.METHODS)
+@pytest.mark.parametrize("steps", [0, 1, 7])
+def test_oracle_denoiser_recovers_x0(method, steps):
+    x0 = np.random.default_rng(1).uniform(-0.9, 0.9, (3, 8, 8)).astype(np.float32)
+    rs = S.RoleSampling(cosine_schedule(50), "x0")
+    x = np.random.default_rng(2).standard_normal((3, 8, 8)).astype(np.float32)
+    loop = S.denoise("projector", rs, x, np.random.default_rng(3), start=50, steps=steps,
+                     method=method)
+    np.testing.assert_allclose(S.run_to_value(loop, oracle_for(x0)), x0, atol=1e-5)
+
+
+def models():
+    s = cosine_schedule(50)
+    return S.Models({r: S.RoleSampling(s, "x0") for r in ("predictor", "projector", "interpolator")})
+
+
+def test_streams_emit_frames_in_order_and_range():
+    x0 = np.full((3, 8, 8), 0.25, np.float32)
+    rng = np.random.default_rng(0)
+    frames = list(S.run(S.extrapolate(models(), x0, 4, -2, rng, S.SamplingOptions()), oracle_for(x0)))
+    assert [f.index for f in frames] == [0, 1, 2, 3]
+    assert all(f.synthesized and np.abs(f.image).max() <= 1 for f in frames)
+    up = list(S.run(S.upsample(models(), [x0, x0, x0], 4, rng, S.SamplingOptions(steps=3)),
+                    oracle_for(x0)))
+    assert [f.index for f in up] == list(range(9))
+    assert [f.synthesized for f in up] == [False, True, True, True] * 2 + [False]
+
+
+def test_same_seed_same_frames_and_batched_equals_alone():
+    """Batching requests of two streams gives each the frames it gets alone (per-stream RNG)."""
+    x0 = np.random.default_rng(5).uniform(-1, 1, (3, 8, 8)).astype(np.float32)
+    den = oracle_for(x0 * 0.5)
+    opts = S.SamplingOptions(steps=5)
+
+    def loop(seed):
+        return S.extrapolate(models(), x0, 2, 1, np.random.default_rng(seed), opts)
+
+    alone = [[f.image for f in S.run(loop(seed), den)] for seed in (1, 2)]
+    loops, replies, got = [loop(1), loop(2)], [None, None], [[], []]
+    live = [0, 1]
+    while live:
+        pending = {}
+        for i in list(live):
+            while True:
+                try:
+                    ev = loops[i].send(replies[i])
+                except StopIteration:
+                    live.remove(i)
+                    break
+                if isinstance(ev, S.StepRequest):
+                    pending[i] = ev
+                    break
+                got[i].append(ev.image)
+                replies[i] = None
+        if pending:
+            outs = S.run_requests(den, list(pending.values()))
+            for i, out in zip(pending, outs):
+                replies[i] = out
+    for a, b in zip(alone, got):
+        np.testing.assert_array_equal(np.stack(a), np.stack(b))
+
+
+@pytest.mark.parametrize("bad", [0, 4, -4])
+def test_bad_k_is_refused(bad):
+    with pytest.raises(ValueError, match="k must be"):
+        next(S.extrapolate(models(), np.zeros((3, 4, 4), np.float32), 1, bad,
+                           np.random.default_rng(0), S.SamplingOptions()))
+
+
+def test_bad_options_name_the_field():
+    with pytest.raises(ValueError, match="steps must be in"):
+        S.SamplingOptions(steps=51).validate(50)
+    with pytest.raises(ValueError, match="method must be"):
+        S.SamplingOptions(method="euler").validate(50)
+    with pytest.raises(ValueError, match="factor must be"):
+        next(S.upsample(models(), [], 3, np.random.default_rng(0), S.SamplingOptions()))
