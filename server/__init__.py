@@ -1,0 +1,19 @@
+"""The SinFusion gRPC server (sinfusion.v1): bundles in, frames streamed out.
+
+Modules, one concern each:
+  config     ServerConfig, the runtime order
+  runtimes   picking and loading a runtime per bundle (tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu)
+  models     the served bundles (ServedModel), loaded once at startup
+  scheduler  batches one pending diffusion step of every live stream into engine calls
+  requests   validation of request messages, with messages naming the field and range
+  service    the thin grpc.aio servicer
+  auth       TLS credentials and the bearer-token interceptor
+  metrics    Prometheus metrics
+  app        serve(config): the assembled server as an async context manager
+  cli        `sinfusion-server`
+"""
+
+from .app import Running, serve
+from .config import ConfigError, ServerConfig
+
+__all__ = ["ConfigError", "Running", "ServerConfig", "serve"]

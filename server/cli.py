@@ -1,0 +1,102 @@
+"""`sinfusion-server`: serve a folder of bundles over gRPC until SIGTERM/SIGINT.
+
+    sinfusion-server --models DIR [--host 127.0.0.1] [--port 0] [--port-file PATH] [--runtime auto]
+                     [--max-streams N] [--max-frames N] [--max-message-bytes N] [--metrics-port N]
+                     [--tls-cert F --tls-key F] [--token T] [--grace S]
+
+User mistakes (bad folder, no bundles, a runtime that cannot load, a port in use) exit 2 with one
+line on stderr. On SIGTERM the server drains: live streams get --grace seconds, then it exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from sinfusion.bundle import atomic_write_bytes
+
+from .app import serve
+from .config import RUNTIME_CHOICES, ConfigError, ServerConfig
+
+PROG = "sinfusion-server"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        print(f"{PROG}: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = ServerConfig(models=Path("."))
+    p = _Parser(prog=PROG, description="Serve SinFusion bundles over gRPC (sinfusion.v1).")
+    p.add_argument("--models", type=Path, required=True,
+                   help="folder whose subfolders are bundles (or one bundle folder)")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one (default 0)")
+    p.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once serving")
+    p.add_argument("--runtime", default=d.runtime, choices=RUNTIME_CHOICES, metavar="RUNTIME",
+                   help=f"engine runtime: {', '.join(RUNTIME_CHOICES)} (default auto: best available "
+                        "per bundle)")
+    p.add_argument("--max-streams", type=int, default=d.max_streams,
+                   help="concurrent streaming RPCs (default %(default)s)")
+    p.add_argument("--max-frames", type=int, default=d.max_frames,
+                   help="frames per Extrapolate/Generate request (default %(default)s)")
+    p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes,
+                   help="largest request message (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=d.max_batch,
+                   help="largest batch for runtimes without fixed engine sizes (default %(default)s)")
+    p.add_argument("--fixed-batch", action="store_true",
+                   help="pad every engine call to the largest batch: seeded streams are bit-identical "
+                        "alone or batched, at the cost of compute when few streams are live")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    p.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' (default: env SINFUSION_TOKEN)")
+    p.add_argument("--grace", type=float, default=d.grace,
+                   help="seconds live streams get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    return p
+
+
+async def _run(config: ServerConfig, port_file: Path | None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with serve(config) as running:
+        if port_file is not None:
+            atomic_write_bytes(port_file, f"{running.port}\n".encode())
+        await stop.wait()
+        logging.getLogger("sinfusion.server").info(
+            "stop signal: draining %d live streams (grace %.1f s)", running.live_streams, config.grace)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token if args.token is not None else os.environ.get("SINFUSION_TOKEN") or None
+    config = ServerConfig(
+        models=args.models, host=args.host, port=args.port, runtime=args.runtime,
+        max_streams=args.max_streams, max_frames=args.max_frames,
+        max_message_bytes=args.max_message_bytes, max_batch=args.max_batch,
+        fixed_batch=args.fixed_batch, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
+        tls_key=args.tls_key, token=token, grace=args.grace,
+    )
+    try:
+        config.validate()
+        return asyncio.run(_run(config, args.port_file))
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

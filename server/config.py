@@ -1,0 +1,55 @@
+"""The server's settings: one dataclass, filled by the CLI (server.cli) or by tests and benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Best first: the order `--runtime auto` tries for each bundle (DESIGN.md, "Engines and runtimes").
+RUNTIME_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
+RUNTIME_CHOICES = ("auto", *RUNTIME_ORDER)
+
+
+class ConfigError(ValueError):
+    """A setting the server cannot start with (bad models folder, missing TLS file, ...)."""
+
+
+@dataclass
+class ServerConfig:
+    models: Path  # a folder of bundle folders (or one bundle folder)
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: the OS picks a free port; Running.port tells which
+    runtime: str = "auto"  # one of RUNTIME_CHOICES
+    max_streams: int = 16  # concurrent streaming RPCs (all models together)
+    max_frames: int = 1000  # Extrapolate/Generate `frames` upper bound
+    max_message_bytes: int = 16 << 20  # largest request message accepted
+    max_batch: int = 8  # largest batch for runtimes without fixed engine sizes (PyTorch)
+    fixed_batch: bool = False  # pad every engine call to the role's largest batch (bit-exact seeds)
+    metrics_port: int | None = None  # Prometheus /metrics on this port (0: any free port); None: off
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None  # bearer token required on every RPC but health checks; None: off
+    grace: float = 10.0  # seconds live streams get to finish on shutdown
+
+    def validate(self) -> None:
+        """Check what can be checked before loading anything; raises ConfigError with one line."""
+        if self.runtime not in RUNTIME_CHOICES:
+            raise ConfigError(f"--runtime must be one of {', '.join(RUNTIME_CHOICES)}, got {self.runtime!r}")
+        for name, value, low in (("--max-streams", self.max_streams, 1), ("--max-frames", self.max_frames, 1),
+                                 ("--max-message-bytes", self.max_message_bytes, 1024),
+                                 ("--max-batch", self.max_batch, 1)):
+            if value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be in [0, 65535], got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
+        if self.grace < 0:
+            raise ConfigError(f"--grace must be >= 0 seconds, got {self.grace}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key must be given together")
+        for name, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{name} {path}: no such file")
+        if self.token is not None and not self.token.strip():
+            raise ConfigError("--token must not be empty")

@@ -1,0 +1,151 @@
+"""Request validation: proto messages -> checked plain values, or a RequestError naming the field.
+
+Kept apart from the servicer so the rules read in one place. Every message says the field, the allowed
+range and what was sent, e.g. "frames must be in [1, 1000], got 0".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from sinfusion.frames import to_model
+from sinfusion.sampling import SamplingOptions
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.video import _resize as resize_lanczos  # PIL Lanczos, the clip reader's resize
+
+from .models import MAX_STEP, ServedModel
+
+METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: "ddpm", pb.SAMPLING_METHOD_DDPM: "ddpm",
+           pb.SAMPLING_METHOD_DDIM: "ddim"}
+RESIZE_POLICIES = (pb.RESIZE_POLICY_UNSPECIFIED, pb.RESIZE_POLICY_RESIZE, pb.RESIZE_POLICY_REFUSE)
+FACTORS = (2, 4, 8)
+
+
+class RequestError(Exception):
+    """A request the server refuses: a gRPC status code and a one-line message."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def invalid(message: str) -> RequestError:
+    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+
+def find_model(models: dict[str, ServedModel], name: str) -> ServedModel:
+    if not name:
+        raise invalid(f"model must name a served model ({', '.join(sorted(models))})")
+    model = models.get(name)
+    if model is None:
+        raise RequestError(grpc.StatusCode.NOT_FOUND,
+                           f"model {name!r} not found; served models: {', '.join(sorted(models))}")
+    return model
+
+
+def require(model: ServedModel, capability: str, roles: str) -> None:
+    if capability not in model.capabilities:
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model {model.name!r} cannot {capability}: it needs {roles} "
+                           f"(has: {', '.join(model.roles) or 'none'})")
+
+
+def check_message_size(request, limit: int) -> None:
+    """Our own size check (gRPC's limit sits above it) so the message can name the limit."""
+    size = request.ByteSize()
+    if size > limit:
+        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           f"request message is {size} bytes; the server's limit "
+                           f"(--max-message-bytes) is {limit}")
+
+
+def frame_count(frames: int, max_frames: int) -> int:
+    if not 1 <= frames <= max_frames:
+        raise invalid(f"frames must be in [1, {max_frames}], got {frames}")
+    return frames
+
+
+def frame_step(step: int) -> int:
+    k = step or 1
+    if abs(k) > MAX_STEP:
+        raise invalid(f"step must be in [-{MAX_STEP}, {MAX_STEP}] (0 means 1), got {step}")
+    return k
+
+
+def start_frame(index: int, model: ServedModel) -> np.ndarray:
+    count = len(model.clip)
+    if not 0 <= index < count:
+        raise invalid(f"start_frame must be in [0, {count - 1}], got {index}")
+    return to_model(model.clip[index])
+
+
+def upsample_factor(factor: int) -> int:
+    if factor not in FACTORS:
+        raise invalid(f"factor must be 2, 4 or 8, got {factor}")
+    return factor
+
+
+def resize_policy(policy: int, field: str = "resize") -> int:
+    if policy not in RESIZE_POLICIES:
+        raise invalid(f"{field} must be RESIZE_POLICY_RESIZE (1) or RESIZE_POLICY_REFUSE (2), got {policy}")
+    return policy
+
+
+def client_frame(raw: pb.RawFrame, model: ServedModel, policy: int,
+                 field: str) -> tuple[np.ndarray, bool]:
+    """A client's RGB24 frame -> (uint8 (H, W, 3) at the model's size, resized?)."""
+    w, h = raw.width, raw.height
+    if w < 1 or h < 1:
+        raise invalid(f"{field}.width and {field}.height must be >= 1, got {w}x{h}")
+    expected = w * h * 3
+    if len(raw.rgb) != expected:
+        raise invalid(f"{field}.rgb must be width*height*3 = {expected} bytes for {w}x{h}, "
+                      f"got {len(raw.rgb)}")
+    image = np.frombuffer(raw.rgb, np.uint8).reshape(h, w, 3)
+    mh, mw = model.size
+    if (h, w) == (mh, mw):
+        return image, False
+    if policy == pb.RESIZE_POLICY_REFUSE:
+        raise invalid(f"{field} is {w}x{h} but model {model.name!r} takes {mw}x{mh} "
+                      f"(resize policy RESIZE_POLICY_REFUSE)")
+    return resize_lanczos(image, (mw, mh)), True
+
+
+@dataclass
+class Sampling:
+    """Checked SamplingParams: the loop options and the stream's seed (drawn when unset)."""
+
+    options: SamplingOptions
+    seed: int
+
+    def rng(self) -> np.random.Generator:
+        return np.random.default_rng(self.seed)
+
+
+def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ...]) -> Sampling:
+    """Check steps against the schedules of `roles` and correction against the Projector's."""
+    method = METHODS.get(params.method)
+    if method is None:
+        raise invalid(f"sampling.method must be SAMPLING_METHOD_DDPM (1) or SAMPLING_METHOD_DDIM (2), "
+                      f"got {params.method}")
+    bound = min(model.steps_bound(r) for r in roles)
+    if params.steps > bound:
+        raise invalid(f"sampling.steps must be in [0, {bound}] (0 = all), got {params.steps}")
+    manifest = model.bundle.manifest
+    corr_bound = model.steps_bound("projector") if "projector" in model.models.roles else bound
+    if params.HasField("correction_steps"):
+        correction = params.correction_steps
+        if correction > corr_bound:
+            raise invalid(f"sampling.correction_steps must be in [0, {corr_bound}] (0 = off), "
+                          f"got {correction}")
+    else:
+        correction = min(manifest.correction_steps, corr_bound)
+    if params.HasField("seed"):
+        seed = params.seed
+    else:  # a fresh seed, logged with the stream so that a run can be repeated
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
+    return Sampling(SamplingOptions(params.steps, method, correction), seed)

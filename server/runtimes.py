@@ -1,0 +1,123 @@
+"""Runtime selection: which engine runs a bundle's diffusion steps, chosen once per bundle at startup.
+
+`--runtime auto` tries, per bundle, tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu
+and keeps the first that loads: a runtime is skipped when its package is not installed, its device is
+absent, or the bundle has no engines for it (the runtimes raise BundleError). A forced runtime that
+cannot load is an error naming the reason. The runtimes themselves live in sinfusion.runtimes; the
+ONNX Runtime and TensorRT modules are imported lazily, so this works with PyTorch alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sinfusion.bundle import Bundle, BundleError
+
+from .config import RUNTIME_ORDER, ConfigError
+
+log = logging.getLogger("sinfusion.server")
+
+
+class Unavailable(Exception):
+    """This runtime cannot serve this bundle here (reason in the message)."""
+
+
+@dataclass
+class LoadedRuntime:
+    """A runtime with its engines loaded for one bundle."""
+
+    name: str  # one of RUNTIME_ORDER
+    denoiser: Callable  # a sinfusion.sampling.Denoiser
+    batch_sizes: dict[str, tuple[int, ...]]  # per served role: engine batch sizes, ascending
+
+
+def _engine_batch_sizes(denoiser, bundle: Bundle) -> dict[str, tuple[int, ...]]:
+    """Roles the fixed-shape engines cover, with their batch sizes (roles without engines left out)."""
+    sizes = {}
+    for role in bundle.roles:
+        try:
+            found = tuple(sorted({int(b) for b in denoiser.batch_sizes(role)}))
+        except (BundleError, KeyError, ValueError):
+            continue
+        if found:
+            sizes[role] = found
+    if not sizes:
+        raise Unavailable("the bundle has no engines for it")
+    return sizes
+
+
+def _import(module: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise Unavailable(f"{what} is not installed ({exc})") from None
+
+
+def _load_tensorrt(bundle: Bundle, max_batch: int) -> LoadedRuntime:
+    _import("tensorrt", "TensorRT")
+    mod = _import("sinfusion.runtimes.tensorrt_runtime", "the TensorRT runtime")
+    try:
+        denoiser = mod.TensorRTDenoiser(bundle)
+    except BundleError as exc:
+        raise Unavailable(str(exc)) from None
+    return LoadedRuntime("tensorrt", denoiser, _engine_batch_sizes(denoiser, bundle))
+
+
+def _load_onnx(bundle: Bundle, provider: str, name: str) -> LoadedRuntime:
+    ort = _import("onnxruntime", "ONNX Runtime")
+    if provider not in ort.get_available_providers():
+        raise Unavailable(f"ONNX Runtime has no {provider} here")
+    mod = _import("sinfusion.runtimes.onnx_runtime", "the ONNX Runtime runtime")
+    try:
+        denoiser = mod.OnnxDenoiser(bundle, providers=[provider])
+    except BundleError as exc:
+        raise Unavailable(str(exc)) from None
+    return LoadedRuntime(name, denoiser, _engine_batch_sizes(denoiser, bundle))
+
+
+def _load_torch(bundle: Bundle, device: str, max_batch: int) -> LoadedRuntime:
+    torch = _import("torch", "PyTorch")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise Unavailable("no CUDA device")
+    from sinfusion.runtimes.torch_runtime import TorchDenoiser
+
+    denoiser = TorchDenoiser(bundle, device)
+    # PyTorch runs any batch size; the scheduler groups up to max_batch streams per call.
+    sizes = tuple(range(1, max_batch + 1))
+    return LoadedRuntime(f"torch-{device}", denoiser, {role: sizes for role in bundle.roles})
+
+
+def load_runtime(bundle: Bundle, name: str, max_batch: int) -> LoadedRuntime:
+    """Load one named runtime for a bundle; Unavailable says why it cannot."""
+    if name == "tensorrt":
+        return _load_tensorrt(bundle, max_batch)
+    if name == "onnxruntime-cuda":
+        return _load_onnx(bundle, "CUDAExecutionProvider", name)
+    if name == "onnxruntime-cpu":
+        return _load_onnx(bundle, "CPUExecutionProvider", name)
+    if name == "torch-cuda":
+        return _load_torch(bundle, "cuda", max_batch)
+    if name == "torch-cpu":
+        return _load_torch(bundle, "cpu", max_batch)
+    raise ConfigError(f"unknown runtime {name!r}; valid: auto, {', '.join(RUNTIME_ORDER)}")
+
+
+def select_runtime(bundle: Bundle, choice: str, max_batch: int) -> LoadedRuntime:
+    """The runtime for a bundle: the forced one, or with "auto" the best that loads."""
+    candidates = RUNTIME_ORDER if choice == "auto" else (choice,)
+    reasons = []
+    for name in candidates:
+        try:
+            runtime = load_runtime(bundle, name, max_batch)
+        except Unavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            log.debug("bundle %s: runtime %s skipped: %s", bundle.name, name, exc)
+            continue
+        log.info("bundle %s: runtime %s, batch sizes %s", bundle.name, runtime.name,
+                 {r: list(s) for r, s in runtime.batch_sizes.items()})
+        return runtime
+    raise ConfigError(f"bundle {bundle.name!r} ({bundle.path}): no runtime can serve it: "
+                      + "; ".join(reasons))

@@ -1,0 +1,250 @@
+"""The stream scheduler: many live streams, one engine, batched diffusion steps.
+
+Each stream is a loop from sinfusion.sampling (a generator of StepRequests and Frames) with its own
+random generator, wrapped in a `Job`. One scheduler per served model runs as an asyncio task:
+
+    round: prime new jobs (run them to their first StepRequest)
+           group the pending request of every live job by StepRequest.batch_key (role, shape)
+           split each group into engine calls of the engine's batch sizes (plan_batches)
+           run each call with sinfusion.sampling.run_requests in the scheduler's worker thread,
+           hand every job its slice, advance it to its next request, queue the frames it finished
+
+So every live stream advances one step per round, concurrent clients share engine calls, and the event
+loop never blocks on an engine. A cancelled job is dropped before the next call it would have joined.
+Random draws happen inside each job's own loop with its own generator, so batching changes no draw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from sinfusion.frames import to_uint8
+from sinfusion.sampling import Frame, Loop, StepRequest, run_requests
+
+from .runtimes import LoadedRuntime
+
+log = logging.getLogger("sinfusion.server")
+
+_END = object()  # queue marker: the job's loop finished
+
+
+@dataclass
+class WireFrame:
+    """A finished frame, already converted to the wire layout (RGB24 bytes) in the worker thread."""
+
+    index: int
+    rgb: bytes
+    synthesized: bool
+
+
+def plan_batches(count: int, sizes: tuple[int, ...], fixed: bool = False) -> list[tuple[int, int]]:
+    """Split `count` same-key requests into engine calls: [(requests taken, engine batch size)].
+
+    Each call takes the smallest engine size that holds what is left (padding the rest), or the
+    largest size when nothing holds it. With `fixed`, every call uses the largest size, so a sample's
+    arithmetic never depends on how many streams were live (bit-exact reproducibility; costs compute).
+    """
+    calls = []
+    largest = sizes[-1]
+    while count > 0:
+        size = largest if fixed else next((s for s in sizes if s >= count), largest)
+        take = min(count, size)
+        calls.append((take, size))
+        count -= take
+    return calls
+
+
+class Job:
+    """One stream's loop inside the scheduler. The consumer iterates `frames()`; `cancel()` drops it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, loop: Loop) -> None:
+        self.id = next(self._ids)
+        self.loop = loop
+        self.pending: StepRequest | None = None
+        self.started = False
+        self.finished = False  # loop ended or failed: nothing left to schedule
+        self.cancelled = False
+        self.steps = 0
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def cancel(self) -> None:
+        """Stop scheduling this job; the scheduler closes its loop before its next engine call."""
+        self.cancelled = True
+
+    async def frames(self) -> AsyncIterator[WireFrame]:
+        """The job's frames as they become final; re-raises an error of its loop or engine."""
+        while True:
+            item = await self._queue.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    # --- worker-thread side ---------------------------------------------------------------------
+
+    def advance(self, reply) -> list[WireFrame]:
+        """Send one step's output into the loop; run it to its next request. Worker thread only."""
+        self.started = True
+        frames = []
+        while True:
+            try:
+                event = self.loop.send(reply)
+            except StopIteration:
+                self.pending, self.finished = None, True
+                return frames
+            if isinstance(event, StepRequest):
+                self.pending = event
+                return frames
+            if not isinstance(event, Frame):
+                raise TypeError(f"sampling loop yielded {type(event).__name__}")
+            frames.append(WireFrame(event.index, to_uint8(event.image).tobytes(), event.synthesized))
+            reply = None
+
+
+BatchHook = Callable[[str, int, int, float], None]  # (role, live requests, engine batch, seconds)
+
+
+class Scheduler:
+    """Batches the diffusion steps of every live job of one model onto its runtime."""
+
+    def __init__(self, model: str, runtime: LoadedRuntime, fixed_batch: bool = False,
+                 on_batch: BatchHook | None = None) -> None:
+        self.model = model
+        self.runtime = runtime
+        self.fixed_batch = fixed_batch
+        self.on_batch = on_batch
+        self._jobs: list[Job] = []
+        self._wake = asyncio.Event()
+        # One worker thread per model: engine calls of a model never overlap, jobs never race.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"engine-{model}")
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"scheduler-{self.model}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for job in self._jobs:
+            job.loop.close()
+        self._jobs.clear()
+        self._executor.shutdown(wait=True)
+
+    def submit(self, loop: Loop) -> Job:
+        """Add a stream's loop; its frames arrive through the returned job."""
+        job = Job(loop)
+        self._jobs.append(job)
+        self._wake.set()
+        return job
+
+    @property
+    def live(self) -> int:
+        return sum(1 for j in self._jobs if not (j.finished or j.cancelled))
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while await self._round():
+                pass
+
+    def _drop_dead(self) -> None:
+        keep = []
+        for job in self._jobs:
+            if job.cancelled and not job.finished:
+                job.loop.close()  # runs the loop's finally blocks; frees its arrays
+                job.finished = True
+                log.debug("model %s: job %d dropped after %d steps", self.model, job.id, job.steps)
+            if not job.finished:
+                keep.append(job)
+        self._jobs = keep
+
+    async def _round(self) -> bool:
+        """One step for every live job; False when there was nothing to do."""
+        loop = asyncio.get_running_loop()
+        self._drop_dead()
+        fresh = [j for j in self._jobs if not j.started]
+        if fresh:
+            results = await loop.run_in_executor(self._executor, self._prime, fresh)
+            self._deliver(results)
+            self._drop_dead()
+        groups: dict[tuple, list[Job]] = {}
+        for job in self._jobs:
+            if job.pending is not None:
+                groups.setdefault(job.pending.batch_key, []).append(job)
+        if not groups:
+            return False
+        for key, jobs in groups.items():
+            role = key[0]
+            sizes = self.runtime.batch_sizes[role]
+            for take, size in plan_batches(len(jobs), sizes, self.fixed_batch):
+                chunk, jobs = jobs[:take], jobs[take:]
+                chunk = [j for j in chunk if not j.cancelled]
+                if not chunk:
+                    continue
+                if not self.fixed_batch:  # a cancellation may have shrunk the chunk
+                    size = next(s for s in sizes if s >= len(chunk))
+                results = await loop.run_in_executor(self._executor, self._step, chunk, size)
+                self._deliver(results)
+        return True
+
+    def _prime(self, jobs: list[Job]) -> list[tuple[Job, list | BaseException]]:
+        results = []
+        for job in jobs:
+            try:
+                results.append((job, job.advance(None)))
+            except Exception as exc:  # a loop that refuses its arguments fails alone
+                job.finished = True
+                results.append((job, exc))
+        return results
+
+    def _step(self, chunk: list[Job], size: int) -> list[tuple[Job, list | BaseException]]:
+        """One engine call for `chunk` (padded to `size`), then advance each job. Worker thread."""
+        requests = [j.pending for j in chunk]
+        padded = requests + [requests[-1]] * (size - len(requests))  # padding rows are discarded
+        start = time.perf_counter()
+        try:
+            outputs = run_requests(self.runtime.denoiser, padded)
+        except Exception as exc:
+            log.exception("model %s: engine call failed (role %s, batch %d)",
+                          self.model, requests[0].role, size)
+            for job in chunk:
+                job.finished = True
+            return [(job, RuntimeError(f"engine failure: {exc}")) for job in chunk]
+        elapsed = time.perf_counter() - start
+        if self.on_batch is not None:
+            self.on_batch(requests[0].role, len(chunk), size, elapsed)
+        results = []
+        for job, out in zip(chunk, outputs):
+            job.steps += 1
+            try:
+                results.append((job, job.advance(out)))
+            except Exception as exc:
+                job.finished = True
+                results.append((job, exc))
+        return results
+
+    def _deliver(self, results: list[tuple[Job, list | BaseException]]) -> None:
+        for job, frames in results:
+            if isinstance(frames, BaseException):
+                job._queue.put_nowait(frames)
+                continue
+            for frame in frames:
+                job._queue.put_nowait(frame)
+            if job.finished:
+                job._queue.put_nowait(_END)

@@ -1,0 +1,280 @@
+"""The grpc.aio servicer of sinfusion.v1.SinFusion: converts messages and maps errors to status codes.
+
+The work lives elsewhere: requests (validation), models (bundles and runtimes), scheduler (batched
+engine calls), sinfusion.sampling (the loops). A streaming RPC is an async generator that submits its
+loop to the model's scheduler and forwards each frame as soon as the scheduler finishes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+
+import grpc
+
+from sinfusion.frames import to_model
+from sinfusion.sampling import extrapolate, generate, interpolate_between
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+
+from . import requests as rq
+from .config import ServerConfig
+from .metrics import Metrics
+from .models import MAX_STEP, ServedModel
+from .requests import RequestError
+from .scheduler import WireFrame
+
+log = logging.getLogger("sinfusion.server")
+
+UPSAMPLE_READAHEAD = 4  # client frames buffered ahead of interpolation; beyond it gRPC flow control
+
+
+def model_info(model: ServedModel) -> pb.ModelInfo:
+    m = model.bundle.manifest
+    return pb.ModelInfo(
+        name=model.name, width=m.width, height=m.height, fps=m.fps, frame_count=m.frame_count,
+        capabilities=model.capabilities, runtime=model.runtime.name, roles=model.roles,
+        schedule_steps=model.schedule_steps, default_correction_steps=m.correction_steps,
+        batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
+    )
+
+
+class StreamSlots:
+    """The --max-streams limit over all models."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.live = 0
+
+    def acquire(self) -> None:
+        if self.live >= self.limit:
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"too many concurrent streams: the server's limit (--max-streams) is "
+                               f"{self.limit}; retry later")
+        self.live += 1
+
+    def release(self) -> None:
+        self.live -= 1
+
+
+class StreamRun:
+    """Bookkeeping of one streaming RPC: its slot, metrics, and the log line saying what it did."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, service: SinFusionService, rpc: str, model: ServedModel, what: str,
+                 context) -> None:
+        self.service, self.rpc, self.model, self.what = service, rpc, model, what
+        self.id = next(self._ids)
+        self.peer = context.peer()
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.count = 0
+        self.outcome = "failed"
+
+    def __enter__(self) -> StreamRun:
+        self.service.slots.acquire()
+        self.service.metrics.live_streams.labels(self.model.name).inc()
+        log.info("stream %d %s start: model=%s %s peer=%s", self.id, self.rpc, self.model.name,
+                 self.what, self.peer)
+        return self
+
+    def frame(self, index: int, rgb: bytes, synthesized: bool, resized: bool) -> pb.Frame:
+        if self.first is None:
+            self.first = time.perf_counter() - self.start
+            self.service.metrics.first_frame.labels(self.model.name, self.rpc).observe(self.first)
+        self.count += 1
+        self.service.metrics.frames.labels(self.model.name, self.rpc, str(synthesized).lower()).inc()
+        h, w = self.model.size
+        return pb.Frame(index=index, width=w, height=h, rgb=rgb, synthesized=synthesized,
+                        resized=resized)
+
+    def wire(self, f: WireFrame, resized: bool) -> pb.Frame:
+        return self.frame(f.index, f.rgb, f.synthesized, resized)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.service.slots.release()
+        self.service.metrics.live_streams.labels(self.model.name).dec()
+        if exc_type is None:
+            self.outcome = "done"
+        elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
+            self.outcome = "cancelled by the client or shutdown"
+        elif isinstance(exc, RequestError):
+            self.outcome = f"refused: {exc.message}"
+        else:
+            self.outcome = f"failed: {exc}"
+        first = "-" if self.first is None else f"{self.first:.3f} s"
+        log.info("stream %d %s %s: %d frames in %.3f s (first frame %s)", self.id, self.rpc,
+                 self.outcome, self.count, time.perf_counter() - self.start, first)
+
+
+class SinFusionService(pb_grpc.SinFusionServicer):
+    def __init__(self, models: dict[str, ServedModel], config: ServerConfig, metrics: Metrics) -> None:
+        self.models = models
+        self.config = config
+        self.metrics = metrics
+        self.slots = StreamSlots(config.max_streams)
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    async def _fail(self, context, rpc: str, start: float, exc: Exception) -> None:
+        """Answer the RPC with a status; RequestError is the client's mistake, the rest is INTERNAL."""
+        if isinstance(exc, RequestError):
+            code, message = exc.code, exc.message
+            log.info("%s refused (%s): %s", rpc, code.name, message)
+        else:
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+            log.error("%s failed", rpc, exc_info=exc)
+        self.metrics.rpc_seconds.labels(rpc, code.name).observe(time.perf_counter() - start)
+        await context.abort(code, message)
+
+    def _ok(self, rpc: str, start: float) -> None:
+        self.metrics.rpc_seconds.labels(rpc, "OK").observe(time.perf_counter() - start)
+
+    async def _forward(self, run: StreamRun, model: ServedModel, loop, resized: bool):
+        """Submit a loop to the model's scheduler and yield its frames as Frame messages."""
+        job = model.scheduler.submit(loop)
+        try:
+            async for f in job.frames():
+                yield run.wire(f, resized)
+        finally:
+            job.cancel()  # no-op when finished; else dropped at the scheduler's next step
+
+    # --- unary -------------------------------------------------------------------------------------
+
+    async def ListModels(self, request, context):
+        start = time.perf_counter()
+        reply = pb.ListModelsResponse(models=[model_info(self.models[n]) for n in sorted(self.models)])
+        self._ok("ListModels", start)
+        return reply
+
+    async def DescribeModel(self, request, context):
+        start = time.perf_counter()
+        try:
+            model = rq.find_model(self.models, request.model)
+        except RequestError as exc:
+            await self._fail(context, "DescribeModel", start, exc)
+        self._ok("DescribeModel", start)
+        return model_info(model)
+
+    # --- server streaming -------------------------------------------------------------------------
+
+    async def Extrapolate(self, request, context):
+        start = time.perf_counter()
+        try:
+            rq.check_message_size(request, self.config.max_message_bytes)
+            model = rq.find_model(self.models, request.model)
+            rq.require(model, "extrapolate", "a Predictor and mode video")
+            count = rq.frame_count(request.frames, self.config.max_frames)
+            k = rq.frame_step(request.step)
+            resized = False
+            if request.WhichOneof("start") == "start_image":
+                policy = rq.resize_policy(request.resize)
+                image, resized = rq.client_frame(request.start_image, model, policy, "start_image")
+                first, origin = to_model(image), "start=client image"
+            else:
+                first, origin = rq.start_frame(request.start_frame, model), f"start=frame {request.start_frame}"
+            s = rq.sampling(request.sampling, model, ("predictor",))
+            what = (f"frames={count} step={k} {origin} steps={s.options.steps} {s.options.method} "
+                    f"correction={s.options.correction_steps} seed={s.seed}")
+            with StreamRun(self, "Extrapolate", model, what, context) as run:
+                loop = extrapolate(model.models, first, count, k, s.rng(), s.options)
+                async for frame in self._forward(run, model, loop, resized):
+                    yield frame
+        except Exception as exc:
+            await self._fail(context, "Extrapolate", start, exc)
+        self._ok("Extrapolate", start)
+
+    async def Generate(self, request, context):
+        start = time.perf_counter()
+        try:
+            rq.check_message_size(request, self.config.max_message_bytes)
+            model = rq.find_model(self.models, request.model)
+            rq.require(model, "generate", "a Projector")
+            count = rq.frame_count(request.frames, self.config.max_frames)
+            roles = ("projector",)
+            if count > 1:
+                if "predictor" not in model.models.roles:
+                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                       f"model {model.name!r} has no Predictor: frames must be 1, "
+                                       f"got {count}")
+                roles = ("projector", "predictor")
+            s = rq.sampling(request.sampling, model, roles)
+            what = (f"frames={count} steps={s.options.steps} {s.options.method} "
+                    f"correction={s.options.correction_steps} seed={s.seed}")
+            with StreamRun(self, "Generate", model, what, context) as run:
+                loop = generate(model.models, model.size, count, s.rng(), s.options)
+                async for frame in self._forward(run, model, loop, False):
+                    yield frame
+        except Exception as exc:
+            await self._fail(context, "Generate", start, exc)
+        self._ok("Generate", start)
+
+    # --- bidirectional streaming -------------------------------------------------------------------
+
+    async def Upsample(self, request_iterator, context):
+        start = time.perf_counter()
+        reader = None
+        try:
+            first = await anext(request_iterator, None)
+            if first is None:  # the client closed without a request: nothing to do
+                self._ok("Upsample", start)
+                return
+            rq.check_message_size(first, self.config.max_message_bytes)
+            model = rq.find_model(self.models, first.model)
+            rq.require(model, "upsample", "an Interpolator")
+            factor = rq.upsample_factor(first.factor)
+            policy = rq.resize_policy(first.resize)
+            s = rq.sampling(first.sampling, model, ("interpolator",))
+            what = (f"factor={factor} steps={s.options.steps} {s.options.method} "
+                    f"correction={s.options.correction_steps} seed={s.seed}")
+            with StreamRun(self, "Upsample", model, what, context) as run:
+                inputs: asyncio.Queue = asyncio.Queue(UPSAMPLE_READAHEAD)
+                reader = asyncio.create_task(self._read_frames(first, request_iterator, model,
+                                                               policy, inputs))
+                rng = s.rng()  # one generator for the whole stream, as in sinfusion.sampling.upsample
+                prev, index = None, 0
+                while (item := await inputs.get()) is not None:
+                    if isinstance(item, Exception):
+                        raise item
+                    image, resized = item
+                    current = to_model(image)
+                    if prev is not None:
+                        loop = interpolate_between(model.models, prev[0], current, factor, rng,
+                                                   s.options, index)
+                        async for frame in self._forward(run, model, loop, prev[1] or resized):
+                            yield frame
+                        index += factor - 1
+                    yield run.frame(index, image.tobytes(), False, resized)
+                    index += 1
+                    prev = (current, resized)
+        except Exception as exc:
+            await self._fail(context, "Upsample", start, exc)
+        finally:
+            if reader is not None:
+                reader.cancel()
+        self._ok("Upsample", start)
+
+    async def _read_frames(self, first, request_iterator, model: ServedModel, policy: int,
+                           inputs: asyncio.Queue) -> None:
+        """Client frames -> (uint8 image, resized) on `inputs`, then None; an error ends the queue."""
+        n = 0
+        try:
+            if first.HasField("frame"):
+                await inputs.put(rq.client_frame(first.frame, model, policy, "frame"))
+                n += 1
+            async for request in request_iterator:
+                rq.check_message_size(request, self.config.max_message_bytes)
+                if not request.HasField("frame"):
+                    continue
+                await inputs.put(rq.client_frame(request.frame, model, policy, f"frame (input {n})"))
+                n += 1
+            await inputs.put(None)
+        except RequestError as exc:
+            await inputs.put(exc)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. the client went away mid-read
+            await inputs.put(RuntimeError(f"reading client frames failed: {exc}"))
