@@ -96,7 +96,9 @@ class SinFusionNet(nn.Module):
             if k is None:
                 raise ValueError("this network embeds the frame step k; pass k")
             emb = torch.cat([emb, sinusoidal_embedding(k, self.config.embed_dim)], dim=1)
-        cond = self.embedding(emb)
+        # Sinusoids are computed in float32 (angles up to T rad lose their phase in fp16) and cast to
+        # the weights' dtype, so a half-precision copy of the net (fp16 engine export) also traces.
+        cond = self.embedding(emb.to(self.stem.weight.dtype))
         h = self.stem(x)
         half = len(self.blocks) // 2
         skips = []
@@ -140,7 +142,9 @@ class DiffusionStep(nn.Module):
         noise: torch.Tensor,
     ) -> torch.Tensor:
         inp = x if cond is None else torch.cat([cond, x], dim=1)
-        out = self.net(inp, t, k)
+        # A half-precision net (fp16 engines) runs in its own dtype; the update below stays in x's
+        # dtype, because p and q reach 1/sqrt(abar_T) at the noisiest step and overflow in fp16.
+        out = self.net(inp.to(self.net.stem.weight.dtype), t, k).to(x.dtype)
         c = coef[:, :, None, None]
         x0 = torch.clamp(c[:, 0:1] * x + c[:, 1:2] * out, -1.0, 1.0)
         return c[:, 2:3] * x0 + c[:, 3:4] * x + c[:, 4:5] * noise

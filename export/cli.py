@@ -1,0 +1,111 @@
+"""`sinfusion-export BUNDLE`: write fixed-shape engines into a bundle and list them in its manifest.
+
+    sinfusion-export clip.bundle                         # ONNX fp32, batch 1 and 4, clip size
+    sinfusion-export clip.bundle --kind tensorrt         # TensorRT fp16 plans (NVIDIA GPU)
+    sinfusion-export clip.bundle --roles projector --batch 1,2,8 --size 256x144
+
+Exit status: 0 done; 1 the export could not be done (bad bundle, parity over its bound, no TensorRT);
+2 bad command line. Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sinfusion.bundle import Bundle, BundleError
+from sinfusion.config import ROLES
+from sinfusion.engines import KINDS, PRECISIONS
+
+from .errors import ExportError
+
+PROG = "sinfusion-export"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        print(f"{PROG}: error: {message} (see {PROG} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _csv_ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one batch size")
+    return values
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 256x144, got {text!r}") from None
+    return width, height
+
+
+def _roles(values: list[str]) -> tuple[str, ...]:
+    roles = tuple(r for v in values for r in v.split(",") if r)
+    for role in roles:
+        if role not in ROLES:
+            raise ExportError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+    return roles
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Export a SinFusion bundle to fixed-shape engines "
+                "(ONNX for ONNX Runtime, TensorRT plans), parity-checked against PyTorch.")
+    p.add_argument("bundle", help="bundle folder (written by `trainer train`)")
+    p.add_argument("--kind", choices=[*KINDS, "all"], default="onnx",
+                   help="engine kind (default onnx; all = onnx and tensorrt)")
+    p.add_argument("--roles", nargs="+", default=[], metavar="ROLE",
+                   help=f"roles to export, space or comma separated ({', '.join(ROLES)}); "
+                        "default: every trained role")
+    p.add_argument("--batch", type=_csv_ints, default=(1, 4),
+                   help="engine batch sizes, comma separated (default 1,4)")
+    p.add_argument("--size", type=_size, default=None, metavar="WxH",
+                   help="frame size of the engines (default: the bundle's)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="default: fp32 for onnx, fp16 for tensorrt")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20, default 17)")
+    p.add_argument("--max-error", type=float, default=None,
+                   help="parity bound, max |engine - PyTorch| (default: 1e-3 fp32, 5e-2 fp16)")
+    p.add_argument("--dynamo", action="store_true",
+                   help="use torch's torch.export-based ONNX exporter (slower)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the parity inputs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from .pipeline import ExportOptions, export_bundle
+
+        options = ExportOptions(
+            kinds=KINDS if args.kind == "all" else (args.kind,),
+            roles=_roles(args.roles),
+            batches=args.batch,
+            size=args.size,
+            precision=args.precision,
+            opset=args.opset,
+            dynamo=args.dynamo,
+            max_error=args.max_error,
+            seed=args.seed,
+        )
+        bundle = Bundle.open(args.bundle)
+        entries = export_bundle(bundle, options, log=print)
+    except (ExportError, BundleError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; the bundle keeps its previous engines", file=sys.stderr)
+        return 130
+    print(f"{len(entries)} engine(s) written to {bundle.path / 'engines'}; manifest updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

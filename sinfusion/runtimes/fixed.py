@@ -1,0 +1,168 @@
+"""Fixed-shape batching shared by the engine runtimes (ONNX Runtime, TensorRT).
+
+An engine takes exactly its exported batch size. A call with any B is cut into chunks that each go
+to one engine: a chunk either fills an engine exactly or is zero-padded up to the next exported size,
+and the padded rows of the result are dropped. Zero rows are safe to compute: coef = 0 makes their
+output 0, and the network's norms add eps before the square root, so nothing turns into NaN.
+
+Which chunks: the fewest "cost units", where a call costs `call_cost` plus its padded batch size.
+On a CPU the work grows with the batch, so a small call_cost prefers exact splits (2 = 1 + 1 over
+padding to 4); on a GPU a call's launch overhead dominates and a larger call_cost prefers one padded
+call. The plan is a tiny dynamic programme over B, cached per (B, sizes, call_cost).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..bundle import Bundle, BundleError
+from ..engines import DEFAULT_PRECISION, PRECISIONS, engine_entries, step_feed
+
+
+@dataclass(frozen=True)
+class Chunk:
+    start: int  # first row of the caller's batch
+    count: int  # real rows in this chunk
+    batch: int  # engine batch size used (count <= batch; the rest is padding)
+
+
+@lru_cache(maxsize=256)
+def _plan(n: int, sizes: tuple[int, ...], call_cost: float) -> tuple[tuple[int, int], ...]:
+    """((count, batch), ...) covering n rows at the least total cost."""
+    # best[i] = (cost, chunks) to cover i rows; each step covers min(size, remaining) rows.
+    best: list[tuple[float, tuple[tuple[int, int], ...]]] = [(0.0, ())]
+    for i in range(1, n + 1):
+        options = []
+        for size in sizes:
+            count = min(size, i)
+            cost, chunks = best[i - count]
+            options.append((cost + call_cost + size, chunks + ((count, size),)))
+        best.append(min(options, key=lambda o: (o[0], len(o[1]))))
+    return best[n][1][::-1]  # the DP adds partial chunks first; run full ones first, pad the tail
+
+
+def plan_chunks(n: int, sizes: Sequence[int], call_cost: float = 1.0) -> list[Chunk]:
+    """How to run a batch of n rows on engines of the given batch sizes."""
+    if n < 1:
+        raise ValueError(f"batch must be >= 1, got {n}")
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"engine batch sizes must be positive, got {list(sizes)}")
+    chunks, start = [], 0
+    for count, batch in _plan(n, tuple(sorted(set(sizes))), float(call_cost)):
+        chunks.append(Chunk(start, count, batch))
+        start += count
+    return chunks
+
+
+def pad_rows(array: np.ndarray, batch: int) -> np.ndarray:
+    """Zero-pad the leading axis of an array up to `batch` rows."""
+    missing = batch - array.shape[0]
+    if missing <= 0:
+        return array
+    pad = np.zeros((missing, *array.shape[1:]), dtype=array.dtype)
+    return np.concatenate([array, pad], axis=0)
+
+
+def run_chunked(feed: dict[str, np.ndarray], sizes: Sequence[int],
+                call: Callable[[int, dict[str, np.ndarray]], np.ndarray],
+                call_cost: float = 1.0) -> np.ndarray:
+    """Run named, batched inputs through fixed-batch engines and return the stacked outputs.
+
+    `call(batch, chunk_feed)` runs the engine of that batch size on inputs with exactly `batch` rows.
+    """
+    n = next(iter(feed.values())).shape[0]
+    if any(a.shape[0] != n for a in feed.values()):
+        raise ValueError("all inputs of one call must share the batch size")
+    outputs = []
+    for chunk in plan_chunks(n, sizes, call_cost):
+        rows = slice(chunk.start, chunk.start + chunk.count)
+        part = {name: pad_rows(a[rows], chunk.batch) for name, a in feed.items()}
+        outputs.append(np.asarray(call(chunk.batch, part))[: chunk.count])
+    return outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
+
+
+# --- the engine runtimes' shared body --------------------------------------------------------------
+
+class FixedShapeDenoiser:
+    """A Denoiser over a bundle's fixed-shape engines of one kind; subclasses load and run one engine.
+
+    At construction every engine of the kind is checksum-verified and loaded (a server fails at start,
+    not at the first request). Among several precisions of one shape, `precision` picks; None takes
+    the kind's default when present, else whichever exists.
+    """
+
+    kind = ""  # "onnx" | "tensorrt"
+    name = ""
+    call_cost = 1.0  # see plan_chunks
+
+    def __init__(self, bundle: Bundle, roles: Sequence[str] | None = None,
+                 precision: str | None = None) -> None:
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        self.bundle = bundle
+        self.configs = {}
+        # (role, height, width) -> {batch: loaded engine}
+        self.engines: dict[tuple[str, int, int], dict[int, object]] = {}
+        self.entries = []
+        chosen = {}
+        for entry in engine_entries(bundle, self.kind):
+            if (roles is not None and entry.role not in roles) or \
+                    (precision is not None and entry.precision != precision):
+                continue
+            shape_key = (entry.role, entry.batch, entry.height, entry.width)
+            if shape_key not in chosen or entry.precision == DEFAULT_PRECISION[self.kind]:
+                chosen[shape_key] = entry
+        if not chosen:
+            raise BundleError(
+                f"{bundle.path}: no {self.kind} engines"
+                + (f" for {', '.join(roles)}" if roles else "")
+                + (f" at {precision}" if precision else "")
+                + f"; run: sinfusion-export {bundle.path} --kind {self.kind}")
+        for entry in chosen.values():
+            self.configs[entry.role] = bundle.role(entry.role).network
+            path = bundle.path / entry.file
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                raise BundleError(f"{path}: engine file missing; re-export the bundle") from None
+            if hashlib.sha256(data).hexdigest() != entry.sha256:  # hash the very bytes that get loaded
+                raise BundleError(f"{path}: checksum mismatch; the engine is damaged or was "
+                                  f"replaced, re-export the bundle")
+            engine = self._load(entry, data)
+            self.engines.setdefault((entry.role, entry.height, entry.width), {})[entry.batch] = engine
+            self.entries.append(entry)
+
+    # subclasses --------------------------------------------------------------------------------
+    def _load(self, entry, data: bytes):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _run(self, engine, feed: dict[str, np.ndarray]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    # Denoiser ------------------------------------------------------------------------------------
+    def batch_sizes(self, role: str, height: int | None = None, width: int | None = None) -> list[int]:
+        """Exported batch sizes of a role at a frame size (default: the bundle's)."""
+        return sorted(self._engines_for(role, height, width))
+
+    def _engines_for(self, role: str, height: int | None, width: int | None) -> dict[int, object]:
+        m = self.bundle.manifest
+        h, w = height or m.height, width or m.width
+        found = self.engines.get((role, h, w))
+        if not found:
+            have = sorted({f"{r} {hh}x{ww}" for r, hh, ww in self.engines})
+            raise BundleError(f"{self.bundle.path}: no {self.kind} engine for {role} at {w}x{h} "
+                              f"(has: {', '.join(have)}); run: sinfusion-export {self.bundle.path} "
+                              f"--kind {self.kind} --roles {role} --size {w}x{h}")
+        return found
+
+    def __call__(self, role, x, cond, t, k, coef, noise) -> np.ndarray:
+        x = np.asarray(x)
+        engines = self._engines_for(role, x.shape[-2], x.shape[-1])
+        feed = step_feed(self.configs[role], x, cond, t, k, coef, noise)
+        return run_chunked(feed, list(engines), lambda b, part: self._run(engines[b], part),
+                           self.call_cost)
