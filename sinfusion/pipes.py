@@ -60,6 +60,11 @@ class ByteSource:
         self._prefix = prefix
         self.offset = 0  # bytes handed out so far
 
+    @property
+    def pending(self) -> bytes:
+        """Bytes taken from the stream but not handed out yet (what `sniff` looked at)."""
+        return self._prefix
+
     def read(self, n: int) -> bytes:
         """Up to n bytes; fewer only at the end of the stream (pipes may return short reads)."""
         parts, want = [], n

@@ -26,6 +26,9 @@ from .bundle import atomic_write_bytes
 DEFAULT_MAX_SIDE = 256
 DEFAULT_FPS = 24.0
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+# Output suffix -> encoder of write_video; clients check a suffix against it before starting a stream.
+VIDEO_CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
+                ".gif": "gif"}
 
 
 class VideoError(ValueError):
@@ -196,8 +199,7 @@ def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
     import av
 
     path = Path(path)
-    codecs = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
-              ".gif": "gif"}
+    codecs = VIDEO_CODECS
     codec = codecs.get(path.suffix.lower())
     if codec is None:
         raise VideoError(f"{path}: unsupported output suffix (use one of {', '.join(codecs)})")

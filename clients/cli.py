@@ -1,0 +1,289 @@
+"""`sinfusion`: the shell client. Frames in and out through ffmpeg-friendly pipes or files.
+
+    sinfusion models
+    sinfusion extrapolate --model clouds --frames 48 -o future.mp4
+    sinfusion generate --model clouds --frames 48 | ffplay -
+    ffmpeg -i in.mp4 -f yuv4mpegpipe - | sinfusion upsample --model clouds --factor 4 | ffmpeg -i - out.mp4
+
+Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/client.md):
+0 done (also when the downstream reader closed the pipe early), 2 bad usage, 3 bad input,
+4 output not writable, 5 the server broke the protocol, 100 + N a gRPC status N from the server
+(e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND, 114 UNAVAILABLE), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+
+import grpc
+import numpy as np
+
+from sinfusion.pipes import PipeError, parse_size
+from sinfusion.video import VideoError
+
+from .cli_io import InputError, OutputError, check_output, open_source, write_frames
+from .errors import ClientError
+from .messages import Frame, Sampling
+from .options import DEFAULT_ADDRESS, ConnectionOptions
+from .sync import Client
+
+PROG = "sinfusion"
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
+GRPC_EXIT_BASE = 100  # exit code = 100 + the gRPC status number
+
+
+def exit_code(code: grpc.StatusCode | None) -> int:
+    """The process exit code for a server status (None: a reply that broke the contract)."""
+    return EXIT_PROTOCOL if code is None else GRPC_EXIT_BASE + code.value[0]
+
+
+class UsageError(ValueError):
+    """A flag combination argparse cannot express; exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (plus a pointer to --help), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _count(lo: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    # Accepted before and after the command; the copy after it only overrides when given.
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--address", default=d(os.environ.get("SINFUSION_ADDRESS", DEFAULT_ADDRESS)),
+                   help=f"server HOST:PORT (env SINFUSION_ADDRESS; default {DEFAULT_ADDRESS})")
+    p.add_argument("--token", default=d(os.environ.get("SINFUSION_TOKEN")),
+                   help="bearer token (env SINFUSION_TOKEN, which keeps it out of `ps`)")
+    p.add_argument("--tls", action="store_true", default=d(False), help="TLS with the system's root certificates")
+    p.add_argument("--tls-ca", metavar="PEM", default=d(None), help="TLS, trusting this root certificate file")
+    p.add_argument("--timeout", type=_positive_float, default=d(30.0),
+                   help="seconds for ListModels/DescribeModel (streams have no deadline)")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress or summary on stderr")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=_count(0), default=0, help="denoising steps per frame (0 = the model's T)")
+    g.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
+    g.add_argument("--correction-steps", type=_count(0), default=None,
+                   help="Projector correction level T_corr (default: the model's; 0 = off)")
+    g.add_argument("--seed", type=_count(0), default=None, help="random seed (default: random)")
+
+
+def _input_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("input (stdin: y4m, recognised by its header, or raw RGB24 with --size)")
+    g.add_argument("-i", "--input", metavar="FILE", help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
+    g.add_argument("--size", type=_size, metavar="WxH", help="frame size of raw RGB24 input")
+    g.add_argument("--input-fps", type=_positive_float, metavar="FPS", help="frame rate of raw input (default: the model's)")
+    g.add_argument("--resize", choices=("resize", "refuse"), default="resize",
+                   help="input frames not at the model's size: resized by the server, or refused")
+
+
+def _output_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("output (stdout unless --output)")
+    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb")
+    g.add_argument("--format", choices=("y4m", "raw"), default="y4m", help="stdout format (default y4m)")
+    g.add_argument("--chroma", choices=("444", "422", "420"), default="444", help="y4m chroma subsampling")
+    g.add_argument("--fps", type=_positive_float, help="frame rate written to the output (default: the source's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Stream frames from a SinFusion server through pipes and files.",
+                     epilog="Exit codes: 0 ok or downstream closed, 2 usage, 3 input, 4 output, 5 protocol, "
+                            "100+N gRPC status N, 130 interrupted.")
+    _connection_args(parser, defaults=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+
+    def command(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _connection_args(p, defaults=False)
+        return p
+
+    p = command("models", "list the served models, or describe one")
+    p.add_argument("name", nargs="?", help="describe only this model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command("extrapolate", "frames after (or before) a clip frame or the first input frame")
+    p.add_argument("--model", required=True)
+    p.add_argument("--frames", type=_count(1), required=True, help="frames to produce")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--start-frame", type=_count(0), help="index of a training-clip frame (default 0)")
+    start.add_argument("--start-from-input", action="store_true", help="start from the first input frame")
+    p.add_argument("--step", type=int, default=1, help="frame step k: negative goes back in time (default 1)")
+    _sampling_args(p)
+    _input_args(p)
+    _output_args(p)
+
+    p = command("generate", "a new variation of the clip, from noise")
+    p.add_argument("--model", required=True)
+    p.add_argument("--frames", type=_count(1), required=True, help="frames to produce")
+    _sampling_args(p)
+    _output_args(p)
+
+    p = command("upsample", "temporal upsampling of the input: factor - 1 new frames between each pair")
+    p.add_argument("--model", required=True)
+    p.add_argument("--factor", type=int, choices=(2, 4, 8), required=True)
+    _sampling_args(p)
+    _input_args(p)
+    _output_args(p)
+    return parser
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+def _say(args, text: str) -> None:
+    if not args.quiet:
+        print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+
+
+def _progress(args, frames: Iterable[Frame], total: int | None) -> Iterator[np.ndarray]:
+    """Pass frames through, reporting progress on stderr (live on a terminal, a summary otherwise)."""
+    live = not args.quiet and sys.stderr.isatty()
+    start, n, size = time.monotonic(), 0, ""
+    for frame in frames:
+        n += 1
+        size = f"{frame.width}x{frame.height}"
+        if live:
+            rate = n / max(time.monotonic() - start, 1e-9)
+            print(f"\r{PROG}: frame {n}{f'/{total}' if total else ''} {size} ({rate:.2f} frames/s)",
+                  end="", file=sys.stderr, flush=True)
+        yield frame.image
+    if live:
+        print(file=sys.stderr)
+    elapsed = time.monotonic() - start
+    _say(args, f"{n} frames {size} in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.2f} frames/s) "
+               f"-> {args.output or 'stdout'}")
+
+
+def _sampling(args) -> Sampling:
+    return Sampling(steps=args.steps, method=args.method, correction_steps=args.correction_steps, seed=args.seed)
+
+
+def cmd_models(client: Client, args) -> int:
+    models = [client.describe_model(args.name)] if args.name else client.list_models()
+    if args.json:
+        print(json.dumps([vars(m) for m in models], indent=2))
+        return EXIT_OK
+    if not models:
+        _say(args, f"no models served at {args.address}")
+        return EXIT_OK
+    rows = [("NAME", "SIZE", "FPS", "FRAMES", "MODE", "RUNTIME", "CAPABILITIES")]
+    rows += [(m.name, f"{m.width}x{m.height}", f"{m.fps:g}", str(m.frame_count), m.mode, m.runtime,
+              ",".join(m.capabilities)) for m in models]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int | None]:
+    """Start the call a frame command asks for: (frames, output fps, expected count)."""
+    info = client.describe_model(args.model)  # fails fast (NOT_FOUND) and gives the clip's fps
+    if args.command == "generate":
+        return client.generate(args.model, args.frames, _sampling(args)), args.fps or info.fps, args.frames
+    if args.command == "extrapolate":
+        start_image = None
+        if args.start_from_input:
+            source = open_source(args.input, args.size, args.input_fps)
+            start_image = next(source.frames, None)
+            if start_image is None:
+                raise InputError(f"{source.description}: no frames; --start-from-input needs one")
+        elif args.input or args.size:
+            raise UsageError("--input/--size are only used with --start-from-input")
+        frames = client.extrapolate(args.model, args.frames, step=args.step, start_frame=args.start_frame,
+                                    start_image=start_image, resize=args.resize, sampling=_sampling(args))
+        return frames, args.fps or info.fps, args.frames
+    source = open_source(args.input, args.size, args.input_fps)
+    fps = args.fps or (source.fps or info.fps) * args.factor
+    frames = client.upsample(args.model, source.frames, args.factor, resize=args.resize, sampling=_sampling(args))
+    return frames, fps, None
+
+
+def cmd_frames(client: Client, args) -> int:
+    check_output(args.output)
+    frames, fps, total = _stream_command(client, args)
+    try:
+        write_frames(_progress(args, frames, total), args.output, args.format, fps, args.chroma)
+    except BrokenPipeError:
+        # The reader downstream (head, a player that was closed) wants no more: stop the stream on
+        # the server and leave quietly. stdout is pointed at /dev/null so that Python's own flush at
+        # exit does not fail on the closed pipe.
+        frames.close()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        _say(args, "downstream closed the pipe; stream stopped")
+        return EXIT_OK
+    finally:
+        frames.close()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        options = ConnectionOptions(address=args.address, tls=args.tls, tls_ca=args.tls_ca, token=args.token,
+                                    timeout=args.timeout)
+        with Client(options=options) as client:
+            return (cmd_models if args.command == "models" else cmd_frames)(client, args)
+    except ClientError as exc:
+        where = f" ({args.address})" if exc.code == grpc.StatusCode.UNAVAILABLE else ""
+        return _fail(f"server error {exc}{where}", exit_code(exc.code))
+    except (InputError, PipeError) as exc:
+        return _fail(str(exc), EXIT_INPUT)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except (OutputError, VideoError, OSError) as exc:  # input-side failures arrive as InputError
+        return _fail(f"output: {exc}", EXIT_OUTPUT)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except ValueError as exc:  # option values the library refused (e.g. an unreadable --tls-ca)
+        return _fail(str(exc), EXIT_USAGE)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return code
+
+
+def run() -> None:
+    """Console-script entry: exit with main's code."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

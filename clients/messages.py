@@ -1,0 +1,143 @@
+"""Plain Python values for the wire messages, and the conversions both clients share.
+
+Frames travel as RGB24 bytes (see the .proto); here they are numpy uint8 arrays (H, W, 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from sinfusion.v1 import sinfusion_pb2 as pb
+
+from .errors import ClientError
+
+METHODS = {"ddpm": pb.SAMPLING_METHOD_DDPM, "ddim": pb.SAMPLING_METHOD_DDIM}
+RESIZE = {"resize": pb.RESIZE_POLICY_RESIZE, "refuse": pb.RESIZE_POLICY_REFUSE}
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame from the server. `image` is a read-only uint8 (H, W, 3) view of the message bytes."""
+
+    index: int  # position in this response stream, from 0
+    image: np.ndarray
+    synthesized: bool  # made by the model (False: an original frame passed through by upsample)
+    resized: bool  # derived from a client frame that was resized to the model's size
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A served model (ModelInfo in the .proto, field for field)."""
+
+    name: str
+    width: int
+    height: int
+    fps: float
+    frame_count: int
+    capabilities: tuple[str, ...]
+    runtime: str
+    roles: tuple[str, ...]
+    schedule_steps: int
+    default_correction_steps: int
+    batch_sizes: tuple[int, ...]
+    mode: str
+    max_step: int
+
+    @classmethod
+    def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
+        return cls(m.name, m.width, m.height, m.fps, m.frame_count, tuple(m.capabilities), m.runtime,
+                   tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
+                   m.mode, m.max_step)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How frames are sampled; the defaults are the server's (the paper's settings).
+
+    steps: denoising steps per frame, 0 = all of the model's schedule_steps.
+    method: "ddpm" (ancestral, the paper) or "ddim" (deterministic, fewer steps).
+    correction_steps: Projector correction level T_corr; None = the model's default, 0 = off.
+    seed: the stream's random seed; None = random. Same seed and parameters, same frames.
+    """
+
+    steps: int = 0
+    method: str = "ddpm"
+    correction_steps: int | None = None
+    seed: int | None = None
+
+    def to_proto(self) -> pb.SamplingParams:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        msg = pb.SamplingParams(steps=self.steps, method=METHODS[self.method])
+        if self.correction_steps is not None:
+            msg.correction_steps = self.correction_steps
+        if self.seed is not None:
+            msg.seed = self.seed
+        return msg
+
+
+def raw_frame(image: np.ndarray) -> pb.RawFrame:
+    """uint8 (H, W, 3) RGB -> RawFrame; checked here so a bad array never reaches the wire."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"a frame must be a uint8 (H, W, 3) RGB array, got {image.dtype} {image.shape}")
+    return pb.RawFrame(width=image.shape[1], height=image.shape[0],
+                       rgb=np.ascontiguousarray(image).tobytes())
+
+
+def frame_from_proto(msg: pb.Frame) -> Frame:
+    expected = msg.width * msg.height * 3
+    if not msg.width or not msg.height or len(msg.rgb) != expected:
+        raise ClientError(None, f"server sent frame {msg.index} of {msg.width}x{msg.height} with "
+                                f"{len(msg.rgb)} bytes, expected {expected}")
+    image = np.frombuffer(msg.rgb, np.uint8).reshape(msg.height, msg.width, 3)
+    return Frame(msg.index, image, msg.synthesized, msg.resized)
+
+
+def _resize(policy: str) -> int:
+    if policy not in RESIZE:
+        raise ValueError(f"resize must be one of {', '.join(RESIZE)}, got {policy!r}")
+    return RESIZE[policy]
+
+
+def extrapolate_request(model: str, frames: int, *, step: int = 1, start_frame: int | None = None,
+                        start_image: np.ndarray | None = None, resize: str = "resize",
+                        sampling: Sampling | None = None) -> pb.ExtrapolateRequest:
+    if start_frame is not None and start_image is not None:
+        raise ValueError("give start_frame or start_image, not both")
+    req = pb.ExtrapolateRequest(model=model, frames=frames, step=step, resize=_resize(resize),
+                                sampling=(sampling or Sampling()).to_proto())
+    if start_image is not None:
+        req.start_image.CopyFrom(raw_frame(start_image))
+    else:
+        req.start_frame = start_frame or 0
+    return req
+
+
+def generate_request(model: str, frames: int, sampling: Sampling | None = None) -> pb.GenerateRequest:
+    return pb.GenerateRequest(model=model, frames=frames, sampling=(sampling or Sampling()).to_proto())
+
+
+def upsample_first(model: str, factor: int, resize: str = "resize",
+                   sampling: Sampling | None = None) -> pb.UpsampleRequest:
+    """The first Upsample message: what to do, no frame yet."""
+    return pb.UpsampleRequest(model=model, factor=factor, resize=_resize(resize),
+                              sampling=(sampling or Sampling()).to_proto())
+
+
+def upsample_requests(first: pb.UpsampleRequest, frames: Iterable[np.ndarray]) -> Iterator[pb.UpsampleRequest]:
+    """The first message, then one message per input frame, converted lazily as frames arrive."""
+    yield first
+    for image in frames:
+        yield pb.UpsampleRequest(frame=raw_frame(image))

@@ -1,0 +1,304 @@
+"""The client library and CLI against a real `sinfusion-server` subprocess and a real ffmpeg binary.
+
+One server (torch-cpu, tiny random bundles, a bearer token) serves the whole module; sampling uses DDIM
+with 3 steps and 1 correction step so that each frame costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clients import AsyncClient, Client, ClientError, Sampling
+from clients.cli import EXIT_INPUT, EXIT_OK
+from tests.conftest import make_tiny_bundle, tiny_clip
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "test-token"
+FAST = Sampling(steps=3, method="ddim", correction_steps=1, seed=7)
+FAST_ARGS = ["--method", "ddim", "--steps", "3", "--correction-steps", "1", "--seed", "7"]
+H, W = 16, 24
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """Start the real server on a free loopback port; yields its address; SIGTERM at the end."""
+    root = tmp_path_factory.mktemp("served")
+    models = root / "models"
+    make_tiny_bundle(models / "tiny", height=H, width=W)
+    make_tiny_bundle(models / "still", roles=("projector",), height=H, width=W)  # no interpolator
+    port_file = root / "port"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SINFUSION_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--models", str(models), "--host", "127.0.0.1",
+                             "--port", "0", "--port-file", str(port_file), "--runtime", "torch-cpu",
+                             "--token", TOKEN, "--grace", "1", "--log-level", "warning"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if proc.poll() is not None:
+            pytest.fail(f"server exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not write its port file within 120 s")
+        time.sleep(0.1)
+    yield f"127.0.0.1:{int(port_file.read_text())}"
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def ffmpeg() -> str:
+    return pytest.importorskip("imageio_ffmpeg").get_ffmpeg_exe()
+
+
+def cli_cmd(server: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "clients", "--address", server, "--token", TOKEN, *args]
+
+
+def cli(server: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
+    return subprocess.run(cli_cmd(server, *args), input=stdin, capture_output=True, cwd=ROOT, timeout=120)
+
+
+def ffmpeg_y4m(ffmpeg: str, clip: np.ndarray, rate: int = 12, pix_fmt: str = "yuv420p") -> bytes:
+    """ffmpeg turns raw RGB frames into a y4m stream (the way users feed the CLI)."""
+    n, h, w, _ = clip.shape
+    proc = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                           "-s", f"{w}x{h}", "-r", str(rate), "-i", "-", "-pix_fmt", pix_fmt,
+                           "-f", "yuv4mpegpipe", "-"], input=clip.tobytes(), capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout
+
+
+def probe(path: Path) -> tuple[int, int, int, float]:
+    """(frames, width, height, fps) of a video file, decoded by PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(stream))
+        return frames, stream.width, stream.height, float(stream.average_rate or 0)
+
+
+# ---- the library -------------------------------------------------------------------------------
+
+def test_list_and_describe(server):
+    with Client(server, token=TOKEN) as client:
+        models = client.list_models()
+        assert [m.name for m in models] == ["still", "tiny"]
+        tiny = client.describe_model("tiny")
+        assert (tiny.width, tiny.height, tiny.frame_count) == (W, H, 8)
+        assert set(tiny.capabilities) == {"extrapolate", "generate", "upsample"}
+        assert tiny.runtime == "torch-cpu" and tiny.schedule_steps == 50
+        with pytest.raises(ClientError) as err:
+            client.describe_model("nope")
+        assert err.value.code.name == "NOT_FOUND" and "nope" in err.value.details
+
+
+def test_token_is_required(server):
+    with Client(server) as client, pytest.raises(ClientError) as err:
+        client.list_models()
+    assert err.value.code.name == "UNAUTHENTICATED"
+    with Client(server, token="wrong") as client, pytest.raises(ClientError) as err:
+        list(client.generate("tiny", 1, FAST))
+    assert err.value.code.name == "UNAUTHENTICATED"
+
+
+def test_generate_and_extrapolate_frames(server):
+    with Client(server, token=TOKEN) as client:
+        frames = list(client.generate("tiny", 3, FAST))
+        assert [f.index for f in frames] == [0, 1, 2]
+        assert all(f.image.shape == (H, W, 3) and f.image.dtype == np.uint8 and f.synthesized for f in frames)
+        again = list(client.generate("tiny", 3, FAST))
+        assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, again))  # same seed, same frames
+        back = list(client.extrapolate("tiny", 2, step=-1, start_frame=5, sampling=FAST))
+        assert len(back) == 2
+        own = list(client.extrapolate("tiny", 2, start_image=tiny_clip(1, 32, 48)[0], sampling=FAST))
+        assert len(own) == 2 and all(f.resized for f in own)  # 48x32 sent, resized to 24x16
+        with pytest.raises(ClientError) as err:
+            list(client.extrapolate("tiny", 2, start_frame=99, sampling=FAST))
+        assert err.value.code.name == "INVALID_ARGUMENT" and "start_frame" in err.value.details
+
+
+def test_leaving_a_stream_early_is_clean(server):
+    with Client(server, token=TOKEN) as client:
+        stream = client.generate("tiny", 500, FAST)
+        first = next(stream)
+        stream.close()  # cancels the call; the server stops the stream at its next step
+        assert first.index == 0
+        assert len(list(client.generate("tiny", 1, FAST))) == 1  # the channel is still usable
+
+
+def test_upsample_streams_frames_back(server):
+    clip = tiny_clip(4, H, W)
+    with Client(server, token=TOKEN) as client:
+        out = list(client.upsample("tiny", iter(clip), 4, sampling=FAST))
+    assert len(out) == (len(clip) - 1) * 4 + 1
+    assert [f.synthesized for f in out[:5]] == [False, True, True, True, False]
+    assert np.array_equal(out[0].image, clip[0]) and np.array_equal(out[-1].image, clip[-1])
+
+
+def test_upsample_input_failure_is_raised(server):
+    class Broken(Exception):
+        pass
+
+    def frames():
+        yield tiny_clip(1, H, W)[0]
+        raise Broken("input broke after frame 0")
+
+    with Client(server, token=TOKEN) as client, pytest.raises(Broken, match="after frame 0"):
+        list(client.upsample("tiny", frames(), 2, sampling=FAST))
+
+
+def test_upsample_without_interpolator_is_failed_precondition(server):
+    with Client(server, token=TOKEN) as client, pytest.raises(ClientError) as err:
+        list(client.upsample("still", iter(tiny_clip(2, H, W)), 2, sampling=FAST))
+    assert err.value.code.name == "FAILED_PRECONDITION"
+
+
+def test_async_client(server):
+    async def main():
+        async with AsyncClient(server, token=TOKEN) as client:
+            names = [m.name for m in await client.list_models()]
+            gen = [f async for f in client.generate("tiny", 2, FAST)]
+
+            async def frames():
+                for f in tiny_clip(3, H, W):
+                    await asyncio.sleep(0)
+                    yield f
+
+            up = [f async for f in client.upsample("tiny", frames(), 2, sampling=FAST)]
+            try:
+                await client.describe_model("nope")
+            except ClientError as exc:
+                code = exc.code.name
+            return names, gen, up, code
+
+    names, gen, up, code = asyncio.run(main())
+    assert names == ["still", "tiny"] and code == "NOT_FOUND"
+    assert [f.index for f in gen] == [0, 1] and gen[0].image.shape == (H, W, 3)
+    assert len(up) == 5 and [f.synthesized for f in up] == [False, True, False, True, False]
+    with Client(server, token=TOKEN) as client:  # the sync client gives the same seeded frames
+        assert np.array_equal(next(client.generate("tiny", 1, FAST)).image, gen[0].image)
+
+
+# ---- the CLI with ffmpeg -------------------------------------------------------------------------
+
+def test_cli_models(server):
+    proc = cli(server, "models")
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert lines[0].split()[:3] == ["NAME", "SIZE", "FPS"] and lines[2].split()[:2] == ["tiny", "24x16"]
+
+
+def test_cli_server_errors_have_distinct_codes(server):
+    cases = [(["models", "nope"], 105, "NOT_FOUND"),
+             (["extrapolate", "--model", "tiny", "--frames", "2", "--step", "9", "--format", "raw"], 103,
+              "step must be in"),
+             (["upsample", "--model", "still", "--factor", "2", "--size", f"{W}x{H}"], 109, "FAILED_PRECONDITION")]
+    for args, code, text in cases:
+        proc = cli(server, *args, stdin=tiny_clip(2, H, W).tobytes())
+        err = proc.stderr.decode()
+        assert proc.returncode == code and text in err and err.count("\n") == 1, (args, proc.returncode, err)
+    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "models"], capture_output=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 116 and "UNAUTHENTICATED" in proc.stderr.decode()
+
+
+def test_ffmpeg_raw_in_cli_raw_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
+    """ffmpeg -f rawvideo | sinfusion upsample --size | ffmpeg -f rawvideo -> mp4 of the right length."""
+    clip = tiny_clip(4, H, W)
+    mp4 = tmp_path / "up.mp4"
+    src = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                            "-s", f"{W}x{H}", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    mid = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--size", f"{W}x{H}",
+                                   "--format", "raw", *FAST_ARGS),
+                           stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    dst = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt",
+                            "rgb24", "-s", f"{W}x{H}", "-r", "24", "-i", "-", "-pix_fmt", "yuv420p", str(mp4)],
+                           stdin=mid.stdout, stderr=subprocess.PIPE)
+    src.stdout.close()
+    mid.stdout.close()  # the pipes now belong to the processes they connect
+    src.communicate(clip.tobytes(), timeout=60)
+    _, mid_err = mid.communicate(timeout=120)
+    _, dst_err = dst.communicate(timeout=60)
+    assert mid.returncode == 0, mid_err.decode()
+    assert dst.returncode == 0, dst_err.decode()
+    assert probe(mp4)[:3] == (7, W, H)
+
+
+def test_ffmpeg_y4m_in_cli_y4m_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
+    """ffmpeg -f yuv4mpegpipe | sinfusion upsample (no size flags) | ffmpeg -i - out.mp4."""
+    y4m = ffmpeg_y4m(ffmpeg, tiny_clip(3, H, W), rate=12)
+    up = cli(server, "upsample", "--model", "tiny", "--factor", "4", *FAST_ARGS, "--chroma", "420", stdin=y4m)
+    assert up.returncode == 0, up.stderr.decode()
+    assert up.stdout.startswith(b"YUV4MPEG2 W24 H16 F48:1 ")  # 12 fps x 4
+    mp4 = tmp_path / "up.mp4"
+    enc = subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "-",
+                          str(mp4)], input=up.stdout, capture_output=True, timeout=60)
+    assert enc.returncode == 0, enc.stderr.decode()
+    assert probe(mp4) == (9, W, H, 48.0)
+
+
+def test_cli_files_in_and_out(server, ffmpeg, tmp_path):
+    """--input any container, --output by suffix (mp4 via PyAV, y4m), extrapolate from the input."""
+    src = tmp_path / "in.mp4"
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s",
+                    f"{W * 2}x{H * 2}", "-r", "10", "-i", "-", "-pix_fmt", "yuv420p", str(src)],
+                   input=tiny_clip(3, H * 2, W * 2).tobytes(), check=True, timeout=60)
+    out = tmp_path / "up.mp4"
+    proc = cli(server, "upsample", "--model", "tiny", "--factor", "2", "-i", str(src), "-o", str(out), *FAST_ARGS)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert probe(out) == (5, W, H, 20.0)
+    gen = tmp_path / "gen.y4m"
+    proc = cli(server, "generate", "--model", "tiny", "--frames", "3", "-o", str(gen), *FAST_ARGS)
+    assert proc.returncode == 0 and probe(gen)[:3] == (3, W, H)
+    ex = tmp_path / "ex.mp4"
+    proc = cli(server, "extrapolate", "--model", "tiny", "--frames", "4", "--start-from-input", "--step", "2",
+               "-o", str(ex), *FAST_ARGS, stdin=ffmpeg_y4m(ffmpeg, tiny_clip(2, H, W)))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert probe(ex)[:3] == (4, W, H)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_broken_downstream_pipe_ends_cleanly(server):
+    proc = subprocess.Popen(cli_cmd(server, "generate", "--model", "tiny", "--frames", "1000", "--format", "raw",
+                                    *FAST_ARGS),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    first = proc.stdout.read(W * H * 3)  # one frame, then the reader goes away
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert len(first) == W * H * 3
+    assert proc.returncode == EXIT_OK, err.decode()
+    assert "Traceback" not in err.decode() and "downstream closed the pipe" in err.decode()
+
+
+def test_truncated_y4m_stream(server, ffmpeg):
+    y4m = ffmpeg_y4m(ffmpeg, tiny_clip(3, H, W))
+    header = y4m.index(b"\n") + 1
+    frame = 6 + W * H * 3 // 2
+    cut = y4m[: header + 2 * frame + 50]  # frame 2 ends early
+    proc = cli(server, "upsample", "--model", "tiny", "--factor", "2", "--format", "raw", *FAST_ARGS, stdin=cut)
+    err = proc.stderr.decode()
+    assert proc.returncode == EXIT_INPUT, err
+    assert f"y4m frame 2 at byte {header + 2 * frame}: truncated" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_raw_stdin_without_size(server):
+    proc = cli(server, "upsample", "--model", "tiny", "--factor", "2", stdin=bytes(100))
+    assert proc.returncode == EXIT_INPUT and "give --size WxH" in proc.stderr.decode()
