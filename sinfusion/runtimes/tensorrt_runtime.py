@@ -119,8 +119,8 @@ class TensorRTDenoiser(FixedShapeDenoiser):
     def __init__(self, bundle: Bundle, roles: Sequence[str] | None = None,
                  precision: str | None = None, device: int = 0) -> None:
         reason = unavailable_reason()
-        if reason:
-            raise RuntimeError(f"TensorRT is not available here: {reason}")
+        if reason:  # a BundleError like a plan for another GPU: these engines cannot load here
+            raise BundleError(f"{bundle.path}: TensorRT engines cannot run here: {reason}")
         self.device = device
         self.facts = device_facts(device)
         super().__init__(bundle, roles, precision)
