@@ -22,6 +22,7 @@ from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from . import messages as m
 from .errors import ClientError
 from .options import ConnectionOptions
+from .sync import _health_modules
 
 
 class AsyncClient:
@@ -70,6 +71,13 @@ class AsyncClient:
     async def describe_model(self, name: str) -> m.ModelInfo:
         reply = await self._unary(self.stub.DescribeModel, pb.DescribeModelRequest(model=name))
         return m.ModelInfo.from_proto(reply)
+
+    async def health(self, service: str = "") -> str:
+        """The grpc.health.v1 status of `service` ("" = the whole server); see Client.health."""
+        health_pb2, health_pb2_grpc = _health_modules()
+        reply = await self._unary(health_pb2_grpc.HealthStub(self._channel).Check,
+                                  health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # ---- streams -------------------------------------------------------------------------------
 

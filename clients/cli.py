@@ -7,8 +7,9 @@
 
 Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/client.md):
 0 done (also when the downstream reader closed the pipe early), 2 bad usage, 3 bad input,
-4 output not writable, 5 the server broke the protocol, 100 + N a gRPC status N from the server
-(e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND, 114 UNAVAILABLE), 130 interrupted.
+4 output not writable, 5 the server broke the protocol, 6 `health` found the server not serving,
+100 + N a gRPC status N from the server (e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND, 114 UNAVAILABLE),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from .options import DEFAULT_ADDRESS, ConnectionOptions
 from .sync import Client
 
 PROG = "sinfusion"
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_INTERRUPTED = 0, 2, 3, 4, 5, 130
+EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_NOT_SERVING = 0, 2, 3, 4, 5, 6
+EXIT_INTERRUPTED = 130
 GRPC_EXIT_BASE = 100  # exit code = 100 + the gRPC status number
 
 
@@ -89,11 +91,14 @@ def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help=f"server HOST:PORT (env SINFUSION_ADDRESS; default {DEFAULT_ADDRESS})")
     p.add_argument("--token", default=d(os.environ.get("SINFUSION_TOKEN")),
                    help="bearer token (env SINFUSION_TOKEN, which keeps it out of `ps`)")
-    p.add_argument("--tls", action="store_true", default=d(False), help="TLS with the system's root certificates")
-    p.add_argument("--tls-ca", metavar="PEM", default=d(None), help="TLS, trusting this root certificate file")
+    p.add_argument("--tls", action="store_true", default=d(False),
+                   help="TLS with the system's root certificates")
+    p.add_argument("--tls-ca", metavar="PEM", default=d(None),
+                   help="TLS, trusting this root certificate file")
     p.add_argument("--timeout", type=_positive_float, default=d(30.0),
                    help="seconds for ListModels/DescribeModel (streams have no deadline)")
-    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress or summary on stderr")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False),
+                   help="no progress or summary on stderr")
 
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
@@ -107,25 +112,29 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input (stdin: y4m, recognised by its header, or raw RGB24 with --size)")
-    g.add_argument("-i", "--input", metavar="FILE", help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
+    g.add_argument("-i", "--input", metavar="FILE",
+                   help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
     g.add_argument("--size", type=_size, metavar="WxH", help="frame size of raw RGB24 input")
-    g.add_argument("--input-fps", type=_positive_float, metavar="FPS", help="frame rate of raw input (default: the model's)")
+    g.add_argument("--input-fps", type=_positive_float, metavar="FPS",
+                   help="frame rate of raw input (default: the model's)")
     g.add_argument("--resize", choices=("resize", "refuse"), default="resize",
                    help="input frames not at the model's size: resized by the server, or refused")
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output (stdout unless --output)")
-    g.add_argument("-o", "--output", metavar="FILE", help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb")
+    g.add_argument("-o", "--output", metavar="FILE",
+                   help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb")
     g.add_argument("--format", choices=("y4m", "raw"), default="y4m", help="stdout format (default y4m)")
     g.add_argument("--chroma", choices=("444", "422", "420"), default="444", help="y4m chroma subsampling")
-    g.add_argument("--fps", type=_positive_float, help="frame rate written to the output (default: the source's)")
+    g.add_argument("--fps", type=_positive_float,
+                   help="frame rate written to the output (default: the source's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Stream frames from a SinFusion server through pipes and files.",
                      epilog="Exit codes: 0 ok or downstream closed, 2 usage, 3 input, 4 output, 5 protocol, "
-                            "100+N gRPC status N, 130 interrupted.")
+                            "6 not serving, 100+N gRPC status N, 130 interrupted.")
     _connection_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -137,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("models", "list the served models, or describe one")
     p.add_argument("name", nargs="?", help="describe only this model")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = command("health", "the server's grpc.health.v1 status: exit 0 when SERVING, 6 otherwise")
+    p.add_argument("--service", default="", help="a service name (default: the whole server)")
 
     p = command("extrapolate", "frames after (or before) a clip frame or the first input frame")
     p.add_argument("--model", required=True)
@@ -191,7 +203,8 @@ def _progress(args, frames: Iterable[Frame], total: int | None) -> Iterator[np.n
 
 
 def _sampling(args) -> Sampling:
-    return Sampling(steps=args.steps, method=args.method, correction_steps=args.correction_steps, seed=args.seed)
+    return Sampling(steps=args.steps, method=args.method, correction_steps=args.correction_steps,
+                    seed=args.seed)
 
 
 def cmd_models(client: Client, args) -> int:
@@ -209,6 +222,12 @@ def cmd_models(client: Client, args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return EXIT_OK
+
+
+def cmd_health(client: Client, args) -> int:
+    status = client.health(args.service)
+    print(status)
+    return EXIT_OK if status == "SERVING" else EXIT_NOT_SERVING
 
 
 def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int | None]:
@@ -230,7 +249,8 @@ def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int |
         return frames, args.fps or info.fps, args.frames
     source = open_source(args.input, args.size, args.input_fps)
     fps = args.fps or (source.fps or info.fps) * args.factor
-    frames = client.upsample(args.model, source.frames, args.factor, resize=args.resize, sampling=_sampling(args))
+    frames = client.upsample(args.model, source.frames, args.factor, resize=args.resize,
+                             sampling=_sampling(args))
     return frames, fps, None
 
 
@@ -259,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         options = ConnectionOptions(address=args.address, tls=args.tls, tls_ca=args.tls_ca, token=args.token,
                                     timeout=args.timeout)
         with Client(options=options) as client:
-            return (cmd_models if args.command == "models" else cmd_frames)(client, args)
+            command = {"models": cmd_models, "health": cmd_health}.get(args.command, cmd_frames)
+            return command(client, args)
     except ClientError as exc:
         where = f" ({args.address})" if exc.code == grpc.StatusCode.UNAVAILABLE else ""
         return _fail(f"server error {exc}{where}", exit_code(exc.code))
@@ -271,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"output: {exc}", EXIT_OUTPUT)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
-    except ValueError as exc:  # option values the library refused (e.g. an unreadable --tls-ca)
+    except (ValueError, ImportError) as exc:  # a refused option (unreadable --tls-ca); no health package
         return _fail(str(exc), EXIT_USAGE)
 
 

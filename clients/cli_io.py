@@ -72,7 +72,8 @@ def open_source(path: str | None, size: tuple[int, int] | None, fps: float | Non
         except OSError as exc:
             raise InputError(f"{p}: cannot read ({exc.strerror})") from None
         try:
-            reader = Y4MReader(stream, name=str(p)) if suffix in Y4M_SUFFIXES else RawReader(stream, *size, str(p))
+            reader = (Y4MReader(stream, name=str(p)) if suffix in Y4M_SUFFIXES
+                      else RawReader(stream, *size, str(p)))
         except Exception:
             stream.close()
             raise
@@ -105,7 +106,8 @@ def check_output(path: str | None) -> None:
     suffix = p.suffix.lower()
     allowed = sorted(VIDEO_CODECS) + sorted(Y4M_SUFFIXES) + sorted(RAW_SUFFIXES)
     if suffix not in allowed:
-        raise OutputError(f"{p}: unsupported output suffix {suffix or '(none)'} (use one of {', '.join(allowed)})")
+        raise OutputError(f"{p}: unsupported output suffix {suffix or '(none)'} "
+                          f"(use one of {', '.join(allowed)})")
     if not p.parent.is_dir() and not p.parent == Path(""):
         raise OutputError(f"{p}: folder {p.parent} does not exist")
 

@@ -136,7 +136,8 @@ def upsample_first(model: str, factor: int, resize: str = "resize",
                               sampling=(sampling or Sampling()).to_proto())
 
 
-def upsample_requests(first: pb.UpsampleRequest, frames: Iterable[np.ndarray]) -> Iterator[pb.UpsampleRequest]:
+def upsample_requests(first: pb.UpsampleRequest,
+                      frames: Iterable[np.ndarray]) -> Iterator[pb.UpsampleRequest]:
     """The first message, then one message per input frame, converted lazily as frames arrive."""
     yield first
     for image in frames:

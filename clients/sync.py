@@ -58,7 +58,16 @@ class Client:
         return [m.ModelInfo.from_proto(info) for info in reply.models]
 
     def describe_model(self, name: str) -> m.ModelInfo:
-        return m.ModelInfo.from_proto(self._unary(self._stub.DescribeModel, pb.DescribeModelRequest(model=name)))
+        reply = self._unary(self._stub.DescribeModel, pb.DescribeModelRequest(model=name))
+        return m.ModelInfo.from_proto(reply)
+
+    def health(self, service: str = "") -> str:
+        """The standard grpc.health.v1 status of `service` ("" = the whole server): "SERVING",
+        "NOT_SERVING", ... Needs the grpcio-health-checking package (server extras, Docker image)."""
+        health_pb2, health_pb2_grpc = _health_modules()
+        reply = self._unary(health_pb2_grpc.HealthStub(self._channel).Check,
+                            health_pb2.HealthCheckRequest(service=service))
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     # ---- streams -------------------------------------------------------------------------------
 
@@ -119,3 +128,12 @@ class Client:
             if failure:
                 call.cancel()
         return self._stream(call, failure)
+
+
+def _health_modules():
+    try:
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+    except ImportError:
+        raise ImportError("health checks need the grpcio-health-checking package "
+                          "(pip install grpcio-health-checking)") from None
+    return health_pb2, health_pb2_grpc

@@ -108,6 +108,17 @@ def test_list_and_describe(server):
         assert err.value.code.name == "NOT_FOUND" and "nope" in err.value.details
 
 
+def test_health_needs_no_token(server):
+    with Client(server) as client:
+        assert client.health() == "SERVING" and client.health("sinfusion.v1.SinFusion") == "SERVING"
+    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "health"], capture_output=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.decode().strip() == "SERVING", proc.stderr.decode()
+    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "health", "--service", "nope"],
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 105, proc.stderr.decode()  # grpc health: NOT_FOUND for an unknown service
+
+
 def test_token_is_required(server):
     with Client(server) as client, pytest.raises(ClientError) as err:
         client.list_models()
