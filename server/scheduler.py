@@ -5,13 +5,21 @@ random generator, wrapped in a `Job`. One scheduler per served model runs as an 
 
     round: prime new jobs (run them to their first StepRequest)
            group the pending request of every live job by StepRequest.batch_key (role, shape)
-           split each group into engine calls of the engine's batch sizes (plan_batches)
-           run each call with sinfusion.sampling.run_requests in the scheduler's worker thread,
-           hand every job its slice, advance it to its next request, queue the frames it finished
+           pick one group: the largest, or the group of a job passed over MAX_WAIT rounds
+           run it with sinfusion.sampling.run_requests in the scheduler's worker thread, in calls of
+           at most the engine's largest batch (plan_batches), hand every job its slice, advance it
+           to its next request and queue the frames it finished
 
-So every live stream advances one step per round, concurrent clients share engine calls, and the event
-loop never blocks on an engine. A cancelled job is dropped before the next call it would have joined.
-Random draws happen inside each job's own loop with its own generator, so batching changes no draw.
+Running one group per round (not every group) is what makes streams share calls: a frame is a run of
+Predictor steps then a few Projector (correction) steps, and streams that started at different times
+sit at different roles. Passing the smaller group over lets it fall in step with the larger one, so
+after a few rounds the streams move through their roles together and each round is one full engine
+call. MAX_WAIT bounds how long any stream waits (e.g. a lone upsampling stream beside many
+extrapolations).
+
+The event loop never blocks on an engine. A cancelled job is dropped before the next call it would
+have joined. Random draws happen inside each job's own loop with its own generator, so batching
+changes no draw.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from .runtimes import LoadedRuntime
 log = logging.getLogger("sinfusion.server")
 
 _END = object()  # queue marker: the job's loop finished
+MAX_WAIT = 2  # rounds a pending request may be passed over before its group goes next
 
 
 @dataclass
@@ -44,18 +53,20 @@ class WireFrame:
 
 
 def plan_batches(count: int, sizes: tuple[int, ...], fixed: bool = False) -> list[tuple[int, int]]:
-    """Split `count` same-key requests into engine calls: [(requests taken, engine batch size)].
+    """Split `count` same-key requests into engine calls: [(requests taken, batch passed)].
 
-    Each call takes the smallest engine size that holds what is left (padding the rest), or the
-    largest size when nothing holds it. With `fixed`, every call uses the largest size, so a sample's
-    arithmetic never depends on how many streams were live (bit-exact reproducibility; costs compute).
+    Calls take at most the largest engine batch. By default a call passes exactly its requests and
+    the runtime fits them to its engines (the fixed-shape runtimes split or zero-pad with their own
+    cost model, sinfusion/runtimes/fixed.py). With `fixed`, every call is padded to the largest size,
+    so a sample's arithmetic never depends on how many streams were live: seeded streams are then
+    bit-identical alone or batched (kernels of different batch sizes round differently), at the cost
+    of computing the padding.
     """
     calls = []
     largest = sizes[-1]
     while count > 0:
-        size = largest if fixed else next((s for s in sizes if s >= count), largest)
-        take = min(count, size)
-        calls.append((take, size))
+        take = min(count, largest)
+        calls.append((take, largest if fixed else take))
         count -= take
     return calls
 
@@ -73,6 +84,7 @@ class Job:
         self.finished = False  # loop ended or failed: nothing left to schedule
         self.cancelled = False
         self.steps = 0
+        self.waited = 0  # rounds this job's pending request was passed over
         self._queue: asyncio.Queue = asyncio.Queue()
 
     def cancel(self) -> None:
@@ -152,7 +164,13 @@ class Scheduler:
 
     @property
     def live(self) -> int:
+        """Jobs still being scheduled (cancelled ones no longer count)."""
         return sum(1 for j in self._jobs if not (j.finished or j.cancelled))
+
+    @property
+    def held(self) -> int:
+        """Jobs the scheduler still holds, cancelled ones included until their loop is closed."""
+        return len(self._jobs)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -174,8 +192,26 @@ class Scheduler:
                 keep.append(job)
         self._jobs = keep
 
+    def _choose(self) -> list[Job]:
+        """The group of pending jobs to run next (see the module docstring), oldest jobs first."""
+        groups: dict[tuple, list[Job]] = {}
+        for job in self._jobs:
+            if job.pending is not None and not job.cancelled:
+                groups.setdefault(job.pending.batch_key, []).append(job)
+        if not groups:
+            return []
+        starved = max((j for g in groups.values() for j in g), key=lambda j: j.waited)
+        if starved.waited >= MAX_WAIT:
+            chosen = groups[starved.pending.batch_key]
+        else:  # the largest group; on a tie the one that waited longest
+            chosen = max(groups.values(), key=lambda g: (len(g), sum(j.waited for j in g)))
+        for group in groups.values():
+            for job in group:
+                job.waited = 0 if group is chosen else job.waited + 1
+        return chosen
+
     async def _round(self) -> bool:
-        """One step for every live job; False when there was nothing to do."""
+        """One step for one group of jobs; False when there was nothing to do."""
         loop = asyncio.get_running_loop()
         self._drop_dead()
         fresh = [j for j in self._jobs if not j.started]
@@ -183,24 +219,19 @@ class Scheduler:
             results = await loop.run_in_executor(self._executor, self._prime, fresh)
             self._deliver(results)
             self._drop_dead()
-        groups: dict[tuple, list[Job]] = {}
-        for job in self._jobs:
-            if job.pending is not None:
-                groups.setdefault(job.pending.batch_key, []).append(job)
-        if not groups:
+        jobs = self._choose()
+        if not jobs:
             return False
-        for key, jobs in groups.items():
-            role = key[0]
-            sizes = self.runtime.batch_sizes[role]
-            for take, size in plan_batches(len(jobs), sizes, self.fixed_batch):
-                chunk, jobs = jobs[:take], jobs[take:]
-                chunk = [j for j in chunk if not j.cancelled]
-                if not chunk:
-                    continue
-                if not self.fixed_batch:  # a cancellation may have shrunk the chunk
-                    size = next(s for s in sizes if s >= len(chunk))
-                results = await loop.run_in_executor(self._executor, self._step, chunk, size)
-                self._deliver(results)
+        sizes = self.runtime.batch_sizes[jobs[0].pending.role]
+        for take, size in plan_batches(len(jobs), sizes, self.fixed_batch):
+            chunk, jobs = jobs[:take], jobs[take:]
+            chunk = [j for j in chunk if not j.cancelled]
+            if not chunk:
+                continue
+            if not self.fixed_batch:  # a cancellation may have shrunk the chunk
+                size = len(chunk)
+            results = await loop.run_in_executor(self._executor, self._step, chunk, size)
+            self._deliver(results)
         return True
 
     def _prime(self, jobs: list[Job]) -> list[tuple[Job, list | BaseException]]:

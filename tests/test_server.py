@@ -1,0 +1,227 @@
+"""The gRPC server end to end: a real server on a loopback port, tiny bundles, the generated stubs.
+
+Every RPC, order and count of frames, seeded reproducibility alone vs batched, health, reflection
+and metrics. Errors, limits and cancellation: test_server_errors.py; auth/TLS/CLI: their own files.
+Sampling is DDIM with 2 steps and 1 correction step wherever the test is not about the defaults.
+"""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from server import ServerConfig
+from server.background import BackgroundServer
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+from tests.conftest import make_tiny_bundle, tiny_clip
+
+H, W = 16, 24
+
+
+def fast(seed: int | None = None, **kw) -> pb.SamplingParams:
+    params = pb.SamplingParams(steps=2, method=pb.SAMPLING_METHOD_DDIM, correction_steps=1, **kw)
+    if seed is not None:
+        params.seed = seed
+    return params
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_bundle(root / "tiny")
+    make_tiny_bundle(root / "still", roles=("projector",), seed=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def running(models_dir):
+    config = ServerConfig(models=models_dir, metrics_port=0, grace=1.0)
+    with BackgroundServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(running):
+    with grpc.insecure_channel(running.target) as channel:
+        yield pb_grpc.SinFusionStub(channel)
+
+
+def image(frame: pb.Frame) -> np.ndarray:
+    assert len(frame.rgb) == frame.width * frame.height * 3
+    return np.frombuffer(frame.rgb, np.uint8).reshape(frame.height, frame.width, 3)
+
+
+def raw(array: np.ndarray) -> pb.RawFrame:
+    return pb.RawFrame(width=array.shape[1], height=array.shape[0], rgb=array.tobytes())
+
+
+def test_list_and_describe(stub):
+    models = stub.ListModels(pb.ListModelsRequest()).models
+    assert [m.name for m in models] == ["still", "tiny"]
+    info = stub.DescribeModel(pb.DescribeModelRequest(model="tiny"))
+    assert (info.width, info.height, info.frame_count, info.fps) == (W, H, 8, 12.0)
+    assert list(info.capabilities) == ["extrapolate", "generate", "upsample"]
+    assert info.runtime == "torch-cpu" and info.schedule_steps == 50 and info.max_step == 3
+    assert list(info.roles) == ["predictor", "projector", "interpolator"]
+    assert info.default_correction_steps == 3 and list(info.batch_sizes) == list(range(1, 9))
+    still = stub.DescribeModel(pb.DescribeModelRequest(model="still"))
+    assert list(still.capabilities) == ["generate"]
+
+
+@pytest.mark.parametrize("step", [1, -2, 3])
+def test_extrapolate_streams_frames_in_order(stub, step):
+    frames = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=4, step=step,
+                                                         start_frame=2, sampling=fast(seed=1))))
+    assert [f.index for f in frames] == [0, 1, 2, 3]
+    for f in frames:
+        assert (f.width, f.height, f.synthesized, f.resized) == (W, H, True, False)
+        image(f)
+
+
+def test_extrapolate_from_client_frame_resizes_or_not(stub):
+    clip = tiny_clip(2, H, W)
+    same = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=2, start_image=raw(clip[0]),
+                                                       sampling=fast(seed=2))))
+    assert [f.resized for f in same] == [False, False]
+    big = np.repeat(np.repeat(clip[0], 2, axis=0), 2, axis=1)  # 48x32: resized to 24x16
+    resized = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=2, start_image=raw(big),
+                                                          sampling=fast(seed=2))))
+    assert [(f.resized, f.width, f.height) for f in resized] == [(True, W, H), (True, W, H)]
+
+
+def test_generate_streams_a_new_clip(stub):
+    frames = list(stub.Generate(pb.GenerateRequest(model="tiny", frames=3, sampling=fast(seed=3))))
+    assert [(f.index, f.synthesized) for f in frames] == [(0, True), (1, True), (2, True)]
+    one = list(stub.Generate(pb.GenerateRequest(model="still", frames=1, sampling=fast(seed=3))))
+    assert len(one) == 1
+
+
+def test_default_sampling_parameters_work(stub):
+    """An empty SamplingParams: DDPM over all 50 steps, the bundle's default 3 correction steps."""
+    frames = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=1)))
+    assert len(frames) == 1
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_upsample_interleaves_originals_and_new_frames(stub, factor):
+    clip = tiny_clip(3, H, W)
+    requests = [pb.UpsampleRequest(model="tiny", factor=factor, sampling=fast(seed=4), frame=raw(clip[0]))]
+    requests += [pb.UpsampleRequest(frame=raw(c)) for c in clip[1:]]
+    frames = list(stub.Upsample(iter(requests)))
+    assert [f.index for f in frames] == list(range(2 * factor + 1))
+    originals = [f for f in frames if not f.synthesized]
+    assert [f.index for f in originals] == [0, factor, 2 * factor]
+    for f, c in zip(originals, clip):
+        np.testing.assert_array_equal(image(f), c)  # passed through untouched
+    assert all(f.synthesized for f in frames if f.index % factor)
+
+
+def test_upsample_output_starts_before_input_ends(stub):
+    clip = tiny_clip(3, H, W)
+    first_new = threading.Event()
+
+    def requests():
+        yield pb.UpsampleRequest(model="tiny", factor=2, sampling=fast(seed=5), frame=raw(clip[0]))
+        yield pb.UpsampleRequest(frame=raw(clip[1]))
+        # The third frame is only sent once the in-between of the first pair came back.
+        assert first_new.wait(30), "no interpolated frame before the input ended"
+        yield pb.UpsampleRequest(frame=raw(clip[2]))
+
+    got = []
+    for f in stub.Upsample(requests()):
+        got.append(f)
+        if f.synthesized:
+            first_new.set()
+    assert [f.index for f in got] == [0, 1, 2, 3, 4]
+
+
+def test_upsample_resizes_client_frames(stub):
+    clip = tiny_clip(2, 20, 30)
+    requests = [pb.UpsampleRequest(model="tiny", factor=2, sampling=fast(seed=6))]
+    requests += [pb.UpsampleRequest(frame=raw(c)) for c in clip]
+    frames = list(stub.Upsample(iter(requests)))
+    assert [(f.resized, f.width, f.height) for f in frames] == [(True, W, H)] * 3
+
+
+def extrapolate_bytes(stub, seed: int, frames: int = 3) -> list[bytes]:
+    request = pb.ExtrapolateRequest(model="tiny", frames=frames, sampling=fast(seed=seed))
+    return [f.rgb for f in stub.Extrapolate(request)]
+
+
+def batched_runs(stub, seed: int, others: int = 5) -> list[bytes]:
+    """The seeded stream running with `others` concurrent streams of other seeds."""
+    with ThreadPoolExecutor(others + 1) as pool:
+        futures = [pool.submit(extrapolate_bytes, stub, 1000 + i, 6) for i in range(others)]
+        target = pool.submit(extrapolate_bytes, stub, seed)
+        [f.result() for f in futures]
+        return target.result()
+
+
+def shared_calls(running) -> float:
+    """Predictor engine calls so far that carried more than one stream."""
+    registry = running.service.metrics.registry
+    labels = {"model": "tiny", "role": "predictor"}
+    total = registry.get_sample_value("sinfusion_batch_size_count", labels) or 0.0
+    single = registry.get_sample_value("sinfusion_batch_size_bucket", {**labels, "le": "1.0"}) or 0.0
+    return total - single
+
+
+def test_seeded_streams_repeat_and_differ_by_seed(stub):
+    a, b = extrapolate_bytes(stub, 7), extrapolate_bytes(stub, 7)
+    assert a == b
+    assert extrapolate_bytes(stub, 8) != a
+
+
+def test_seeded_stream_same_alone_or_batched_within_rounding(stub, running):
+    """Default batching: the same random draws, so frames agree up to float rounding of batched kernels."""
+    alone = extrapolate_bytes(stub, 11)
+    before = shared_calls(running)
+    batched = batched_runs(stub, 11)
+    assert shared_calls(running) > before, "the concurrent streams were never batched together"
+    for x, y in zip(alone, batched):
+        diff = np.abs(np.frombuffer(x, np.uint8).astype(int) - np.frombuffer(y, np.uint8))
+        assert diff.max() <= 2 and diff.mean() < 0.05
+
+
+def test_seeded_stream_bit_identical_with_fixed_batch(models_dir):
+    config = ServerConfig(models=models_dir, fixed_batch=True, max_batch=4, grace=1.0)
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        alone = extrapolate_bytes(stub, 12)
+        before = shared_calls(running)
+        assert batched_runs(stub, 12, others=3) == alone
+        assert shared_calls(running) > before
+
+
+def test_health_and_reflection(running):
+    with grpc.insecure_channel(running.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "sinfusion.v1.SinFusion"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = list(reflection.ServerReflectionInfo(iter([
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol="sinfusion.v1.SinFusion"),
+        ])))
+        names = {s.name for s in replies[0].list_services_response.service}
+        assert {"sinfusion.v1.SinFusion", "grpc.health.v1.Health"} <= names
+        assert replies[1].file_descriptor_response.file_descriptor_proto
+
+
+def test_metrics_endpoint(stub, running):
+    list(stub.Generate(pb.GenerateRequest(model="tiny", frames=2, sampling=fast(seed=9))))
+    text = urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10).read()
+    text = text.decode()
+    for name in ("sinfusion_frames_total", "sinfusion_rpc_seconds_bucket", "sinfusion_first_frame_seconds",
+                 "sinfusion_live_streams", "sinfusion_batch_size", "sinfusion_engine_seconds"):
+        assert name in text
+    assert 'sinfusion_frames_total{model="tiny",rpc="Generate",synthesized="true"}' in text

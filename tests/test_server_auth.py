@@ -1,0 +1,83 @@
+"""Bearer token and TLS against a real server."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import ServerConfig
+from server.background import BackgroundServer
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+from tests.conftest import make_tiny_bundle
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_bundle(root / "tiny", roles=("projector",))
+    return root
+
+
+def fast() -> pb.SamplingParams:
+    return pb.SamplingParams(steps=2, method=pb.SAMPLING_METHOD_DDIM, correction_steps=0, seed=1)
+
+
+def test_token_required_on_every_rpc_but_health(models_dir):
+    config = ServerConfig(models=models_dir, token=TOKEN, grace=0.5)
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        good = [("authorization", f"Bearer {TOKEN}")]
+        assert stub.ListModels(pb.ListModelsRequest(), metadata=good).models[0].name == "tiny"
+        frames = stub.Generate(pb.GenerateRequest(model="tiny", frames=1, sampling=fast()), metadata=good)
+        assert len(list(frames)) == 1
+        for metadata, message in ((None, "missing bearer token"),
+                                  ([("authorization", "Bearer wrong")], "invalid bearer token"),
+                                  ([("authorization", TOKEN)], "invalid bearer token")):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.ListModels(pb.ListModelsRequest(), metadata=metadata)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert message in info.value.details()
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Generate(pb.GenerateRequest(model="tiny", frames=1), metadata=metadata))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Upsample(iter([pb.UpsampleRequest(model="tiny", factor=2)]), metadata=metadata))
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Health stays open for load balancers and orchestrators.
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl binary not available to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls(models_dir, certificate):
+    cert, key = certificate
+    config = ServerConfig(models=models_dir, tls_cert=cert, tls_key=key, token=TOKEN, grace=0.5)
+    with BackgroundServer(config) as running:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", credentials) as channel:
+            stub = pb_grpc.SinFusionStub(channel)
+            reply = stub.ListModels(pb.ListModelsRequest(), metadata=[("authorization", f"Bearer {TOKEN}")])
+            assert reply.models[0].name == "tiny"
+        with grpc.insecure_channel(running.target) as channel:  # plaintext to a TLS port fails
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.SinFusionStub(channel).ListModels(pb.ListModelsRequest(), timeout=5)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE

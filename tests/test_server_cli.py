@@ -1,0 +1,124 @@
+"""`sinfusion-server` as a subprocess, started exactly as clients' tests start it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+from tests.conftest import make_tiny_bundle
+
+SCRIPT = Path(sys.executable).parent / "sinfusion-server"
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "server.cli"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_bundle(root / "tiny")
+    (root / "notes").mkdir()  # a folder without a manifest is not a bundle: ignored
+    return root
+
+
+def fails(*args: str) -> str:
+    result = subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=ENV, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path, models_dir):
+    assert "--models" in fails("--models", str(tmp_path / "absent"))
+    assert "no bundles" in fails("--models", str(tmp_path))
+    assert "--runtime" in fails("--models", str(models_dir), "--runtime", "fastest")
+    assert "--max-streams must be >= 1, got 0" in fails("--models", str(models_dir), "--max-streams", "0")
+    assert "--tls-cert and --tls-key must be given together" in fails(
+        "--models", str(models_dir), "--tls-cert", str(tmp_path / "c.pem"))
+    line = fails("--models", str(models_dir), "--runtime", "onnxruntime-cpu")
+    assert "no runtime can serve it" in line and "onnxruntime-cpu" in line
+    broken = tmp_path / "broken" / "b"
+    broken.mkdir(parents=True)
+    (broken / "manifest.json").write_text("{not json")
+    assert "not valid JSON" in fails("--models", str(broken.parent))
+
+
+def start(models_dir: Path, port_file: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen([*COMMAND, "--models", str(models_dir), "--host", "127.0.0.1", "--port", "0",
+                             "--port-file", str(port_file), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 120
+    while not port_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"server did not start: {proc.communicate()[1]}")
+        time.sleep(0.05)
+    return proc
+
+
+def stream_in_thread(stub, frames: int, results: list, first: threading.Event) -> threading.Thread:
+    def run():
+        request = pb.ExtrapolateRequest(model="tiny", frames=frames, sampling=pb.SamplingParams(
+            steps=2, method=pb.SAMPLING_METHOD_DDIM, correction_steps=1, seed=3))
+        try:
+            for frame in stub.Extrapolate(request):
+                results.append(frame.index)
+                first.set()
+        except grpc.RpcError as exc:
+            results.append(exc.code())
+        first.set()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_serve_then_sigterm_drains_live_streams(tmp_path, models_dir):
+    port_file = tmp_path / "port"
+    proc = start(models_dir, port_file, "--grace", "30")
+    try:
+        port = int(port_file.read_text())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.SinFusionStub(channel)
+            assert [m.name for m in stub.ListModels(pb.ListModelsRequest()).models] == ["tiny"]
+            results, first = [], threading.Event()
+            thread = stream_in_thread(stub, 40, results, first)
+            assert first.wait(60)
+            proc.send_signal(signal.SIGTERM)
+            thread.join(60)
+            assert results == list(range(40))  # the live stream finished during the grace period
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.communicate()[1]
+    assert "stop signal: draining 1 live streams" in stderr
+    assert "stream 1 Extrapolate done: 40 frames" in stderr
+
+
+def test_grace_period_ends_long_streams(tmp_path, models_dir):
+    port_file = tmp_path / "port"
+    proc = start(models_dir, port_file, "--grace", "0.5")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}") as channel:
+            results, first = [], threading.Event()
+            thread = stream_in_thread(pb_grpc.SinFusionStub(channel), 1000, results, first)
+            assert first.wait(60)
+            proc.send_signal(signal.SIGTERM)
+            thread.join(60)
+            assert isinstance(results[-1], grpc.StatusCode) and len(results) < 1000
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,79 @@
+"""The server on exported ONNX engines: `--runtime auto` picks onnxruntime-cpu over torch-cpu, the
+scheduler batches streams onto the exported batch sizes, and frames match the PyTorch runtime's."""
+
+from __future__ import annotations
+
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+
+from server import ServerConfig
+from server.background import BackgroundServer
+from sinfusion.bundle import Bundle
+from sinfusion.v1 import sinfusion_pb2 as pb
+from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+from tests.conftest import make_tiny_bundle
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from export.pipeline import ExportOptions, export_bundle
+
+    root = tmp_path_factory.mktemp("models")
+    bundle = make_tiny_bundle(root / "tiny")
+    export_bundle(Bundle.open(bundle.path), ExportOptions(kinds=("onnx",), batches=(1, 4)))
+    return root
+
+
+def fast(seed: int) -> pb.SamplingParams:
+    return pb.SamplingParams(steps=2, method=pb.SAMPLING_METHOD_DDIM, correction_steps=1, seed=seed)
+
+
+def frames(stub, seed: int, count: int = 3) -> np.ndarray:
+    reply = stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=count, sampling=fast(seed)))
+    return np.stack([np.frombuffer(f.rgb, np.uint8) for f in reply]).astype(int)
+
+
+def test_auto_serves_exported_engines_with_onnxruntime(exported, tmp_path):
+    with BackgroundServer(ServerConfig(models=exported, grace=0.5)) as running, \
+            grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        info = stub.DescribeModel(pb.DescribeModelRequest(model="tiny"))
+        assert info.runtime == "onnxruntime-cpu" and list(info.batch_sizes) == [1, 4]
+        assert list(info.capabilities) == ["extrapolate", "generate", "upsample"]
+        onnx_alone = frames(stub, 5)
+        with ThreadPoolExecutor(4) as pool:
+            batched = [pool.submit(frames, stub, s) for s in (5, 6, 7, 8)]
+            onnx_batched = batched[0].result()
+            [f.result() for f in batched]
+        registry = running.service.metrics.registry
+        assert registry.get_sample_value("sinfusion_engine_batch_bucket",
+                                         {"model": "tiny", "role": "predictor", "le": "3.0"}) < \
+            registry.get_sample_value("sinfusion_engine_batch_count", {"model": "tiny", "role": "predictor"})
+    assert np.abs(onnx_alone - onnx_batched).max() <= 2
+    # The same seed on the PyTorch runtime: the same loop and draws, so the same frames up to rounding.
+    with BackgroundServer(ServerConfig(models=exported, runtime="torch-cpu", grace=0.5)) as running, \
+            grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        assert stub.DescribeModel(pb.DescribeModelRequest(model="tiny")).runtime == "torch-cpu"
+        assert np.abs(frames(stub, 5) - onnx_alone).max() <= 2
+
+
+def test_damaged_engine_refuses_to_start(exported, tmp_path):
+    from server.config import ConfigError
+
+    copy = tmp_path / "models"
+    shutil.copytree(exported, copy)
+    engine = next((copy / "tiny" / "engines").iterdir())
+    engine.write_bytes(engine.read_bytes()[:-8] + b"damaged!")
+    with pytest.raises(ConfigError, match="checksum mismatch"):
+        BackgroundServer(ServerConfig(models=copy, runtime="onnxruntime-cpu")).start()
+    # auto falls back to PyTorch, whose weights are intact
+    with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
+        assert running.models["tiny"].runtime.name == "torch-cpu"
