@@ -104,29 +104,42 @@ def sniff(stream: BinaryIO, name: str = "stdin") -> tuple[bool, ByteSource]:
 
 # ---- BT.601 colour conversion ---------------------------------------------------------------------
 
+def _bt601(full_range: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(M, offset) with [Y, Cb, Cr] = M @ [R, G, B] + offset, in 8-bit code values.
+
+    BT.601: Y' = 0.299 R + 0.587 G + 0.114 B, Pb = (B - Y') / 1.772, Pr = (R - Y') / 1.402; limited range
+    scales Y' to 219 steps above 16 and Pb, Pr to 224 steps around 128, full range keeps 255 steps.
+    """
+    kr, kb = 0.299, 0.114
+    luma = np.array([kr, 1.0 - kr - kb, kb])
+    pb = (np.array([0.0, 0.0, 1.0]) - luma) / (2 * (1 - kb))
+    pr = (np.array([1.0, 0.0, 0.0]) - luma) / (2 * (1 - kr))
+    ys, cs, y0 = (1.0, 1.0, 0.0) if full_range else (219 / 255, 224 / 255, 16.0)
+    m = np.stack([luma * ys, pb * cs, pr * cs])
+    return m, np.array([y0, 128.0, 128.0])
+
+
+# Conversion is one (N, 3) x (3, 3) product per frame, with matrices built once (float32).
+_RGB2YUV = {full: tuple(a.astype(np.float32) for a in _bt601(full)) for full in (False, True)}
+_YUV2RGB = {full: (np.linalg.inv(_bt601(full)[0]).astype(np.float32), _bt601(full)[1].astype(np.float32))
+            for full in (False, True)}
+
+
 def rgb_to_yuv(rgb: np.ndarray, full_range: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """uint8 (H, W, 3) RGB -> float32 Y, Cb, Cr planes (H, W) in 8-bit code values, unrounded."""
-    r, g, b = (rgb[..., i].astype(np.float32) for i in range(3))
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    cb, cr = (b - y) / 1.772, (r - y) / 1.402
-    if full_range:
-        return y, cb + 128.0, cr + 128.0
-    return 16.0 + y * (219.0 / 255.0), 128.0 + cb * (224.0 / 255.0), 128.0 + cr * (224.0 / 255.0)
+    m, offset = _RGB2YUV[full_range]
+    yuv = rgb.reshape(-1, 3).astype(np.float32) @ m.T + offset
+    h, w = rgb.shape[:2]
+    return tuple(np.ascontiguousarray(yuv[:, i]).reshape(h, w) for i in range(3))
 
 
 def yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False) -> np.ndarray:
     """Y, Cb, Cr planes (H, W) of 8-bit code values -> uint8 (H, W, 3) RGB, rounded and clipped."""
-    y, cb, cr = (p.astype(np.float32) for p in (y, cb, cr))
-    if full_range:
-        yl, pb, pr = y, cb - 128.0, cr - 128.0
-    else:
-        yl = (y - 16.0) * (255.0 / 219.0)
-        pb, pr = (cb - 128.0) * (255.0 / 224.0), (cr - 128.0) * (255.0 / 224.0)
-    r = yl + 1.402 * pr
-    b = yl + 1.772 * pb
-    g = (yl - 0.299 * r - 0.114 * b) / 0.587
-    rgb = np.stack([r, g, b], axis=-1)
-    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
+    inv, offset = _YUV2RGB[full_range]
+    yuv = np.stack([y, cb, cr], axis=-1).astype(np.float32) - offset
+    rgb = yuv @ inv.T
+    rgb += 0.5
+    return np.clip(rgb, 0, 255, out=rgb).astype(np.uint8)
 
 
 def _chroma_shape(width: int, height: int, sub: tuple[int, int]) -> tuple[int, int]:
