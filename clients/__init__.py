@@ -11,11 +11,27 @@ Installs and imports without torch: it needs grpcio, protobuf and numpy (PyAV on
 See docs/client.md.
 """
 
-from .aio import AsyncClient
-from .errors import ClientError
-from .messages import Frame, ModelInfo, Sampling
-from .options import DEFAULT_ADDRESS, ConnectionOptions
-from .sync import Client
+from __future__ import annotations
 
-__all__ = ["AsyncClient", "Client", "ClientError", "ConnectionOptions", "DEFAULT_ADDRESS", "Frame",
-           "ModelInfo", "Sampling"]
+import importlib
+from typing import TYPE_CHECKING
+
+# Names are imported on first use, so that `import clients.cli` runs the CLI module's first lines
+# before grpc is loaded (it sets GRPC_VERBOSITY, which grpc reads once, at import).
+_EXPORTS = {"AsyncClient": ".aio", "ClientError": ".errors", "ConnectionOptions": ".options",
+            "DEFAULT_ADDRESS": ".options", "Frame": ".messages", "ModelInfo": ".messages",
+            "Sampling": ".messages", "Client": ".sync"}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .aio import AsyncClient
+    from .errors import ClientError
+    from .messages import Frame, ModelInfo, Sampling
+    from .options import DEFAULT_ADDRESS, ConnectionOptions
+    from .sync import Client
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'clients' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)

@@ -14,14 +14,20 @@ Frames go to stdout (or --output) only; progress and errors go to stderr. Exit c
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-import time
-from collections.abc import Iterable, Iterator
 
-import grpc
+# gRPC's C core logs some failures itself (a TLS handshake, at INFO level) on stderr, which would break
+# the one-line error contract. It reads GRPC_VERBOSITY once, when grpc is imported, hence here, first.
+# GRPC_VERBOSITY=INFO (or DEBUG) in the environment brings those logs back for debugging.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterable, Iterator  # noqa: E402
+
+import grpc  # noqa: E402
 import numpy as np
 
 from sinfusion.pipes import PipeError, parse_size
@@ -288,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_INPUT)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except BrokenPipeError:  # stdout closed by its reader while printing (e.g. `models | head -1`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except (OutputError, VideoError, OSError) as exc:  # input-side failures arrive as InputError
         return _fail(f"output: {exc}", EXIT_OUTPUT)
     except KeyboardInterrupt:

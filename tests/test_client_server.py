@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,17 +32,25 @@ H, W = 16, 24
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """Start the real server on a free loopback port; yields its address; SIGTERM at the end."""
-    root = tmp_path_factory.mktemp("served")
-    models = root / "models"
-    make_tiny_bundle(models / "tiny", height=H, width=W)
-    make_tiny_bundle(models / "still", roles=("projector",), height=H, width=W)  # no interpolator
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_bundle(root / "tiny", height=H, width=W)
+    make_tiny_bundle(root / "still", roles=("projector",), height=H, width=W)  # no interpolator
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(models, tmp_path_factory):
+    yield from start_server(models, tmp_path_factory.mktemp("served"), "--token", TOKEN)
+
+
+def start_server(models: Path, root: Path, *flags: str):
+    """Run the real server on a free loopback port; yields its address; SIGTERM at the end."""
     port_file = root / "port"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SINFUSION_TOKEN": ""}
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--models", str(models), "--host", "127.0.0.1",
                              "--port", "0", "--port-file", str(port_file), "--runtime", "torch-cpu",
-                             "--token", TOKEN, "--grace", "1", "--log-level", "warning"],
+                             "--grace", "1", "--log-level", "warning", *flags],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not port_file.exists():
@@ -313,3 +322,43 @@ def test_truncated_y4m_stream(server, ffmpeg):
 def test_raw_stdin_without_size(server):
     proc = cli(server, "upsample", "--model", "tiny", "--factor", "2", stdin=bytes(100))
     assert proc.returncode == EXIT_INPUT and "give --size WxH" in proc.stderr.decode()
+
+
+def test_cli_options_after_the_command_and_closed_stdout(server):
+    proc = subprocess.run([sys.executable, "-m", "clients", "models", "--address", server, "--token", TOKEN],
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0 and b"tiny" in proc.stdout, proc.stderr.decode()
+    reader = subprocess.Popen([sys.executable, "-m", "clients", "--address", server, "--token", TOKEN, "models",
+                               "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    reader.stdout.close()  # nobody reads the listing
+    _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0 and b"Traceback" not in err, err.decode()
+
+
+def test_tls_with_a_root_certificate(models, tmp_path_factory):
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: cannot make a test certificate")
+    root = tmp_path_factory.mktemp("tls")
+    cert, key = root / "cert.pem", root / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    servers = start_server(models, root, "--tls-cert", str(cert), "--tls-key", str(key))
+    address = next(servers)
+    try:
+        with Client(address, tls_ca=cert) as client:
+            assert [m.name for m in client.list_models()] == ["still", "tiny"]
+        plain = subprocess.run([sys.executable, "-m", "clients", "--address", address, "models"],
+                               capture_output=True, cwd=ROOT, timeout=60)
+        untrusted = subprocess.run([sys.executable, "-m", "clients", "--address", address, "--tls", "models"],
+                                   capture_output=True, cwd=ROOT, timeout=60)
+        trusted = subprocess.run([sys.executable, "-m", "clients", "--address", address, "--tls-ca", str(cert),
+                                  "generate", "--model", "tiny", "--frames", "2", "--format", "raw", *FAST_ARGS],
+                                 capture_output=True, cwd=ROOT, timeout=60)
+    finally:
+        next(servers, None)
+    assert plain.returncode == 114 and untrusted.returncode == 114
+    err = untrusted.stderr.decode()
+    assert "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1  # grpc's own log lines silenced
+    assert trusted.returncode == 0 and len(trusted.stdout) == 2 * W * H * 3, trusted.stderr.decode()
