@@ -18,6 +18,8 @@ from sinfusion.config import ROLES
 from sinfusion.engines import KINDS, PRECISIONS
 
 from .errors import ExportError
+from .onnx_export import DEFAULT_OPSET, OPSETS
+from .pipeline import ExportOptions, export_bundle
 
 PROG = "sinfusion-export"
 
@@ -70,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="frame size of the engines (default: the bundle's)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: fp32 for onnx, fp16 for tensorrt")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (13-20, default 17)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset ({OPSETS.start}-{OPSETS.stop - 1}, default {DEFAULT_OPSET})")
     p.add_argument("--max-error", type=float, default=None,
                    help="parity bound, max |engine - PyTorch| (default: 1e-3 fp32, 5e-2 fp16)")
     p.add_argument("--dynamo", action="store_true",
@@ -82,8 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        from .pipeline import ExportOptions, export_bundle
-
         options = ExportOptions(
             kinds=KINDS if args.kind == "all" else (args.kind,),
             roles=_roles(args.roles),
@@ -99,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         entries = export_bundle(bundle, options, log=print)
     except (ExportError, BundleError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. a read-only bundle folder or a full disk
+        print(f"{PROG}: error: cannot write the engines: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; the bundle keeps its previous engines", file=sys.stderr)

@@ -25,7 +25,7 @@ from sinfusion.engines import (DEFAULT_PRECISION, ENGINES_DIR, KINDS, PARITY_BOU
                                validate_shape)
 
 from .errors import ExportError
-from .onnx_export import OPSETS, onnx_parity, step_for, to_onnx
+from .onnx_export import DEFAULT_OPSET, OPSETS, onnx_parity, step_for, to_onnx
 from .parity import max_abs_error, parity_inputs, torch_step
 
 
@@ -38,7 +38,7 @@ class ExportOptions:
     batches: tuple[int, ...] = (1, 4)
     size: tuple[int, int] | None = None  # (width, height); None = the bundle's frame size
     precision: str | None = None  # None = per kind: onnx fp32, tensorrt fp16
-    opset: int = 17
+    opset: int = DEFAULT_OPSET
     dynamo: bool = False  # torch.export-based ONNX exporter instead of the TorchScript one
     max_error: float | None = None  # parity bound; None = sinfusion.engines.PARITY_BOUND
     seed: int = 0  # of the parity inputs
@@ -89,14 +89,17 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
         weights = bundle.weights(role)  # checksum-verified
         rs = bundle.models()[role]
         reference = step_for(config, weights, "fp32")
+        graphs: dict[tuple[str, int], bytes] = {}  # (precision, batch): ONNX, shared by both kinds
         for kind in options.kinds:
             precision = options.precision or DEFAULT_PRECISION[kind]
             bound = options.max_error or PARITY_BOUND[precision]
             step = reference if precision == "fp32" else step_for(config, weights, precision)
             for batch in dict.fromkeys(options.batches):
                 feed = parity_inputs(config, rs, batch, height, width, options.seed)
-                onnx_bytes = to_onnx(step, config, batch, height, width, options.opset,
-                                     options.dynamo)
+                if (precision, batch) not in graphs:
+                    graphs[precision, batch] = to_onnx(step, config, batch, height, width,
+                                                       options.opset, options.dynamo)
+                onnx_bytes = graphs[precision, batch]
                 facts: dict[str, str] = {}
                 if kind == "onnx":
                     data, error = onnx_bytes, onnx_parity(onnx_bytes, reference, feed)
