@@ -97,3 +97,30 @@ def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
     frames, held, steps = asyncio.run(main())
     assert len(frames) == 3 and held == 0
     assert steps < 20  # stopped within a few steps of the cancel, not after 500 frames
+
+
+def test_staggered_streams_fall_into_step(tmp_path):
+    """A stream that starts mid-frame of another joins its engine calls within a frame or so."""
+    make_tiny_bundle(tmp_path / "m" / "tiny")
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+    options = SamplingOptions(steps=4, method="ddim", correction_steps=2)  # 6 engine calls per frame
+    calls = []
+
+    async def main():
+        scheduler = Scheduler(model.name, model.runtime,
+                              on_batch=lambda role, live, size, sec: calls.append(live))
+        scheduler.start()
+        start = to_model(model.clip[0])
+        first = scheduler.submit(extrapolate(model.models, start, 20, 1, np.random.default_rng(1), options))
+        frames = first.frames()
+        await anext(frames)
+        for _ in range(2):  # let the first stream run into its next frame: the two are out of step
+            await asyncio.sleep(0)
+        second = scheduler.submit(extrapolate(model.models, start, 20, 1, np.random.default_rng(2), options))
+        counts = [1 + len([f async for f in frames]), len([f async for f in second.frames()])]
+        await scheduler.close()
+        return counts
+
+    assert asyncio.run(main()) == [20, 20]
+    assert len(calls) / 40 < 4.0  # unbatched: 6 calls per frame; in step: about 3
+    assert calls.count(2) > 0.8 * calls.count(1)
