@@ -1,0 +1,256 @@
+"""Trainer: samplers, curriculum, learning rate, real training steps of tiny nets, bundle, resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sinfusion import sampling
+from sinfusion.bundle import Bundle, BundleError, load_tensors
+from sinfusion.frames import to_model
+from sinfusion.runtimes.torch_runtime import TorchDenoiser
+from tests.conftest import tiny_clip
+from trainer.loop import TrainingInterrupted, lr_at
+from trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
+from trainer.samplers import ClipSampler, crop_size, k_limit
+from trainer.training import TrainerError, train_bundle
+
+
+def coded_clip(n: int = 6, h: int = 16, w: int = 24) -> np.ndarray:
+    """Pixel (y, x) of frame i holds (i, y, x): every crop tells where it came from."""
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    frames[..., 0] = np.arange(n)[:, None, None]
+    frames[..., 1] = np.arange(h)[None, :, None]
+    frames[..., 2] = np.arange(w)[None, None, :]
+    return frames
+
+
+def decode(crops: torch.Tensor) -> np.ndarray:
+    """(B, 3, h, w) in [-1, 1] -> uint8 codes (B, 3, h, w)."""
+    return np.rint((crops.numpy() + 1.0) * 127.5).astype(int)
+
+
+def sampler(frames: np.ndarray, fraction: float = 0.75, seed: int = 0) -> ClipSampler:
+    return ClipSampler(frames, fraction, "cpu", torch.Generator().manual_seed(seed))
+
+
+def tiny_config(steps: int = 4, **kw) -> TrainConfig:
+    base = dict(channels=8, blocks=2, batch_size=1, checkpoint_every=2, preview_every=0, seed=0)
+    base.update(kw)
+    return get_preset("tiny", **base).with_steps(steps)
+
+
+# --- samplers ------------------------------------------------------------------------------------
+
+def test_crop_size_is_about_95_percent_and_bounded():
+    assert crop_size(144, 256, 0.95) == (137, 243)
+    assert crop_size(16, 24, 0.95) == (15, 23)
+    assert crop_size(8, 8, 0.5) == (8, 8)  # never below 8 px nor above the frame
+
+
+def test_single_crops_are_aligned_slices_within_bounds():
+    s = sampler(coded_clip())
+    crops = s.single(32)
+    assert crops.shape == (32, 3, 12, 18) and crops.dtype == torch.float32
+    codes = decode(crops)
+    for c in codes:
+        assert len(np.unique(c[0])) == 1  # one frame per crop
+        top, left = c[1, 0, 0], c[2, 0, 0]
+        assert 0 <= top <= 16 - 12 and 0 <= left <= 24 - 18
+        np.testing.assert_array_equal(c[1], np.arange(top, top + 12)[:, None].repeat(18, 1))
+        np.testing.assert_array_equal(c[2], np.arange(left, left + 18)[None, :].repeat(12, 0))
+    # offsets and frames vary: it samples the whole clip, not one window
+    assert len({(c[0, 0, 0], c[1, 0, 0], c[2, 0, 0]) for c in codes}) > 10
+
+
+def test_pairs_share_the_window_and_are_k_apart():
+    s = sampler(coded_clip(n=6))
+    cond, target, k = s.pair(64, k_max=3)
+    cc, tc = decode(cond), decode(target)
+    assert cond.shape == target.shape == (64, 3, 12, 18)
+    np.testing.assert_array_equal(cc[:, 1:], tc[:, 1:])  # same crop window
+    n, m = cc[:, 0, 0, 0], tc[:, 0, 0, 0]
+    np.testing.assert_array_equal(m - n, k.numpy())
+    assert set(np.abs(k.numpy())) <= {1, 2, 3} and (k < 0).any() and (k > 0).any()
+    assert (m >= 0).all() and (m < 6).all()
+
+
+def test_triplets_are_n_n_plus_2_and_the_middle():
+    s = sampler(coded_clip(n=5))
+    before, after, middle = s.triplet(16)
+    b, a, m = (decode(x)[:, 0, 0, 0] for x in (before, after, middle))
+    np.testing.assert_array_equal(a - b, 2)
+    np.testing.assert_array_equal(m - b, 1)
+
+
+def test_k_curriculum_grows_from_1_to_3_over_the_ramp():
+    limits = [k_limit(step, 1000, 3, 0.5) for step in range(0, 1001, 50)]
+    assert limits[0] == 1 and limits[-1] == 3
+    assert limits == sorted(limits)  # never shrinks
+    assert k_limit(499, 1000, 3, 0.5) == 3 and k_limit(100, 1000, 3, 0.5) == 1
+    assert k_limit(0, 1000, 3, 0.0) == 3  # no ramp: full range from the start
+    s = sampler(coded_clip(n=6))
+    assert set(s.sample_k(200, 1).tolist()) == {-1, 1}  # early training: +-1, both directions
+    assert set(s.sample_k(400, 3).tolist()) == {-3, -2, -1, 1, 2, 3}
+    assert set(sampler(coded_clip(n=2)).sample_k(50, 3).tolist()) == {-1, 1}  # clip too short
+
+
+def test_sampler_is_reproducible_from_its_generator():
+    a, b = sampler(coded_clip(), seed=3), sampler(coded_clip(), seed=3)
+    assert torch.equal(a.pair(4, 3)[0], b.pair(4, 3)[0])
+
+
+# --- configs ----------------------------------------------------------------------------------------
+
+def test_presets_and_config_validation():
+    paper = PaperPreset()
+    assert (paper.blocks, paper.channels) == (16, 64)
+    assert (paper.predictor_steps, paper.projector_steps, paper.interpolator_steps) == (
+        200_000, 100_000, 50_000)
+    assert (paper.predictor_target, paper.projector_target) == ("eps", "x0")
+    assert TinyPreset().blocks < paper.blocks
+    with pytest.raises(ValueError, match="valid presets: tiny, paper"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="projector_target must be one of eps, x0"):
+        TrainConfig(projector_target="v")
+    with pytest.raises(ValueError, match="blocks must be an even number"):
+        TrainConfig(blocks=3)
+
+
+def test_learning_rate_decays_from_2e4_to_2e5():
+    paper = PaperPreset()
+    assert lr_at(paper, 0, 200_000) == 2e-4
+    assert lr_at(paper, 99_999, 200_000) == 2e-4 and lr_at(paper, 100_000, 200_000) == 2e-5
+    cos = TrainConfig(lr_decay="cosine", lr_decay_at=0.0)
+    assert lr_at(cos, 0, 100) == pytest.approx(2e-4)
+    assert lr_at(cos, 100, 100) == pytest.approx(2e-5)
+    assert 2e-5 < lr_at(cos, 50, 100) < 2e-4
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+def test_tiny_training_writes_a_loadable_bundle(tmp_path):
+    clip = tiny_clip(6, 16, 24)
+    bundle = train_bundle(clip, tmp_path / "b", tiny_config(steps=3, preview_every=2),
+                          progress=False, device="cpu")
+    again = Bundle.open(tmp_path / "b")
+    m = again.manifest
+    assert again.roles == ["predictor", "projector", "interpolator"] == bundle.roles
+    assert (m.mode, m.width, m.height, m.frame_count) == ("video", 24, 16, 6)
+    np.testing.assert_array_equal(again.frames(), clip)
+    for role, target in (("predictor", "eps"), ("projector", "x0"), ("interpolator", "x0")):
+        entry = again.role(role)
+        assert entry.target == target and entry.schedule == {"kind": "cosine", "steps": 50}
+        assert entry.trained_steps == 3 and entry.settings["crop"] == [15, 23]
+        assert (entry.network.blocks, entry.network.channels) == (2, 8)
+        assert (tmp_path / "b" / "previews" / f"{role}_0000002.png").is_file()
+        # served weights = the EMA, and the EMA is not the raw weights
+        state = load_tensors(tmp_path / "b" / "training" / f"{role}.safetensors")
+        served = again.weights(role)
+        for name, value in served.items():
+            np.testing.assert_array_equal(value, state[f"ema/{name}"])
+        assert any(not np.array_equal(served[n], state[f"model/{n}"]) for n in served)
+    # the bundle drives the core's sampling loop; outputs stay in range
+    models = again.models()
+    den = TorchDenoiser(again)
+    opts = sampling.SamplingOptions(steps=3, method="ddim")
+    frame = sampling.run_to_value(
+        sampling.predict_frame(models, to_model(clip[0]), 1, np.random.default_rng(0), opts), den)
+    assert frame.shape == (3, 16, 24) and np.abs(frame).max() <= 1.0
+
+
+def test_training_reduces_the_loss(tmp_path):
+    cfg = tiny_config(steps=60, checkpoint_every=0, batch_size=2, lr=3e-3, lr_min=3e-4)
+    losses = []
+    train_bundle(tiny_clip(6, 16, 24), tmp_path / "b", cfg, roles=["projector"], progress=False,
+                 device="cpu", callback=lambda role, step, loss: losses.append(loss))
+    assert np.mean(losses[-15:]) < 0.6 * np.mean(losses[:15])
+
+
+def test_single_image_trains_only_the_projector_on_the_linear_schedule(tmp_path):
+    image = tiny_clip(1, 16, 24)
+    bundle = train_bundle(image, tmp_path / "img", tiny_config(steps=2), progress=False, device="cpu")
+    assert bundle.manifest.mode == "image" and bundle.roles == ["projector"]
+    assert bundle.role("projector").schedule["kind"] == "linear"
+    with pytest.raises(TrainerError, match="only the projector"):
+        train_bundle(image, tmp_path / "img2", tiny_config(steps=2), roles=["predictor"],
+                     progress=False)
+
+
+def test_roles_the_clip_cannot_support_are_refused(tmp_path):
+    with pytest.raises(TrainerError, match="interpolator needs a clip of at least 3 frames"):
+        train_bundle(tiny_clip(2, 16, 24), tmp_path / "b", tiny_config(), roles=["interpolator"],
+                     progress=False)
+    with pytest.raises(TrainerError, match="valid roles"):
+        train_bundle(tiny_clip(4, 16, 24), tmp_path / "c", tiny_config(), roles=["painter"],
+                     progress=False)
+
+
+def _losses(role_losses):
+    return lambda role, step, loss: role_losses.append((role, step, loss))
+
+
+def test_resume_continues_where_ctrl_c_stopped(tmp_path):
+    clip = tiny_clip(6, 16, 24)
+    cfg = tiny_config(steps=6, checkpoint_every=4)
+    straight = []
+    train_bundle(clip, tmp_path / "a", cfg, roles=["predictor", "projector"], progress=False,
+                 device="cpu", callback=_losses(straight))
+
+    first = []
+
+    def stop_at_3(role, step, loss):
+        first.append((role, step, loss))
+        if role == "predictor" and step == 3:
+            raise KeyboardInterrupt  # what Ctrl-C does, at a step boundary
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train_bundle(clip, tmp_path / "b", cfg, roles=["predictor", "projector"], progress=False,
+                     device="cpu", callback=stop_at_3)
+    assert (info.value.role, info.value.step) == ("predictor", 3)
+    state = json.loads((tmp_path / "b" / "training" / "predictor.json").read_text())
+    assert state["step"] == 3 and state["total_steps"] == 6
+    interrupted = Bundle.open(tmp_path / "b")  # resumable and already servable
+    assert interrupted.role("predictor").trained_steps == 3
+    TorchDenoiser(interrupted)
+
+    rest = []
+    train_bundle(clip, tmp_path / "b", cfg, roles=["predictor", "projector"], resume=True,
+                 progress=False, device="cpu", callback=_losses(rest))
+    assert [s for r, s, _ in rest if r == "predictor"] == [4, 5, 6]  # the step counter continues
+    # ... and so does the loss curve, number for number (same data, noise, weights and Adam state)
+    assert [(r, s) for r, s, _ in first + rest] == [(r, s) for r, s, _ in straight]
+    np.testing.assert_allclose([x for *_, x in first + rest], [x for *_, x in straight], rtol=1e-5)
+    a, b = Bundle.open(tmp_path / "a"), Bundle.open(tmp_path / "b")
+    for role in ("predictor", "projector"):
+        for name, value in a.weights(role).items():
+            np.testing.assert_allclose(b.weights(role)[name], value, rtol=1e-5, atol=1e-7)
+
+    # resuming a finished run trains nothing more
+    more = []
+    train_bundle(clip, tmp_path / "b", cfg, roles=["predictor", "projector"], resume=True,
+                 progress=False, callback=_losses(more))
+    assert more == []
+
+
+def test_resume_refuses_other_frames_and_missing_bundles(tmp_path):
+    cfg = tiny_config(steps=2)
+    train_bundle(tiny_clip(4, 16, 24), tmp_path / "b", cfg, roles=["projector"], progress=False)
+    with pytest.raises(TrainerError, match="trained on other frames"):
+        train_bundle(tiny_clip(4, 16, 24, seed=1), tmp_path / "b", cfg, roles=["projector"],
+                     resume=True, progress=False)
+    with pytest.raises(TrainerError, match="nothing to resume"):
+        train_bundle(tiny_clip(4, 16, 24), tmp_path / "none", cfg, resume=True, progress=False)
+    with pytest.raises(TrainerError, match="already holds a bundle"):
+        train_bundle(tiny_clip(4, 16, 24), tmp_path / "b", cfg, progress=False)
+    # a checkpoint whose two halves disagree is detected, not silently mixed
+    path = tmp_path / "b" / "training" / "projector.json"
+    state = json.loads(path.read_text())
+    state["step"] = 1
+    path.write_text(json.dumps(state))
+    with pytest.raises(BundleError, match="interrupted mid-write"):
+        train_bundle(tiny_clip(4, 16, 24), tmp_path / "b", cfg, roles=["projector"], resume=True,
+                     progress=False)

@@ -1,0 +1,264 @@
+"""The `trainer` command: `trainer train CLIP --out DIR` and `trainer sample BUNDLE --out out.mp4`.
+
+User mistakes (a missing or unreadable clip, a bad range or size, an unknown role or preset, a folder
+that is not a bundle) end with one line on stderr and exit code 2 (usage) or 1 (input); Ctrl-C during
+training saves a checkpoint and exits 130 with the command that resumes. Anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from sinfusion.bundle import BundleError
+from sinfusion.video import VideoError
+
+EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 1, 130
+
+
+class UsageError(Exception):
+    """A bad option value: exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors in one line (no usage dump) so scripts can show it as is."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{self.prog}: {message}")
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like WxH (e.g. 256x144), got {text!r}") from None
+    if not (8 <= w <= 4096 and 8 <= h <= 4096):
+        raise argparse.ArgumentTypeError(f"size sides must be in [8, 4096], got {text!r}")
+    return w, h
+
+
+def _roles(text: str) -> list[str]:
+    from sinfusion.config import ROLES
+
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    bad = [r for r in roles if r not in ROLES]
+    if bad or not roles:
+        raise argparse.ArgumentTypeError(f"unknown role {', '.join(bad) or '(none)'}; "
+                                         f"valid roles: {', '.join(ROLES)}")
+    return roles
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .presets import PRESETS
+
+    parser = _Parser(prog="trainer", description="Train SinFusion models on one clip; render from them.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a clip's models into a bundle folder")
+    t.add_argument("clip", help="video file, folder of numbered frames, or one image")
+    t.add_argument("--out", required=True, help="bundle folder to write")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="tiny (minutes on a CPU) or paper (16 blocks x 64 channels); default tiny")
+    t.add_argument("--steps", type=_positive, help="steps for every role (overrides the preset)")
+    t.add_argument("--roles", type=_roles, help="comma-separated: predictor,projector,interpolator")
+    t.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
+    t.add_argument("--overwrite", action="store_true", help="start over in an existing bundle folder")
+    t.add_argument("--seed", type=_nonnegative)
+    t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    t.add_argument("--batch-size", type=_positive)
+    t.add_argument("--lr", type=_float, help="initial learning rate (decays to lr/10)")
+    t.add_argument("--channels", type=_positive, help="network width (overrides the preset)")
+    t.add_argument("--blocks", type=_positive, help="ConvNeXt blocks, even (overrides the preset)")
+    t.add_argument("--size", type=_size, help="resize frames to exactly WxH")
+    t.add_argument("--max-side", type=_nonnegative,
+                   help="cap the long side when --size is not given (0 = keep; preset default)")
+    t.add_argument("--start", type=_nonnegative, default=0, help="first frame of the clip to use")
+    t.add_argument("--end", type=_positive, help="frame index to stop before")
+    t.add_argument("--stride", type=_positive, default=1, help="keep every Nth frame")
+    t.add_argument("--checkpoint-every", type=_nonnegative, help="steps between checkpoints")
+    t.add_argument("--preview-every", type=_nonnegative, help="steps between preview frames")
+    t.add_argument("--name", help="bundle name (default: the clip's file name)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("sample", help="render frames from a bundle to a video file")
+    s.add_argument("bundle", help="bundle folder written by `trainer train`")
+    s.add_argument("--out", required=True, help="video to write (.mp4, .mov, .mkv, .webm, .gif)")
+    mode = s.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--extrapolate", type=_positive, metavar="N",
+                      help="N frames forward (k>0) or backward (k<0) from frame --start")
+    mode.add_argument("--generate", type=_positive, metavar="N", help="a new clip of N frames")
+    mode.add_argument("--upsample", type=int, choices=(2, 4, 8), help="temporal upsampling factor")
+    s.add_argument("--start", type=_nonnegative,
+                   help="start frame (default: the last frame for k>0, the first for k<0)")
+    s.add_argument("--k", type=int, default=1, help="frame step, nonzero in [-3, 3] (default 1)")
+    s.add_argument("--seed", type=_nonnegative, default=0)
+    s.add_argument("--steps", type=_nonnegative, default=0,
+                   help="denoising steps per frame (0 = all T; fewer with --method ddim)")
+    s.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
+    s.add_argument("--correction-steps", type=_nonnegative, default=None,
+                   help="Projector correction level T_corr (default: the bundle's, 3)")
+    s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    s.add_argument("--device", default="cpu", help="torch runtime device (cpu, cuda)")
+    s.add_argument("--sheet", help="also write the frames as a contact sheet PNG")
+    s.add_argument("--sheet-columns", type=_positive, default=8)
+    return parser
+
+
+# --- train --------------------------------------------------------------------------------------------
+
+def _train_config(args: argparse.Namespace):
+    """Preset (or the resumed run's config) with the options the user gave."""
+    from .presets import get_preset
+    from .training import load_run_config
+
+    base = load_run_config(args.out) if args.resume else None
+    if base is None or args.preset:
+        base = get_preset(args.preset or "tiny")
+    overrides = {
+        "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "channels": args.channels,
+        "blocks": args.blocks, "checkpoint_every": args.checkpoint_every,
+        "preview_every": args.preview_every, "max_side": args.max_side,
+    }
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.lr is not None:
+        overrides["lr_min"] = args.lr / 10
+    try:
+        config = dataclasses.replace(base, **overrides)
+        return config.with_steps(args.steps) if args.steps else config
+    except ValueError as exc:
+        raise UsageError(f"trainer train: {exc}") from None
+
+
+def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
+    from sinfusion.video import read_clip
+
+    from .training import TrainingInterrupted, train_bundle
+
+    config = _train_config(args)
+    if args.end is not None and args.end <= args.start:
+        raise UsageError(f"trainer train: --end ({args.end}) must be greater than --start ({args.start})")
+    began = time.monotonic()
+    clip = read_clip(args.clip, max_side=config.max_side, size=args.size, start=args.start,
+                     end=args.end, stride=args.stride)
+    try:
+        bundle = train_bundle(clip, args.out, config, roles=args.roles, resume=args.resume,
+                              overwrite=args.overwrite, progress=not args.quiet, device=args.device,
+                              name=args.name)
+    except TrainingInterrupted as stop:
+        again = [a for a in argv if a not in ("--resume", "--overwrite")]
+        command = "trainer " + " ".join(shlex.quote(a) for a in again) + " --resume"
+        print(f"trainer: {stop}; resume with: {command}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    m = bundle.manifest
+    print(f"trainer: wrote {bundle.path} ({', '.join(m.roles)}; {m.frame_count} frames of "
+          f"{m.width}x{m.height}) in {time.monotonic() - began:.0f}s", file=sys.stderr)
+    return 0
+
+
+# --- sample -------------------------------------------------------------------------------------------
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from sinfusion.bundle import Bundle
+    from sinfusion.sampling import SamplingOptions
+    from sinfusion.video import contact_sheet, write_image, write_video
+
+    from .render import RenderRequest, make_denoiser, render, required_roles
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
+        raise UsageError(f"trainer sample: --out must end in .mp4, .mov, .mkv, .webm or .gif, got {out}")
+    bundle = Bundle.open(args.bundle)
+    if args.extrapolate:
+        mode, count = "extrapolate", args.extrapolate
+    elif args.generate:
+        mode, count = "generate", args.generate
+    else:
+        mode, count = "upsample", 0
+    correction = (args.correction_steps if args.correction_steps is not None
+                  else bundle.manifest.correction_steps)
+    request = RenderRequest(mode=mode, count=count, factor=args.upsample or 2, start=args.start,
+                            k=args.k, seed=args.seed,
+                            options=SamplingOptions(args.steps, args.method, correction))
+    roles = [r for r in bundle.roles if r in required_roles(mode) or r == "projector"]
+    try:
+        from .render import check_request
+
+        check_request(bundle, request)
+    except ValueError as exc:
+        if isinstance(exc, BundleError):
+            raise
+        raise UsageError(f"trainer sample: {exc}") from None
+    denoiser = make_denoiser(bundle, args.runtime, args.device, roles)
+    began = time.monotonic()
+    frames, fps = render(bundle, request, denoiser)
+    write_video(out, frames, fps)
+    if args.sheet:
+        write_image(args.sheet, contact_sheet(frames, columns=args.sheet_columns))
+    print(f"trainer: wrote {out} ({len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at "
+          f"{fps:g} fps) in {time.monotonic() - began:.1f}s", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+        return cmd_train(args, argv) if args.command == "train" else cmd_sample(args)
+    except UsageError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except (VideoError, BundleError) as exc:
+        print(f"trainer: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("trainer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except PermissionError as exc:
+        print(f"trainer: {exc.filename or ''}: permission denied", file=sys.stderr)
+        return EXIT_INPUT
+    except ValueError as exc:
+        from .training import TrainerError
+
+        if isinstance(exc, TrainerError):
+            print(f"trainer: {exc}", file=sys.stderr)
+            return EXIT_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

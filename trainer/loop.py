@@ -1,0 +1,250 @@
+"""The training loop of one role (paper sections 4-5, appendix D), top to bottom.
+
+Per step: set the learning rate, draw a batch of crops (and k for the Predictor), noise it to a random
+level t in 1..T (eq. 1), predict the role's target (noise or clean crop), MSE loss, Adam step, EMA
+update. Every `checkpoint_every` steps, at the end and on Ctrl-C: checkpoint + served EMA weights.
+
+Ctrl-C does not tear a step in half: a SIGINT handler only raises a flag that the loop checks between
+steps (a second Ctrl-C interrupts at once; the writes are atomic either way). A KeyboardInterrupt
+raised by a callback is handled the same way, which is how the tests simulate Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from sinfusion.bundle import Bundle, RoleEntry, weights_path
+from sinfusion.config import default_config
+from sinfusion.network import SinFusionNet
+from sinfusion.schedule import Schedule
+
+from . import checkpoint
+from .presets import TrainConfig
+from .preview import write_preview
+from .samplers import ClipSampler, k_limit
+
+# callback(role, step, loss) after every step; raising KeyboardInterrupt acts as Ctrl-C.
+StepCallback = Callable[[str, int, float], None]
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after writing a checkpoint it can resume from."""
+
+    def __init__(self, bundle_dir: Path, role: str, step: int, total: int) -> None:
+        super().__init__(f"interrupted {role} at step {step}/{total}; checkpoint saved in {bundle_dir}")
+        self.bundle_dir, self.role, self.step, self.total = bundle_dir, role, step, total
+
+
+def lr_at(config: TrainConfig, step: int, total: int) -> float:
+    """Learning rate for the step after `step` steps: lr, then lowered to lr_min (see TrainConfig)."""
+    start = config.lr_decay_at * total
+    if step < start:
+        return config.lr
+    if config.lr_decay == "step":
+        return config.lr_min
+    progress = (step - start) / max(1.0, total - start)
+    return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
+def role_seed(seed: int, role: str) -> int:
+    """Independent random streams per role from one user seed."""
+    return (seed * 1_000_003 + sum(map(ord, role)) * 7919) % (2**63)
+
+
+@contextlib.contextmanager
+def sigint_flag():
+    """Turn the first Ctrl-C into a flag checked between steps (main thread only)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag.set()
+        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts immediately
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@dataclass
+class RoleRun:
+    """Everything one role's training holds in memory."""
+
+    role: str
+    config: TrainConfig
+    schedule: Schedule
+    device: torch.device
+    net: SinFusionNet
+    ema: SinFusionNet
+    optimizer: torch.optim.Adam
+    generator: torch.Generator
+    state: checkpoint.RoleState
+
+    @property
+    def target(self) -> str:
+        return self.config.target_for(self.role)
+
+    @property
+    def total(self) -> int:
+        return self.config.steps_for(self.role)
+
+
+def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.device,
+              settings: dict) -> RoleRun:
+    """A fresh run: network initialised from the role's seed, EMA copy, Adam, generator."""
+    net_config = default_config(role, channels=config.channels, blocks=config.blocks)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(role_seed(config.seed, role))
+        net = SinFusionNet(net_config)
+    net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(net).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(role_seed(config.seed + 1, role))
+    state = checkpoint.RoleState(step=0, total_steps=config.steps_for(role),
+                                 rng_state=checkpoint.encode_rng(generator),
+                                 rng_device=str(device.type), settings=settings)
+    return RoleRun(role, config, schedule, device, net, ema, optimizer, generator, state)
+
+
+def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> None:
+    """Load a checkpoint into a freshly built run."""
+    checkpoint.restore(bundle_dir, run.role, state, run.net, run.ema, run.optimizer)
+    if state.rng_device == run.device.type:
+        checkpoint.decode_rng(run.generator, state.rng_state)
+    else:  # a CPU generator's state does not fit a CUDA one: continue on a fresh stream
+        run.generator.manual_seed(role_seed(run.config.seed + 1 + state.step, run.role))
+    state.total_steps = run.total
+    state.settings = run.state.settings
+    run.state = state
+
+
+def _amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 autocast on CUDA GPUs that have it (no loss scaling needed); none on the CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """One optimisation step; returns the loss."""
+    cfg, role, g, dev = run.config, run.role, run.generator, run.device
+    step = run.state.step
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(cfg, step, run.total)
+
+    # 1. Data: clean target crop x0, conditioning frames, k.
+    k = None
+    if role == "predictor":
+        cond, x0, k = sampler.pair(cfg.batch_size, k_limit(step, run.total, cfg.k_max, cfg.k_ramp))
+    elif role == "interpolator":
+        before, after, x0 = sampler.triplet(cfg.batch_size)
+        cond = torch.cat([before, after], dim=1)
+    else:
+        cond, x0 = None, sampler.single(cfg.batch_size)
+
+    # 2. Forward process (eq. 1) at a random level t in 1..T.
+    b = x0.shape[0]
+    t = torch.randint(1, run.schedule.steps + 1, (b,), generator=g, device=dev)
+    eps = torch.randn(x0.shape, generator=g, device=dev)
+    sab, s1mab = tables
+    xt = sab[t][:, None, None, None] * x0 + s1mab[t][:, None, None, None] * eps
+    inp = xt if cond is None else torch.cat([cond, xt], dim=1)
+    if dev.type == "cuda":
+        inp = inp.contiguous(memory_format=torch.channels_last)
+
+    # 3. Predict the target (eq. 2 for eps, eq. 3 for x0) and step.
+    amp = _amp_dtype(dev)
+    with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+        out = run.net(inp, t.float(), None if k is None else k.float())
+    loss = F.mse_loss(out.float(), eps if run.target == "eps" else x0)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+
+    # 4. EMA of the weights (the served model); warm-up so that short runs average few steps.
+    decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        ema_p = list(run.ema.parameters())
+        torch._foreach_lerp_(ema_p, [p.detach() for p in run.net.parameters()], 1.0 - decay)
+    run.state.step = step + 1
+    return float(loss.detach())
+
+
+def role_entry(run: RoleRun) -> RoleEntry:
+    return RoleEntry(run.ema.config, run.schedule.to_dict(), run.target, weights_path(run.role),
+                     trained_steps=run.state.step, settings=run.state.settings)
+
+
+def save_checkpoint(run: RoleRun, bundle: Bundle) -> None:
+    """Resume state, then the served EMA weights and their manifest entry (all atomic)."""
+    run.state.rng_state = checkpoint.encode_rng(run.generator)
+    checkpoint.save(bundle.path, run.role, run.state, run.net, run.ema, run.optimizer)
+    served = {k: v.detach().float().cpu().contiguous().numpy() for k, v in run.ema.state_dict().items()}
+    bundle.write_weights(run.role, role_entry(run), served)
+
+
+def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bool = True,
+               callback: StepCallback | None = None) -> None:
+    """Train one role from run.state.step to its total, checkpointing; Ctrl-C -> TrainingInterrupted."""
+    from tqdm import tqdm
+
+    cfg, total = run.config, run.total
+    sampler = ClipSampler(frames, cfg.crop_fraction, run.device, run.generator)
+    tables = tuple(torch.tensor(a, dtype=torch.float32, device=run.device)
+                   for a in (run.schedule.sqrt_alpha_bars, run.schedule.sqrt_one_minus_alpha_bars))
+    window = max(1, total // 200)  # the stored loss curve keeps ~200 points
+    acc, acc_n = 0.0, 0
+    bar = tqdm(total=total, initial=run.state.step, desc=f"{run.role:>12}", unit="step",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=True)
+    started = time.monotonic() - run.state.elapsed_s
+    run.net.train()
+    try:
+        with sigint_flag() as interrupted:
+            while run.state.step < total:
+                loss = train_step(run, sampler, tables)
+                step = run.state.step
+                acc, acc_n = acc + loss, acc_n + 1
+                if step % window == 0 or step == total:
+                    run.state.losses.append([step, round(acc / acc_n, 6)])
+                    acc, acc_n = 0.0, 0
+                bar.update(1)
+                if step % 10 == 0 or step == total:
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_at(cfg, step - 1, total):.1e}",
+                                    refresh=False)
+                run.state.elapsed_s = time.monotonic() - started
+                if callback is not None:
+                    callback(run.role, step, loss)
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    save_checkpoint(run, bundle)
+                if cfg.preview_every and step % cfg.preview_every == 0 and step < total:
+                    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames,
+                                  step, run.device)
+    except KeyboardInterrupt:
+        bar.close()
+        save_checkpoint(run, bundle)
+        raise TrainingInterrupted(bundle.path, run.role, run.state.step, total) from None
+    bar.close()
+    save_checkpoint(run, bundle)
+    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, total, run.device)

@@ -1,0 +1,144 @@
+"""Training configurations: one dataclass holds every knob, one subclass per preset.
+
+`TrainConfig` defaults follow the paper (appendix D): Adam at 2e-4 dropped to 2e-5, batch 1 of ~95%
+crops, T=50, cosine schedule for video roles and linear for a single image, Predictor on noise, the
+Projector and Interpolator on the clean frame. A preset only changes sizes and step counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from sinfusion.config import ROLES, TARGETS
+
+LR_DECAYS = ("step", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run. Recorded in the manifest (RoleEntry.settings)."""
+
+    # Network size (paper: 16 blocks of 64 channels; receptive field ~ 6 px per block).
+    channels: int = 64
+    blocks: int = 16
+    # Steps per role (paper D.1: 200k / 100k / 50k).
+    predictor_steps: int = 200_000
+    projector_steps: int = 100_000
+    interpolator_steps: int = 50_000
+    # Prediction targets (paper section 5 "Losses"): what each network outputs.
+    predictor_target: str = "eps"
+    projector_target: str = "x0"
+    interpolator_target: str = "x0"
+    # Diffusion: T levels; cosine for video roles, linear for single-image mode (paper D).
+    schedule_steps: int = 50
+    # Data: crops of ~95% of the frame (paper 4, A.1); batch 1 in the paper (each crop holds many
+    # "patches" for a fully convolutional net).
+    batch_size: int = 1
+    crop_fraction: float = 0.95
+    # Predictor's frame step curriculum: |k| starts at 1 and reaches k_max over the first
+    # k_ramp fraction of its steps; both signs (negative k = predict the previous frame).
+    k_max: int = 3
+    k_ramp: float = 0.5
+    # Optimiser: Adam at lr, lowered to lr_min ("step": after lr_decay_at of the steps, as the
+    # paper's drop at 100k of 200k; "cosine": smoothly from lr_decay_at to the end).
+    lr: float = 2e-4
+    lr_min: float = 2e-5
+    lr_decay: str = "step"
+    lr_decay_at: float = 0.5
+    # EMA of the weights, the served weights. Warm-up (1+s)/(10+s) keeps short runs useful.
+    ema_decay: float = 0.999
+    # Bookkeeping: checkpoint and preview intervals in steps (0 = only at the end).
+    checkpoint_every: int = 1000
+    preview_every: int = 5000
+    # Reading the clip: cap of the long side (0 = keep), as sinfusion.video.read_clip.
+    max_side: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.channels >= 4, f"channels must be >= 4, got {self.channels}"),
+            (self.blocks >= 2 and self.blocks % 2 == 0,
+             f"blocks must be an even number >= 2, got {self.blocks}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (0.1 <= self.crop_fraction <= 1.0,
+             f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}"),
+            (1 <= self.k_max <= 3, f"k_max must be in [1, 3], got {self.k_max}"),
+            (0.0 <= self.k_ramp <= 1.0, f"k_ramp must be in [0, 1], got {self.k_ramp}"),
+            (self.lr > 0 and 0 <= self.lr_min <= self.lr,
+             f"need lr > 0 and 0 <= lr_min <= lr, got lr={self.lr} lr_min={self.lr_min}"),
+            (self.lr_decay in LR_DECAYS,
+             f"lr_decay must be one of {', '.join(LR_DECAYS)}, got {self.lr_decay!r}"),
+            (0.0 <= self.lr_decay_at <= 1.0, f"lr_decay_at must be in [0, 1], got {self.lr_decay_at}"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (1 <= self.schedule_steps <= 1000,
+             f"schedule_steps must be in [1, 1000], got {self.schedule_steps}"),
+            (self.checkpoint_every >= 0 and self.preview_every >= 0,
+             "checkpoint_every and preview_every must be >= 0"),
+            (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
+        ]
+        for role in ROLES:
+            steps = self.steps_for(role)
+            checks.append((steps >= 1, f"{role}_steps must be >= 1, got {steps}"))
+            target = self.target_for(role)
+            checks.append((target in TARGETS,
+                           f"{role}_target must be one of {', '.join(TARGETS)}, got {target!r}"))
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def steps_for(self, role: str) -> int:
+        return int(getattr(self, f"{role}_steps"))
+
+    def target_for(self, role: str) -> str:
+        return str(getattr(self, f"{role}_target"))
+
+    def with_steps(self, steps: int) -> TrainConfig:
+        """The same config with every role trained for `steps` steps."""
+        return replace(self, **{f"{r}_steps": steps for r in ROLES})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class TinyPreset(TrainConfig):
+    """All three roles on the sample clip (96x64) in about two minutes on a 2-core CPU.
+
+    Measured (docs/training.md): 4 blocks of 16 channels (receptive field 27 px) at batch 2. Small,
+    so the results are blurry but recognisably the clip; it exists for the demo and the tests.
+    """
+
+    channels: int = 16
+    blocks: int = 4
+    predictor_steps: int = 600
+    projector_steps: int = 400
+    interpolator_steps: int = 300
+    batch_size: int = 2
+    lr: float = 2e-3  # a tiny net on few steps tolerates (and needs) a larger step size
+    lr_min: float = 2e-4
+    lr_decay: str = "cosine"
+    lr_decay_at: float = 0.0
+    ema_decay: float = 0.99
+    checkpoint_every: int = 200
+    preview_every: int = 200
+    max_side: int = 128  # a larger clip (tornado: 256x144) is trained at 128x72
+
+
+@dataclass(frozen=True)
+class PaperPreset(TrainConfig):
+    """The paper's configuration (appendix D): 16 blocks, 64 channels, 200k/100k/50k steps."""
+
+
+PRESETS: dict[str, type[TrainConfig]] = {"tiny": TinyPreset, "paper": PaperPreset}
+
+
+def get_preset(name: str, **overrides) -> TrainConfig:
+    """The named preset with some fields replaced; unknown names list the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
+    return replace(PRESETS[name](), **overrides)

@@ -1,0 +1,104 @@
+"""Training batches drawn on the training device: crops, frame pairs and frame triplets.
+
+The clip lives on the device once, as uint8 (N, 3, H, W): a long clip costs its bytes and nothing
+more, and a batch costs B crops whatever N is. Every draw (frame indices, crop offsets, k) comes from
+one torch.Generator, so a run is reproducible and its state can be checkpointed. A batch is one
+advanced-indexing gather: no per-sample Python transforms, no DataLoader.
+
+All frames of one sample (conditioning and target) share the same crop window, because the Predictor
+and Interpolator learn motion between aligned pixels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def crop_size(height: int, width: int, fraction: float) -> tuple[int, int]:
+    """Crop (h, w) of about `fraction` of each side, at least 8 px and at most the frame."""
+    h = min(height, max(8, int(round(height * fraction))))
+    w = min(width, max(8, int(round(width * fraction))))
+    return h, w
+
+
+def k_limit(step: int, total: int, k_max: int = 3, ramp: float = 0.5) -> int:
+    """Largest |k| the Predictor sees at `step` of `total` (paper section 5's curriculum).
+
+    |k| = 1 at the start, growing by one at evenly spaced points until k_max is reached after
+    `ramp` of the run; ramp = 0 starts at k_max.
+    """
+    if k_max <= 1 or ramp <= 0:
+        return max(1, k_max)
+    progress = step / max(1, total * ramp)
+    return int(min(k_max, 1 + int(progress * k_max)))
+
+
+class ClipSampler:
+    """Random aligned crops of 1, 2 or 3 frames of a clip held on the device as uint8."""
+
+    def __init__(self, frames: np.ndarray, crop_fraction: float, device: torch.device | str,
+                 generator: torch.Generator) -> None:
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+        self.device = torch.device(device)
+        # (N, 3, H, W) uint8; contiguous so the gather reads rows.
+        self.frames = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        self.frames = self.frames.permute(0, 3, 1, 2).contiguous()
+        self.count, _, self.height, self.width = self.frames.shape
+        self.crop = crop_size(self.height, self.width, crop_fraction)
+        self.generator = generator
+
+    # --- random draws ---------------------------------------------------------------------------
+
+    def _randint(self, high: torch.Tensor | int, size: int) -> torch.Tensor:
+        """Uniform integers in [0, high) per element (high may differ per element)."""
+        u = torch.rand(size, generator=self.generator, device=self.device)
+        return torch.clamp((u * high).long(), max=torch.as_tensor(high, device=self.device) - 1)
+
+    def _offsets(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ch, cw = self.crop
+        return (self._randint(self.height - ch + 1, batch), self._randint(self.width - cw + 1, batch))
+
+    def sample_k(self, batch: int, limit: int) -> torch.Tensor:
+        """Frame steps uniform over {-limit..-1, 1..limit}, limited by the clip length."""
+        limit = max(1, min(limit, self.count - 1))
+        mag = 1 + self._randint(limit, batch)
+        sign = torch.where(self._randint(2, batch) == 0, -1, 1)
+        return mag * sign
+
+    # --- gathering -----------------------------------------------------------------------------
+
+    def gather(self, indices: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Crops of frames[indices] at (top, left): (B, 3, h, w) float32 in [-1, 1]."""
+        ch, cw = self.crop
+        rows = top[:, None] + torch.arange(ch, device=self.device)  # (B, h)
+        cols = left[:, None] + torch.arange(cw, device=self.device)  # (B, w)
+        chans = torch.arange(3, device=self.device)
+        crops = self.frames[indices[:, None, None, None], chans[None, :, None, None],
+                            rows[:, None, :, None], cols[:, None, None, :]]
+        return crops.float() / 127.5 - 1.0
+
+    def single(self, batch: int) -> torch.Tensor:
+        """Projector batch: crops of frames drawn from the whole clip, (B, 3, h, w)."""
+        top, left = self._offsets(batch)
+        return self.gather(self._randint(self.count, batch), top, left)
+
+    def pair(self, batch: int, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Predictor batch: (frame n, frame n+k, k) with the same crop; k in +-[1, k_max]."""
+        if self.count < 2:
+            raise ValueError("the Predictor needs a clip of at least 2 frames")
+        k = self.sample_k(batch, k_max)
+        # n uniform over the frames whose n+k exists: [max(0, -k), N - max(0, k)).
+        low = torch.clamp(-k, min=0)
+        n = low + self._randint(self.count - k.abs(), batch)
+        top, left = self._offsets(batch)
+        return self.gather(n, top, left), self.gather(n + k, top, left), k
+
+    def triplet(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Interpolator batch: (frame n, frame n+2, frame n+1) with the same crop."""
+        if self.count < 3:
+            raise ValueError("the Interpolator needs a clip of at least 3 frames")
+        n = self._randint(self.count - 2, batch)
+        top, left = self._offsets(batch)
+        return self.gather(n, top, left), self.gather(n + 2, top, left), self.gather(n + 1, top, left)

@@ -1,0 +1,169 @@
+"""`train_bundle`: one call from a clip to a trained bundle (the library API the CLI wraps).
+
+Video mode (two or more frames): the roles of paper section 5, each on the cosine schedule.
+Single-image mode (one image or a one-frame clip): only the Projector, which is then the single-image
+DDPM of paper section 4, on the linear schedule (appendix D).
+
+The bundle is written through sinfusion.bundle: frames and manifest first, then per role a checkpoint
+and the served EMA weights every `checkpoint_every` steps and at the end. `training/run.json` records
+the config of the run so that `--resume` can continue with the same settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sinfusion.bundle import MANIFEST, Bundle, BundleError, Manifest, atomic_write_json
+from sinfusion.config import ROLES
+from sinfusion.schedule import make_schedule
+from sinfusion.video import DEFAULT_FPS, Clip, read_clip
+
+from . import checkpoint
+from .loop import StepCallback, TrainingInterrupted, build_run, resume_run, train_role
+from .presets import TrainConfig, get_preset
+from .samplers import crop_size
+
+RUN_FILE = "run.json"
+
+__all__ = ["TrainerError", "TrainingInterrupted", "train_bundle", "load_run_config", "resolve_roles"]
+
+
+class TrainerError(ValueError):
+    """A request the trainer cannot honour (bad roles, bundle mismatch); the message says why."""
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def frames_sha256(frames: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+
+
+def resolve_roles(roles: Sequence[str] | None, mode: str, frame_count: int) -> list[str]:
+    """The roles to train, in paper order; explicit requests the clip cannot support are errors."""
+    if mode == "image":
+        if roles is not None and set(roles) != {"projector"}:
+            raise TrainerError("a single image trains only the projector (single-image DDPM); "
+                               f"asked for {', '.join(roles)}")
+        return ["projector"]
+    need = {"predictor": 2, "projector": 1, "interpolator": 3}
+    if roles is None:
+        return [r for r in ROLES if frame_count >= need[r]]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not roles:
+        raise TrainerError(f"unknown role {', '.join(unknown) or '(none)'}; "
+                           f"valid roles: {', '.join(ROLES)}")
+    for r in roles:
+        if frame_count < need[r]:
+            raise TrainerError(f"the {r} needs a clip of at least {need[r]} frames, this one has "
+                               f"{frame_count}")
+    return [r for r in ROLES if r in roles]
+
+
+def _as_clip(clip: Clip | np.ndarray | str | os.PathLike, config: TrainConfig) -> Clip:
+    if isinstance(clip, Clip):
+        return clip
+    if isinstance(clip, np.ndarray):
+        if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
+            raise TrainerError(f"clip must be uint8 (N, H, W, 3), got {clip.dtype} {clip.shape}")
+        return Clip(clip, DEFAULT_FPS, "array", {"kind": "array"})
+    return read_clip(clip, max_side=config.max_side)
+
+
+def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
+    """The config a bundle was trained with (training/run.json), or None when it has none."""
+    path = Path(out_dir) / checkpoint.TRAINING_DIR / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: damaged run record ({exc})") from None
+
+
+def _open_for_resume(out: Path, frames: np.ndarray) -> Bundle:
+    if not (out / MANIFEST).is_file():
+        raise TrainerError(f"{out}: nothing to resume (no {MANIFEST}); drop --resume to start a new run")
+    bundle = Bundle.open(out)
+    stored = bundle.frames()
+    if stored.shape != frames.shape or frames_sha256(stored) != frames_sha256(frames):
+        raise TrainerError(f"{out}: the bundle was trained on other frames ({stored.shape[0]} frames of "
+                           f"{stored.shape[2]}x{stored.shape[1]}); resume with the same clip and options")
+    return bundle
+
+
+def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool) -> Bundle:
+    if (out / MANIFEST).is_file():
+        if not overwrite:
+            raise TrainerError(f"{out}: already holds a bundle; pass --resume to continue it or "
+                               f"--overwrite to start over")
+        for sub in ("weights", "training", "previews"):  # only the trainer's own sub-folders
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / MANIFEST).unlink()
+    source = dict(clip.source)
+    source["frames_sha256"] = frames_sha256(clip.frames)
+    manifest = Manifest(name=name or Path(str(clip.source.get("path", out.name))).stem or out.name,
+                        mode=mode, width=clip.width, height=clip.height, fps=float(clip.fps),
+                        frame_count=int(clip.frames.shape[0]), source=source)
+    return Bundle.create(out, manifest, clip.frames)
+
+
+def train_bundle(
+    clip: Clip | np.ndarray | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: TrainConfig | str = "tiny",
+    *,
+    roles: Sequence[str] | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    name: str | None = None,
+    callback: StepCallback | None = None,
+) -> Bundle:
+    """Train the roles of a clip into the bundle folder `out_dir` and return the bundle.
+
+    clip: a sinfusion.video.Clip, uint8 frames (N, H, W, 3) or a path read with the config's max_side.
+    config: a TrainConfig or a preset name ("tiny", "paper").
+    resume: continue the checkpoints in out_dir (roles already finished are skipped).
+    Raises TrainerError / BundleError / VideoError (one-line messages) for bad requests and
+    TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C.
+    """
+    if isinstance(config, str):
+        config = get_preset(config)
+    clip = _as_clip(clip, config)
+    frames = clip.frames
+    mode = "image" if clip.kind == "image" or frames.shape[0] == 1 else "video"
+    chosen = resolve_roles(roles, mode, frames.shape[0])
+    dev = torch.device(device or default_device())
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainerError("device cuda requested but no CUDA GPU is available")
+    out = Path(out_dir)
+
+    bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite)
+    atomic_write_json(out / checkpoint.TRAINING_DIR / RUN_FILE,
+                      {"config": config.to_dict(), "roles": chosen, "mode": mode})
+    schedule = make_schedule("linear" if mode == "image" else "cosine", config.schedule_steps)
+    crop = crop_size(clip.height, clip.width, config.crop_fraction)
+
+    for role in chosen:
+        settings = dict(config.to_dict(), steps=config.steps_for(role), crop=[crop[0], crop[1]],
+                        device=dev.type, mixed_precision=bool(dev.type == "cuda"
+                                                              and torch.cuda.is_bf16_supported()))
+        run = build_run(role, config, schedule, dev, settings)
+        state = checkpoint.load_state(out, role) if resume else None
+        if state is not None:
+            resume_run(run, out, state)
+            if run.state.step >= run.total and role in bundle.manifest.roles:
+                continue  # finished in an earlier run
+        train_role(run, bundle, frames, progress=progress, callback=callback)
+    return bundle
