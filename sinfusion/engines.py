@@ -153,8 +153,8 @@ def engine_file(role: str, kind: str, batch: int, height: int, width: int, preci
                 sha256: str) -> str:
     """Bundle-relative path of an engine. The content hash in the name means a re-export never
     overwrites a file the current manifest points to: the manifest switch is the one atomic step."""
-    return (f"{ENGINES_DIR}/{role}-b{batch}-{height}x{width}-{precision}.{sha256[:12]}."
-            f"{SUFFIX[kind]}")
+    return (f"{ENGINES_DIR}/{role}-b{batch}-{width}x{height}-{precision}.{sha256[:12]}."
+            f"{SUFFIX[kind]}")  # WxH, as the CLI's --size
 
 
 def engine_entries(bundle: Bundle, kind: str | None = None, role: str | None = None) -> list[EngineEntry]:

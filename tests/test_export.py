@@ -113,6 +113,7 @@ def test_parity_over_the_bound_refuses_and_writes_nothing(copy):
     assert sorted(os.listdir(copy.path / "engines")) == files
 
 
+@pytest.mark.slow  # the torch.export-based exporter takes seconds per engine
 def test_dynamo_exporter_gives_the_same_step(copy):
     (entry,) = export_bundle(copy, ExportOptions(roles=("projector",), batches=(1,), size=(20, 12),
                                                  dynamo=True))

@@ -160,3 +160,5 @@ def test_precision_choice(copy):
     assert half.batch_sizes("projector") == [1] and {e.precision for e in half.entries} == {"fp16"}
     with pytest.raises(BundleError, match="no onnx engine for predictor"):
         half.batch_sizes("predictor")
+    with pytest.raises(BundleError, match="no onnx engines for predictor; run: .* --roles predictor"):
+        OnnxDenoiser(bundle, roles=["projector", "predictor"], precision="fp16")

@@ -117,6 +117,11 @@ class FixedShapeDenoiser:
             shape_key = (entry.role, entry.batch, entry.height, entry.width)
             if shape_key not in chosen or entry.precision == DEFAULT_PRECISION[self.kind]:
                 chosen[shape_key] = entry
+        absent = [r for r in (roles or []) if r not in {e.role for e in chosen.values()}]
+        if chosen and absent:
+            raise BundleError(f"{bundle.path}: no {self.kind} engines for {', '.join(absent)}; "
+                              f"run: sinfusion-export {bundle.path} --kind {self.kind} "
+                              f"--roles {' '.join(absent)}")
         if not chosen:
             raise BundleError(
                 f"{bundle.path}: no {self.kind} engines"
@@ -154,7 +159,7 @@ class FixedShapeDenoiser:
         h, w = height or m.height, width or m.width
         found = self.engines.get((role, h, w))
         if not found:
-            have = sorted({f"{r} {hh}x{ww}" for r, hh, ww in self.engines})
+            have = sorted({f"{r} {ww}x{hh}" for r, hh, ww in self.engines})
             raise BundleError(f"{self.bundle.path}: no {self.kind} engine for {role} at {w}x{h} "
                               f"(has: {', '.join(have)}); run: sinfusion-export {self.bundle.path} "
                               f"--kind {self.kind} --roles {role} --size {w}x{h}")
