@@ -13,6 +13,7 @@ Not run on hardware in this project's CI (no GPU); see docs/export.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -47,7 +48,9 @@ def device_facts(device: int = 0) -> dict[str, str]:
             "tensorrt_version": trt.__version__}
 
 
+@lru_cache(maxsize=1)
 def logger():
+    """One process-wide TensorRT logger: builders and runtimes keep using it after creation."""
     import tensorrt as trt
 
     return trt.Logger(trt.Logger.WARNING)
@@ -58,10 +61,17 @@ class TensorRTEngine:
 
     def __init__(self, plan: bytes, config: NetworkConfig, batch: int, height: int, width: int,
                  where: str, device: int = 0) -> None:
-        import tensorrt as trt
         import torch
 
         self.device = torch.device("cuda", device)
+        with torch.cuda.device(self.device):  # TensorRT works on the current CUDA device
+            self._setup(plan, config, batch, height, width, where)
+
+    def _setup(self, plan: bytes, config: NetworkConfig, batch: int, height: int, width: int,
+               where: str) -> None:
+        import tensorrt as trt
+        import torch
+
         self.runtime = trt.Runtime(logger())
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -89,7 +99,7 @@ class TensorRTEngine:
     def __call__(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
             for name in self.inputs:
                 self.buffers[name].copy_(torch.from_numpy(feed[name]))
             if not self.context.execute_async_v3(self.stream.cuda_stream):
