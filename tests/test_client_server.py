@@ -29,6 +29,8 @@ TOKEN = "test-token"
 FAST = Sampling(steps=3, method="ddim", correction_steps=1, seed=7)
 FAST_ARGS = ["--method", "ddim", "--steps", "3", "--correction-steps", "1", "--seed", "7"]
 H, W = 16, 24
+# The CLI runs as users run it: with buffered stdout, so the tests see whether it flushes frame by frame.
+CLI_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +81,8 @@ def cli_cmd(server: str, *args: str) -> list[str]:
 
 
 def cli(server: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(cli_cmd(server, *args), input=stdin, capture_output=True, cwd=ROOT, timeout=120)
+    return subprocess.run(cli_cmd(server, *args), input=stdin, capture_output=True, cwd=ROOT, timeout=120,
+                          env=CLI_ENV)
 
 
 def ffmpeg_y4m(ffmpeg: str, clip: np.ndarray, rate: int = 12, pix_fmt: str = "yuv420p") -> bytes:
@@ -247,7 +250,7 @@ def test_ffmpeg_raw_in_cli_raw_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     mid = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--size", f"{W}x{H}",
                                    "--format", "raw", *FAST_ARGS),
-                           stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                           stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=CLI_ENV)
     dst = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt",
                             "rgb24", "-s", f"{W}x{H}", "-r", "24", "-i", "-", "-pix_fmt", "yuv420p", str(mp4)],
                            stdin=mid.stdout, stderr=subprocess.PIPE)
@@ -298,7 +301,7 @@ def test_cli_files_in_and_out(server, ffmpeg, tmp_path):
 def test_broken_downstream_pipe_ends_cleanly(server):
     proc = subprocess.Popen(cli_cmd(server, "generate", "--model", "tiny", "--frames", "1000", "--format", "raw",
                                     *FAST_ARGS),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=CLI_ENV)
     first = proc.stdout.read(W * H * 3)  # one frame, then the reader goes away
     proc.stdout.close()
     _, err = proc.communicate(timeout=60)
@@ -362,3 +365,40 @@ def test_tls_with_a_root_certificate(models, tmp_path_factory):
     err = untrusted.stderr.decode()
     assert "CERTIFICATE_VERIFY_FAILED" in err and err.count("\n") == 1  # grpc's own log lines silenced
     assert trusted.returncode == 0 and len(trusted.stdout) == 2 * W * H * 3, trusted.stderr.decode()
+
+
+def test_cli_upsample_answers_before_its_input_ends(server):
+    """Frames come out while stdin is still open: nothing waits for the end of the input."""
+    import threading
+
+    from sinfusion.pipes import Y4MWriter
+
+    proc = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--format", "raw",
+                                    *FAST_ARGS),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                            env=CLI_ENV)
+    writer = Y4MWriter(proc.stdin, 12)
+
+    def read_frames(n: int, timeout: float = 60) -> bytes:
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(proc.stdout.read(n * W * H * 3)), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        if reader.is_alive():
+            proc.kill()
+            pytest.fail(f"no {n} frames within {timeout} s while the input stayed open")
+        return got[0]
+
+    try:
+        clip = tiny_clip(3, H, W)
+        writer.write(clip[0])
+        writer.write(clip[1])
+        first = read_frames(2)  # frame 0 and the one between 0 and 1, with stdin still open
+        writer.write(clip[2])
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(first) + len(rest) == 5 * W * H * 3
