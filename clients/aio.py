@@ -128,7 +128,9 @@ class AsyncClient:
         try:
             async for frame in self._stream(call):
                 yield frame
-        except ClientError:
+        except (ClientError, asyncio.CancelledError):
+            # Our own cancel after an input failure ends the read with CancelledError (grpc.aio's
+            # way to report a locally cancelled call): report the input failure instead.
             if failure:
                 raise failure[0] from None
             raise

@@ -218,6 +218,26 @@ def test_async_client(server):
         assert np.array_equal(next(client.generate("tiny", 1, FAST)).image, gen[0].image)
 
 
+def test_async_upsample_input_failure_and_early_close(server):
+    async def main():
+        async with AsyncClient(server, token=TOKEN) as client:
+            async def frames():
+                yield tiny_clip(1, H, W)[0]
+                raise KeyError("camera unplugged")
+
+            try:
+                [f async for f in client.upsample("tiny", frames(), 2, sampling=FAST)]
+            except KeyError as exc:
+                failure = str(exc)
+            stream = client.generate("tiny", 500, FAST)
+            first = await anext(stream)
+            await stream.aclose()  # cancels the call
+            after = [f.index async for f in client.generate("tiny", 2, FAST)]
+            return failure, first.index, after
+
+    assert asyncio.run(main()) == ("'camera unplugged'", 0, [0, 1])
+
+
 # ---- the CLI with ffmpeg -------------------------------------------------------------------------
 
 def test_cli_models(server):
