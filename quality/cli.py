@@ -1,0 +1,247 @@
+"""`sinfusion-quality`: the quality instruments from the shell.
+
+    sinfusion-quality nnf QUERY REFERENCE            NNFDIV / NNFDIST of a clip against the original
+    sinfusion-quality nextframe CLIP --n 16 --k 1    train on n frames, predict unseen ones vs copy
+    sinfusion-quality plot-nextframe R.json... --by n|speed --out fig.png
+    sinfusion-quality diversity BUNDLE --clips 3     generated clips + references, NNF scores, sheets
+    sinfusion-quality stability BUNDLE --frames 300  extrapolate far, NNFDIST per frame, plot
+
+Results are JSON (written atomically); figures are PNG. User mistakes end with exit code 2 and one line
+on stderr, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sinfusion.bundle import atomic_write_json
+
+PROG = "sinfusion-quality"
+
+
+class UsageError(ValueError):
+    """A bad argument: reported as one line with exit code 2."""
+
+
+def _positive(name: str, value: int, low: int = 1) -> int:
+    if value < low:
+        raise UsageError(f"--{name} must be >= {low}, got {value}")
+    return value
+
+
+def _read(path: str, max_side: int):
+    from sinfusion.video import read_clip
+
+    return read_clip(path, max_side=max_side).frames
+
+
+def _patchmatch_options(args):
+    from .nnf import PatchMatchOptions
+
+    options = PatchMatchOptions(iterations=args.iterations, search_dims=args.search_dims,
+                                seed=args.seed)
+    options.validate()
+    return options
+
+
+def _sampling_options(args, correction: int):
+    from sinfusion.sampling import SamplingOptions
+
+    options = SamplingOptions(steps=args.sampling_steps, method=args.method,
+                              correction_steps=correction)
+    return options
+
+
+def _emit(result: dict, out: str | None) -> None:
+    if out:
+        atomic_write_json(out, result)
+        print(f"{PROG}: wrote {out}", file=sys.stderr)
+    else:
+        print(json.dumps(result, indent=2))
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+def cmd_nnf(args) -> None:
+    from .nnf import nearest_neighbour_field
+
+    query, reference = _read(args.query, args.max_side), _read(args.reference, args.max_side)
+    result = nearest_neighbour_field(query, reference, _patchmatch_options(args))
+    _emit({"query": args.query, "reference": args.reference, **result.summary(),
+           "per_frame_nnfdist": result.per_frame_distance().tolist()}, args.out)
+
+
+def cmd_nextframe(args) -> None:
+    import time
+
+    from sinfusion.runtimes.torch_runtime import TorchDenoiser
+    from trainer.presets import get_preset
+
+    from .nextframe import evaluate, make_split, train_split
+
+    config = get_preset(args.preset, predictor_steps=_positive("train-steps", args.train_steps),
+                        checkpoint_every=max(100, args.train_steps // 4), preview_every=0,
+                        seed=args.seed)
+    frames = _read(args.clip, args.max_side if args.max_side >= 0 else config.max_side)
+    ks = [int(k) for k in args.k.split(",")]
+    splits = [make_split(len(frames), args.n, args.speed, k, args.start, args.max_pairs) for k in ks]
+    work = Path(args.work) / f"n{args.n}-s{args.speed}-p{args.start}"
+    started = time.monotonic()
+    bundle = train_split(frames, splits[0], work, config, progress=not args.quiet)
+    train_seconds = round(time.monotonic() - started, 1)
+    entry = bundle.role("predictor")
+    denoiser = TorchDenoiser(bundle, roles=["predictor"])
+    results = []
+    for split in splits:
+        r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed)
+        results.append({"k": split.k, **r})
+        print(f"{PROG}: n={args.n} S={args.speed} k={split.k}: model MSE {r['model_mse']:.3e} "
+              f"({r['model_psnr']:.2f} dB), copy MSE {r['copy_mse']:.3e} ({r['copy_psnr']:.2f} dB), "
+              f"model better on {r['model_wins']}/{len(split.pairs)} pairs", file=sys.stderr)
+    _emit({
+        "clip": args.clip, "frames": len(frames), "height": int(frames.shape[1]),
+        "width": int(frames.shape[2]), "n": args.n, "speed": args.speed, "start": args.start,
+        "bundle": str(work), "network": entry.network.to_dict(), "trained_steps": entry.trained_steps,
+        "train_seconds_this_call": train_seconds,
+        "train_seconds_total": _elapsed(work, "predictor"),
+        "results": results,
+    }, args.out)
+
+
+def _elapsed(bundle_dir: Path, role: str) -> float | None:
+    """Wall seconds the trainer spent on a role (its checkpoint record), None when unrecorded."""
+    try:
+        return json.loads((Path(bundle_dir) / "training" / f"{role}.json").read_text())["elapsed_s"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def cmd_plot_nextframe(args) -> None:
+    from .plots import plot_nextframe
+
+    runs = []
+    for path in args.results:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"{path}: not a readable result file ({exc})") from None
+        if not isinstance(runs[-1], dict) or not {"n", "speed", "results"} <= set(runs[-1]):
+            raise UsageError(f"{path}: not a `nextframe` result (needs n, speed and results)")
+    plot_nextframe(runs, args.out, by=args.by, title=args.title)
+    print(f"{PROG}: wrote {args.out}", file=sys.stderr)
+
+
+def cmd_diversity(args) -> None:
+    from .stability import diversity_report
+
+    result = diversity_report(args.bundle, clips=_positive("clips", args.clips),
+                              frames=_positive("frames", args.frames, 3),
+                              sampling=_sampling_options(args, args.correction_steps),
+                              patchmatch=_patchmatch_options(args), seed=args.seed,
+                              figures=args.figures, prefix=args.prefix)
+    _emit(result, args.out)
+
+
+def cmd_stability(args) -> None:
+    from .stability import stability_report
+
+    result = stability_report(args.bundle, frames=_positive("frames", args.frames, 3),
+                              start=args.start_frame, k=args.k,
+                              sampling=_sampling_options(args, args.correction_steps),
+                              patchmatch=_patchmatch_options(args), seed=args.seed,
+                              figures=args.figures, prefix=args.prefix)
+    _emit(result, args.out)
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+def _add_patchmatch(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--iterations", type=int, default=6, help="PatchMatch rounds (default 6)")
+    p.add_argument("--search-dims", type=int, default=16,
+                   help="PCA dims compared while searching, 0 = exact 81-dim (default 16)")
+
+
+def _add_sampling(p: argparse.ArgumentParser, correction: bool) -> None:
+    p.add_argument("--sampling-steps", type=int, default=0, help="denoising steps, 0 = all T")
+    p.add_argument("--method", default="ddpm", help="ddpm (paper) or ddim")
+    if correction:
+        p.add_argument("--correction-steps", type=int, default=3, help="Projector T_corr (default 3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="SinFusion quality instruments")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("nnf", help="NNFDIV / NNFDIST of a clip against a reference clip")
+    p.add_argument("query")
+    p.add_argument("reference")
+    p.add_argument("--max-side", type=int, default=0, help="cap of the long side (0 = keep size)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="JSON file (default: stdout)")
+    _add_patchmatch(p)
+    p.set_defaults(func=cmd_nnf)
+
+    p = sub.add_parser("nextframe", help="train on n frames, predict unseen frames, vs copy baseline")
+    p.add_argument("clip")
+    p.add_argument("--n", type=int, default=16, help="training frames (default 16)")
+    p.add_argument("--speed", type=int, default=1, help="temporal subsampling S (default 1)")
+    p.add_argument("--k", default="1", help="frame steps to test, comma-separated (default 1)")
+    p.add_argument("--start", type=int, default=0, help="first training frame (default 0)")
+    p.add_argument("--max-pairs", type=int, default=100, help="test pairs at most (default 100)")
+    p.add_argument("--preset", default="tiny", help="trainer preset (default tiny)")
+    p.add_argument("--train-steps", type=int, default=1000, help="Predictor steps (default 1000)")
+    p.add_argument("--max-side", type=int, default=-1, help="long side cap (default: the preset's)")
+    p.add_argument("--work", default="out/quality/nextframe", help="folder for the trained bundles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no training progress bar")
+    p.add_argument("--out", help="JSON file (default: stdout)")
+    _add_sampling(p, correction=False)
+    p.set_defaults(func=cmd_nextframe)
+
+    p = sub.add_parser("plot-nextframe", help="figure-8 style plot of nextframe results")
+    p.add_argument("results", nargs="+", help="JSON files written by `nextframe`")
+    p.add_argument("--by", choices=("n", "speed"), default="n")
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True, help="PNG file")
+    p.set_defaults(func=cmd_plot_nextframe)
+
+    for name, helptext in (("diversity", "generate clips, score them and references with NNF"),
+                           ("stability", "extrapolate far from a frame, NNFDIST per frame")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("bundle")
+        if name == "diversity":
+            p.add_argument("--clips", type=int, default=3, help="generated clips (default 3)")
+            p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
+        else:
+            p.add_argument("--frames", type=int, default=300, help="frames to extrapolate (300)")
+            p.add_argument("--start-frame", type=int, default=0, help="clip frame to start from")
+            p.add_argument("--k", type=int, default=1, help="frame step (default 1)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--figures", default="docs/quality", help="folder for PNG figures")
+        p.add_argument("--prefix", default="", help="prefix of the figure file names")
+        p.add_argument("--out", help="JSON file (default: stdout)")
+        _add_sampling(p, correction=True)
+        _add_patchmatch(p)
+        p.set_defaults(func=cmd_diversity if name == "diversity" else cmd_stability)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sinfusion.bundle import BundleError
+    from sinfusion.video import VideoError
+
+    try:
+        args.func(args)
+    except (UsageError, VideoError, BundleError, ValueError, KeyError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Next-frame prediction on unseen frames (paper section 7, appendix A.3), against "copy the frame".
+
+The experiment: subsample a clip by the speed S (frames p, p+S, p+2S, ... with the phase p = start mod
+S), train on n consecutive frames of that subsampled clip, then for every subsampled frame i such that
+neither i nor i+k is a training frame, predict frame i+k from frame i (k in subsampled frames, as the
+Predictor was trained) and compare with the truth. The baseline "predicts" frame i itself.
+
+Scores are on [0, 1] pixels at the model's resolution: MSE per pair, its mean over the pairs, and PSNR
+= 10 log10(1 / MSE). Each pair draws from its own Generator seeded by (seed, pair index), so a result
+does not depend on how many pairs are batched together.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sinfusion.frames import to_model
+from sinfusion.sampling import Models, SamplingOptions, predict_frame, validate_k
+
+from .batching import run_lockstep
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which frames of the original clip train the model and which pairs test it."""
+
+    speed: int
+    k: int
+    train: list[int]  # original-clip indices of the n training frames
+    pairs: list[tuple[int, int]]  # (i, target) original-clip indices, both unseen in training
+
+    def to_dict(self) -> dict:
+        return {"speed": self.speed, "k": self.k, "train": self.train,
+                "pairs": [list(p) for p in self.pairs]}
+
+
+def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int = 0,
+               max_pairs: int = 100) -> Split:
+    """The training frames and the unseen test pairs of a clip of `num_frames` frames."""
+    validate_k(k)
+    if k < 0:
+        raise ValueError(f"k must be positive for next-frame prediction, got {k}")
+    if speed < 1:
+        raise ValueError(f"speed must be >= 1, got {speed}")
+    if n < 2:
+        raise ValueError(f"n (training frames) must be >= 2, got {n}")
+    if max_pairs < 1:
+        raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
+    if not 0 <= start < num_frames:
+        raise ValueError(f"start must be in [0, {num_frames - 1}], got {start}")
+    sub = list(range(start % speed, num_frames, speed))  # the subsampled clip, same phase as start
+    first = sub.index(start)
+    if first + n > len(sub):
+        raise ValueError(f"n={n} frames from frame {start} at speed {speed} need "
+                         f"{start + (n - 1) * speed + 1} frames; the clip has {num_frames}")
+    seen = set(range(first, first + n))
+    test = [i for i in range(len(sub) - k) if i not in seen and i + k not in seen]
+    if not test:
+        raise ValueError(f"no unseen frame pairs left: the clip has {num_frames} frames, training "
+                         f"uses n={n} at speed {speed} from frame {start}, k={k}")
+    if len(test) > max_pairs:  # evenly spaced, always including both ends
+        test = [test[j] for j in np.linspace(0, len(test) - 1, max_pairs).round().astype(int)]
+    return Split(speed, k, [sub[i] for i in sorted(seen)], [(sub[i], sub[i + k]) for i in test])
+
+
+def mse_to_psnr(mse: float) -> float:
+    return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """Model frames in [-1, 1] -> [0, 1] float64, clipped as a displayed frame would be."""
+    return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
+
+
+def predict_pairs(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
+                  options: SamplingOptions, seed: int = 0, batch: int = 16) -> np.ndarray:
+    """The model's prediction of each pair's target: float32 (P, 3, H, W) in [-1, 1]."""
+    x = to_model(frames)
+    out = []
+    for s in range(0, len(split.pairs), batch):
+        loops = [predict_frame(models, x[i], split.k, np.random.default_rng([seed, s + j]), options)
+                 for j, (i, _) in enumerate(split.pairs[s:s + batch])]
+        out.extend(run_lockstep(loops, denoiser))
+    return np.stack(out)
+
+
+def score_pairs(frames: np.ndarray, split: Split, predictions: np.ndarray) -> dict:
+    """Per-pair and mean MSE / PSNR of the predictions and of the copy baseline."""
+    truth = frames.astype(np.float64) / 255.0
+    rows = []
+    for (i, j), pred in zip(split.pairs, predictions):
+        target = truth[j]
+        model = float(np.mean((_unit(pred).transpose(1, 2, 0) - target) ** 2))
+        copy = float(np.mean((truth[i] - target) ** 2))
+        rows.append({"frame": i, "target": j, "model_mse": model, "copy_mse": copy,
+                     "model_psnr": mse_to_psnr(model), "copy_psnr": mse_to_psnr(copy)})
+    model_mse = float(np.mean([r["model_mse"] for r in rows]))
+    copy_mse = float(np.mean([r["copy_mse"] for r in rows]))
+    return {
+        "model_mse": model_mse,
+        "copy_mse": copy_mse,
+        "model_psnr": mse_to_psnr(model_mse),
+        "copy_psnr": mse_to_psnr(copy_mse),
+        "model_wins": int(sum(r["model_mse"] < r["copy_mse"] for r in rows)),
+        "pairs": rows,
+    }
+
+
+def evaluate(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
+             options: SamplingOptions, seed: int = 0) -> dict:
+    """Predict every test pair and score it against the truth and the copy baseline."""
+    started = time.monotonic()
+    predictions = predict_pairs(denoiser, models, frames, split, options, seed)
+    result = score_pairs(frames, split, predictions)
+    result.update(split=split.to_dict(), sampling=asdict(options), seed=seed,
+                  sampling_seconds=round(time.monotonic() - started, 2))
+    return result
+
+
+def train_split(frames: np.ndarray, split: Split, out_dir: str | Path, config,
+                roles: Sequence[str] = ("predictor",), progress: bool = False):
+    """Train (or finish training) a bundle on the split's training frames only; returns the bundle.
+
+    A bundle already in out_dir is resumed, so re-running an experiment reuses its model; the trainer
+    refuses it if it was trained on other frames.
+    """
+    from trainer.training import train_bundle
+
+    out = Path(out_dir)
+    resume = (out / "manifest.json").is_file()
+    return train_bundle(np.ascontiguousarray(frames[split.train]), out, config, roles=list(roles),
+                        resume=resume, progress=progress)

@@ -1,0 +1,126 @@
+"""Stability / diversity reports on a tiny bundle, the figures, and the `sinfusion-quality` CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quality import cli
+from quality.nnf import PatchMatchOptions
+from quality.plots import nnf_colour_map, plot_nextframe
+from quality.stability import diversity_report, extrapolate_clip, references, stability_report
+from sinfusion.sampling import SamplingOptions
+from sinfusion.video import write_image
+from tests.conftest import tiny_clip
+
+FAST_SAMPLING = SamplingOptions(steps=4, correction_steps=2)
+FAST_PM = PatchMatchOptions(iterations=3)
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def is_png(path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == PNG
+
+
+def test_extrapolated_clip_starts_from_the_real_frame(tiny_bundle):
+    clip = extrapolate_clip(tiny_bundle, start=2, frames=5, k=1, sampling=FAST_SAMPLING)
+    assert clip.shape == (6, 16, 24, 3) and clip.dtype == np.uint8
+    np.testing.assert_array_equal(clip[0], tiny_bundle.frames()[2])
+    with pytest.raises(ValueError, match="start frame"):
+        extrapolate_clip(tiny_bundle, start=99, frames=5, k=1, sampling=FAST_SAMPLING)
+
+
+def test_stability_report_scores_every_frame_and_draws(tiny_bundle, tmp_path):
+    report = stability_report(tiny_bundle.path, frames=7, sampling=FAST_SAMPLING,
+                              patchmatch=FAST_PM, figures=tmp_path, prefix="t-")
+    assert len(report["per_frame_nnfdist"]) == 6  # 8 frames (start + 7) -> 6 patch centres
+    assert max(report["original_per_frame_nnfdist"]) < 1e-6  # the clip against itself
+    # Untrained random networks produce frames far from the clip.
+    assert min(report["per_frame_nnfdist"]) > 1e-3
+    assert len(report["colour"]["extrapolated"]["mean"]) == 8
+    assert is_png(tmp_path / "t-stability.png") and is_png(tmp_path / "t-stability-sheet.png")
+
+
+def test_diversity_report_orders_the_references(tiny_bundle, tmp_path):
+    report = diversity_report(tiny_bundle.path, clips=2, frames=5, sampling=FAST_SAMPLING,
+                              patchmatch=FAST_PM, figures=tmp_path)
+    scores = report["scores"]
+    assert set(scores) == {"generated_0", "generated_1", "copy", "translated", "noise"}
+    assert scores["copy"]["nnfdist"] < 1e-6
+    assert scores["noise"]["nnfdist"] > 10 * scores["translated"]["nnfdist"]
+    assert is_png(tmp_path / "generated-sheet.png") and is_png(tmp_path / "nnf-maps.png")
+
+
+def test_references_have_the_clip_shape():
+    clip = tiny_clip()
+    refs = references(clip)
+    assert all(r.shape == clip.shape and r.dtype == np.uint8 for r in refs.values())
+    np.testing.assert_array_equal(refs["translated"][:, 2:, 3:], clip[:, :-2, :-3])
+
+
+def fake_run(n: int, speed: int, model: float, copy: float) -> dict:
+    pairs = [{"frame": i, "target": i + 1, "model_mse": model, "copy_mse": copy} for i in range(3)]
+    return {"n": n, "speed": speed, "results": [
+        {"k": k, "model_mse": model * k, "copy_mse": copy * k, "pairs": pairs} for k in (1, 2)]}
+
+
+def test_nextframe_figure_by_n_and_by_speed(tmp_path):
+    runs = [fake_run(4, 1, 1e-2, 1e-3), fake_run(16, 1, 5e-3, 1e-3), fake_run(8, 2, 8e-3, 2e-3)]
+    assert is_png(plot_nextframe(runs, tmp_path / "n.png", by="n"))
+    assert is_png(plot_nextframe(runs, tmp_path / "s.png", by="speed"))
+    with pytest.raises(ValueError, match="by must be"):
+        plot_nextframe(runs, tmp_path / "x.png", by="k")
+
+
+def test_nnf_colour_map_is_white_for_a_copy():
+    offsets = np.zeros((4, 5, 3), np.int16)
+    assert (nnf_colour_map(offsets) == 255).all()
+    offsets[..., 2] = 3
+    assert nnf_colour_map(offsets).shape == (4, 5, 3)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def write_folder(path, frames):
+    path.mkdir()
+    for i, frame in enumerate(frames):
+        write_image(path / f"{i:03d}.png", frame)
+    return path
+
+
+def test_cli_nnf_writes_json(tmp_path, capsys):
+    clip = tiny_clip(frames=5)
+    a = write_folder(tmp_path / "a", clip)
+    out = tmp_path / "r.json"
+    assert cli.main(["nnf", str(a), str(a), "--iterations", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["nnfdist"] < 1e-6 and len(result["per_frame_nnfdist"]) == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["nnf", "/no/such/clip", "/no/such/ref"], "no such file"),
+    (["nnf", "{a}", "{a}", "--search-dims", "99"], "search_dims must be in [0, 81]"),
+    (["nextframe", "{a}", "--n", "40"], "n=40 frames"),
+    (["nextframe", "{a}", "--train-steps", "0"], "--train-steps must be >= 1"),
+    (["plot-nextframe", "{a}/000.png", "--out", "{a}/x.png"], "not a readable result file"),
+    (["stability", "{a}"], "not a bundle"),
+    (["diversity", "{a}", "--clips", "0"], "--clips must be >= 1"),
+    (["diversity", "{a}"], "not a bundle"),
+])
+def test_cli_user_mistakes_are_one_line_exit_2(tmp_path, capsys, argv, message):
+    a = write_folder(tmp_path / "a", tiny_clip(frames=5))
+    code = cli.main([arg.format(a=a) for arg in argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.count("\n") == 0 and err.startswith("sinfusion-quality: error:")
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path):
+    out = tmp_path / "s.json"
+    code = cli.main(["stability", str(tiny_bundle.path), "--frames", "4", "--sampling-steps", "3",
+                     "--iterations", "2", "--figures", str(tmp_path), "--out", str(out)])
+    assert code == 0
+    assert len(json.loads(out.read_text())["per_frame_nnfdist"]) == 3
