@@ -93,18 +93,18 @@ async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = No
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    address = f"{config.host}:{config.port}"
-    try:
-        if config.tls_cert is not None:
-            port = server.add_secure_port(address, tls_credentials(config.tls_cert, config.tls_key))
-        else:
-            port = server.add_insecure_port(address)
-    except RuntimeError as exc:
-        raise ConfigError(f"cannot listen on {address}: {exc}") from None
-    if port == 0:
-        raise ConfigError(f"cannot listen on {address}")
     metrics_port = None
     try:
+        address = f"{config.host}:{config.port}"
+        try:
+            if config.tls_cert is not None:
+                port = server.add_secure_port(address, tls_credentials(config.tls_cert, config.tls_key))
+            else:
+                port = server.add_insecure_port(address)
+        except (RuntimeError, OSError, ValueError) as exc:  # port taken, unreadable or bad PEM files
+            raise ConfigError(f"cannot listen on {address}: {exc}") from None
+        if port == 0:
+            raise ConfigError(f"cannot listen on {address}")
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

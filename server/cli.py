@@ -21,7 +21,7 @@ from pathlib import Path
 from sinfusion.bundle import atomic_write_bytes
 
 from .app import serve
-from .config import RUNTIME_CHOICES, ConfigError, ServerConfig
+from .config import RUNTIME_CHOICES, ConfigError, ServerConfig, probe_port
 
 PROG = "sinfusion-server"
 
@@ -92,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config.validate()
+        probe_port(config.host, config.port, "--port")
+        if config.metrics_port is not None:
+            probe_port(config.host, config.metrics_port, "--metrics-port")
         return asyncio.run(_run(config, args.port_file))
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

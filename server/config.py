@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,8 +49,31 @@ class ServerConfig:
             raise ConfigError(f"--grace must be >= 0 seconds, got {self.grace}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key must be given together")
-        for name, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key)):
-            if path is not None and not Path(path).is_file():
-                raise ConfigError(f"{name} {path}: no such file")
+        for name, path, marker in (("--tls-cert", self.tls_cert, b"-----BEGIN CERTIFICATE-----"),
+                                   ("--tls-key", self.tls_key, b"PRIVATE KEY-----")):
+            if path is None:
+                continue
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{name} {path}: cannot read ({exc.strerror})") from None
+            if marker not in data:
+                raise ConfigError(f"{name} {path}: not a PEM file (no {marker.decode()!r})")
         if self.token is not None and not self.token.strip():
             raise ConfigError("--token must not be empty")
+
+
+def probe_port(host: str, port: int, flag: str) -> None:
+    """Fail early, with one line, when a fixed port cannot be bound (taken, or a bad host)."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host}: cannot resolve ({exc.strerror})") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"{flag} {port}: cannot listen on {host}:{port} ({exc.strerror})") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -48,6 +49,16 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, models_dir):
         "--models", str(models_dir), "--tls-cert", str(tmp_path / "c.pem"))
     line = fails("--models", str(models_dir), "--runtime", "onnxruntime-cpu")
     assert "no runtime can serve it" in line and "onnxruntime-cpu" in line
+    (tmp_path / "c.pem").write_text("not a certificate")
+    (tmp_path / "k.pem").write_text("not a key")
+    assert "not a PEM file" in fails("--models", str(models_dir), "--tls-cert", str(tmp_path / "c.pem"),
+                                     "--tls-key", str(tmp_path / "k.pem"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert "Address already in use" in fails("--models", str(models_dir), "--port", port)
+        assert "--metrics-port" in fails("--models", str(models_dir), "--metrics-port", port)
     broken = tmp_path / "broken" / "b"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{not json")
