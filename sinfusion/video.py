@@ -137,7 +137,10 @@ def read_clip(
 
     if path.is_dir():
         kind = "folder"
-        files = _numbered([p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
+        try:
+            files = _numbered([p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
+        except OSError as exc:
+            raise VideoError(f"{path}: cannot list the folder ({exc.strerror or exc})") from None
         if not files:
             raise VideoError(f"{path}: folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
         source_fps = DEFAULT_FPS

@@ -38,7 +38,8 @@ def sampler(frames: np.ndarray, fraction: float = 0.75, seed: int = 0) -> ClipSa
 
 
 def tiny_config(steps: int = 4, **kw) -> TrainConfig:
-    base = dict(channels=8, blocks=2, batch_size=1, checkpoint_every=2, preview_every=0, seed=0)
+    base = dict(channels=8, blocks=2, batch_size=1, checkpoint_every=2, preview_every=0, seed=0,
+                preview_steps=4)
     base.update(kw)
     return get_preset("tiny", **base).with_steps(steps)
 

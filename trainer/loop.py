@@ -4,8 +4,8 @@ Per step: set the learning rate, draw a batch of crops (and k for the Predictor)
 level t in 1..T (eq. 1), predict the role's target (noise or clean crop), MSE loss, Adam step, EMA
 update. Every `checkpoint_every` steps, at the end and on Ctrl-C: checkpoint + served EMA weights.
 
-Ctrl-C does not tear a step in half: a SIGINT handler only raises a flag that the loop checks between
-steps (a second Ctrl-C interrupts at once; the writes are atomic either way). A KeyboardInterrupt
+Ctrl-C does not tear a step in half: a SIGINT (or SIGTERM) handler only raises a flag that the loop
+checks between steps (a second signal interrupts at once; the writes are atomic either way). A KeyboardInterrupt
 raised by a callback is handled the same way, which is how the tests simulate Ctrl-C.
 """
 
@@ -65,22 +65,29 @@ def role_seed(seed: int, role: str) -> int:
 
 
 @contextlib.contextmanager
-def sigint_flag():
-    """Turn the first Ctrl-C into a flag checked between steps (main thread only)."""
+def stop_flag():
+    """Turn the first Ctrl-C (SIGINT) or SIGTERM into a flag checked between steps (main thread only).
+
+    A second signal gets the previous handler, so a hung run can still be killed.
+    """
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def handler(signum, frame):
         flag.set()
-        signal.signal(signal.SIGINT, previous)  # a second Ctrl-C interrupts immediately
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    for sig in previous:
+        signal.signal(sig, handler)
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @dataclass
@@ -219,7 +226,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     started = time.monotonic() - run.state.elapsed_s
     run.net.train()
     try:
-        with sigint_flag() as interrupted:
+        with stop_flag() as interrupted:
             while run.state.step < total:
                 loss = train_step(run, sampler, tables)
                 step = run.state.step
@@ -240,11 +247,12 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
                     save_checkpoint(run, bundle)
                 if cfg.preview_every and step % cfg.preview_every == 0 and step < total:
                     write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames,
-                                  step, run.device)
+                                  step, run.device, cfg.preview_steps)
     except KeyboardInterrupt:
         bar.close()
         save_checkpoint(run, bundle)
         raise TrainingInterrupted(bundle.path, run.role, run.state.step, total) from None
     bar.close()
     save_checkpoint(run, bundle)
-    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, total, run.device)
+    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, total, run.device,
+                  cfg.preview_steps)

@@ -50,6 +50,7 @@ class TrainConfig:
     # Bookkeeping: checkpoint and preview intervals in steps (0 = only at the end).
     checkpoint_every: int = 1000
     preview_every: int = 5000
+    preview_steps: int = 0  # denoising steps of a preview (0 = all T, ancestral; else DDIM)
     # Reading the clip: cap of the long side (0 = keep), as sinfusion.video.read_clip.
     max_side: int = 256
     seed: int = 0
@@ -74,6 +75,8 @@ class TrainConfig:
              f"schedule_steps must be in [1, 1000], got {self.schedule_steps}"),
             (self.checkpoint_every >= 0 and self.preview_every >= 0,
              "checkpoint_every and preview_every must be >= 0"),
+            (0 <= self.preview_steps <= self.schedule_steps,
+             f"preview_steps must be in [0, {self.schedule_steps}], got {self.preview_steps}"),
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
         ]
         for role in ROLES:
@@ -126,6 +129,7 @@ class TinyPreset(TrainConfig):
     ema_decay: float = 0.99
     checkpoint_every: int = 200
     preview_every: int = 200
+    preview_steps: int = 10
     max_side: int = 128  # a larger clip (tornado: 256x144) is trained at 128x72
 
 

@@ -25,12 +25,14 @@ PREVIEW_SEED = 1234
 
 
 def render_preview(role: str, net: torch.nn.Module, schedule: Schedule, target: str,
-                   frames: np.ndarray, device: torch.device) -> np.ndarray:
-    """One preview row as uint8 (H, W', 3)."""
+                   frames: np.ndarray, device: torch.device, steps: int = 0) -> np.ndarray:
+    """One preview row as uint8 (H, W', 3); steps > 0 samples with that many DDIM steps."""
     models = sampling.Models({role: sampling.RoleSampling(schedule, target)})
     denoiser = TorchDenoiser.from_networks({role: net}, device=str(device))
     rng = np.random.default_rng(PREVIEW_SEED)
-    options = sampling.SamplingOptions(correction_steps=0)  # the role alone, no Projector
+    # The role alone (no Projector correction); DDIM when fewer steps are asked, to keep it cheap.
+    options = sampling.SamplingOptions(steps=steps, method="ddim" if steps else "ddpm",
+                                       correction_steps=0)
     clip = to_model(frames)
     n = len(frames)
     if role == "predictor":
@@ -48,6 +50,6 @@ def render_preview(role: str, net: torch.nn.Module, schedule: Schedule, target: 
 
 
 def write_preview(bundle_dir: Path, role: str, net: torch.nn.Module, schedule: Schedule, target: str,
-                  frames: np.ndarray, step: int, device: torch.device) -> Path:
-    image = render_preview(role, net, schedule, target, frames, device)
+                  frames: np.ndarray, step: int, device: torch.device, steps: int = 0) -> Path:
+    image = render_preview(role, net, schedule, target, frames, device, steps)
     return write_image(Path(bundle_dir) / "previews" / f"{role}_{step:07d}.png", image)

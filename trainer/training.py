@@ -108,7 +108,7 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool)
                                f"--overwrite to start over")
         for sub in ("weights", "training", "previews"):  # only the trainer's own sub-folders
             shutil.rmtree(out / sub, ignore_errors=True)
-        (out / MANIFEST).unlink()
+        # manifest.json stays until Bundle.create replaces it: it is what marks the folder as ours
     source = dict(clip.source)
     source["frames_sha256"] = frames_sha256(clip.frames)
     manifest = Manifest(name=name or Path(str(clip.source.get("path", out.name))).stem or out.name,
