@@ -177,3 +177,21 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     assert code == 0
     assert Bundle.open(out).role("projector").trained_steps == state.trained_steps + 1
     np.testing.assert_array_equal(Bundle.open(out).frames().shape, (4, 16, 24, 3))
+
+
+def test_sample_with_the_onnx_runtime_matches_torch(tmp_path, capsys):
+    """`--runtime onnx` runs the same loop over exported engines: same seed, (nearly) same frames."""
+    from export import ExportOptions, export_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "b", roles=("predictor", "projector"))
+    argv = ["sample", tmp_path / "b", "--extrapolate", "2", "--steps", "3", "--method", "ddim",
+            "--seed", "5"]
+    code, err = run_cli(capsys, *argv, "--out", tmp_path / "o.mp4", "--runtime", "onnx")
+    assert_one_line_error(code, err, "no onnx engines", "sinfusion-export")
+    export_bundle(bundle, ExportOptions(batches=(1,)))
+    for runtime in ("onnx", "torch"):
+        code, err = run_cli(capsys, *argv, "--out", tmp_path / f"{runtime}.mp4", "--runtime", runtime,
+                            "--sheet", tmp_path / f"{runtime}.png")
+        assert code == 0, err
+    onnx, torch_ = (read_clip(tmp_path / f"{r}.png").frames for r in ("onnx", "torch"))
+    assert np.abs(onnx.astype(int) - torch_.astype(int)).max() <= 2

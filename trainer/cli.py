@@ -143,8 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train_config(args: argparse.Namespace):
     """Preset (or the resumed run's config) with the options the user gave."""
-    from .presets import get_preset
-    from .training import load_run_config
+    from .presets import get_preset, load_run_config
 
     base = load_run_config(args.out) if args.resume else None
     if base is None or args.preset:
@@ -167,14 +166,13 @@ def _train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     from sinfusion.video import read_clip
 
-    from .training import TrainingInterrupted, train_bundle
-
     config = _train_config(args)
     if args.end is not None and args.end <= args.start:
         raise UsageError(f"trainer train: --end ({args.end}) must be greater than --start ({args.start})")
     began = time.monotonic()
     clip = read_clip(args.clip, max_side=config.max_side, size=args.size, start=args.start,
                      end=args.end, stride=args.stride)
+    from .training import TrainingInterrupted, train_bundle  # torch: only once the clip is good
     try:
         bundle = train_bundle(clip, args.out, config, roles=args.roles, resume=args.resume,
                               overwrite=args.overwrite, progress=not args.quiet, device=args.device,

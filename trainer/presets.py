@@ -7,11 +7,15 @@ Projector and Interpolator on the clean frame. A preset only changes sizes and s
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 from sinfusion.config import ROLES, TARGETS
 
 LR_DECAYS = ("step", "cosine")
+RUN_FILE = "run.json"  # training/run.json in a bundle: the config of its training run
 
 
 @dataclass(frozen=True)
@@ -118,9 +122,9 @@ class TinyPreset(TrainConfig):
 
     channels: int = 16
     blocks: int = 4
-    predictor_steps: int = 600
-    projector_steps: int = 400
-    interpolator_steps: int = 300
+    predictor_steps: int = 500
+    projector_steps: int = 300
+    interpolator_steps: int = 200
     batch_size: int = 2
     lr: float = 2e-3  # a tiny net on few steps tolerates (and needs) a larger step size
     lr_min: float = 2e-4
@@ -146,3 +150,16 @@ def get_preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
     return replace(PRESETS[name](), **overrides)
+
+
+def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
+    """The config a bundle was trained with (training/run.json), or None when it has none."""
+    from sinfusion.bundle import BundleError
+
+    path = Path(out_dir) / "training" / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{path}: damaged run record ({exc})") from None

@@ -12,7 +12,6 @@ the config of the run so that `--resume` can continue with the same settings.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -28,10 +27,8 @@ from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
 from .loop import StepCallback, TrainingInterrupted, build_run, resume_run, train_role
-from .presets import TrainConfig, get_preset
+from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config
 from .samplers import crop_size
-
-RUN_FILE = "run.json"
 
 __all__ = ["TrainerError", "TrainingInterrupted", "train_bundle", "load_run_config", "resolve_roles"]
 
@@ -77,17 +74,6 @@ def _as_clip(clip: Clip | np.ndarray | str | os.PathLike, config: TrainConfig) -
             raise TrainerError(f"clip must be uint8 (N, H, W, 3), got {clip.dtype} {clip.shape}")
         return Clip(clip, DEFAULT_FPS, "array", {"kind": "array"})
     return read_clip(clip, max_side=config.max_side)
-
-
-def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
-    """The config a bundle was trained with (training/run.json), or None when it has none."""
-    path = Path(out_dir) / checkpoint.TRAINING_DIR / RUN_FILE
-    if not path.is_file():
-        return None
-    try:
-        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise BundleError(f"{path}: damaged run record ({exc})") from None
 
 
 def _open_for_resume(out: Path, frames: np.ndarray) -> Bundle:
