@@ -98,6 +98,12 @@ def cmd_nextframe(args) -> None:
     for split in splits:
         r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed)
         results.append({"k": split.k, **r})
+        if split.seen:  # the same scores on training pairs: tells under-fitting from over-fitting
+            seen = evaluate(denoiser, bundle.models(), frames, split.seen_split(),
+                            _sampling_options(args, 0), args.seed)
+            results[-1]["seen"] = {key: seen[key] for key in ("model_mse", "copy_mse", "model_psnr",
+                                                             "copy_psnr", "model_wins")}
+            results[-1]["seen"]["pairs"] = len(split.seen)
         print(f"{PROG}: n={args.n} S={args.speed} k={split.k}: model MSE {r['model_mse']:.3e} "
               f"({r['model_psnr']:.2f} dB), copy MSE {r['copy_mse']:.3e} ({r['copy_psnr']:.2f} dB), "
               f"model better on {r['model_wins']}/{len(split.pairs)} pairs", file=sys.stderr)

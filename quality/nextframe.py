@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +34,16 @@ class Split:
     k: int
     train: list[int]  # original-clip indices of the n training frames
     pairs: list[tuple[int, int]]  # (i, target) original-clip indices, both unseen in training
+    # Pairs inside the training slice: a diagnostic (fit vs generalisation), not the benchmark.
+    seen: list[tuple[int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"speed": self.speed, "k": self.k, "train": self.train,
-                "pairs": [list(p) for p in self.pairs]}
+                "pairs": [list(p) for p in self.pairs], "seen": [list(p) for p in self.seen]}
+
+    def seen_split(self) -> Split:
+        """The same split with the seen pairs as its test pairs."""
+        return replace(self, pairs=list(self.seen), seen=[])
 
 
 def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int = 0,
@@ -66,7 +72,9 @@ def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int =
                          f"uses n={n} at speed {speed} from frame {start}, k={k}")
     if len(test) > max_pairs:  # evenly spaced, always including both ends
         test = [test[j] for j in np.linspace(0, len(test) - 1, max_pairs).round().astype(int)]
-    return Split(speed, k, [sub[i] for i in sorted(seen)], [(sub[i], sub[i + k]) for i in test])
+    inside = [i for i in sorted(seen) if i + k in seen]
+    return Split(speed, k, [sub[i] for i in sorted(seen)], [(sub[i], sub[i + k]) for i in test],
+                 [(sub[i], sub[i + k]) for i in inside])
 
 
 def mse_to_psnr(mse: float) -> float:

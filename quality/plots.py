@@ -104,6 +104,10 @@ def plot_stability(report: dict, path: str | Path) -> Path:
     if len(dist) >= 9:
         smooth = np.convolve(dist, np.ones(9) / 9, mode="valid")
         ax.plot(frames[4:-4], smooth, lw=2, label="running mean (9 frames)")
+    holdout = report.get("holdout", {}).get("nnfdist")
+    if holdout:
+        ax.axhline(holdout, color="k", ls="--", lw=1,
+                   label="real frames of the clip's 2nd half vs its 1st half")
     ax.set_yscale("log")
     ax.set_ylabel("NNFDIST per frame")
     ax.grid(alpha=0.3, which="both")

@@ -38,6 +38,8 @@ def test_split_trains_on_a_slice_and_tests_only_unseen_pairs():
     split = make_split(33, n=16, speed=1, k=1)
     assert split.train == list(range(16))
     assert split.pairs == [(i, i + 1) for i in range(16, 32)]
+    assert split.seen == [(i, i + 1) for i in range(15)]
+    assert split.seen_split().pairs == split.seen
 
     fast = make_split(33, n=8, speed=2, k=1)
     assert fast.train == list(range(0, 16, 2))
