@@ -114,6 +114,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["train", clip, "--out", tmp_path / "o", "--size", "4x4"], ["--size", "[8, 4096]"]),
         (["train", clip, "--out", tmp_path / "o", "--blocks", "3"], ["blocks must be an even"]),
         (["train", clip, "--out", tmp_path / "o", "--resume"], ["nothing to resume"]),
+        (["train", clip, "--out", tmp_path / "o", "--device", "abacus"], ["unknown device"]),
         (["train", clip, "--out", notabundle], ["not a bundle"]),
         (["train", clip], ["--out"]),
         (["sample", notabundle, "--out", tmp_path / "x.mp4", "--generate", "2"], ["not a bundle"]),
@@ -175,7 +176,9 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     code = main(["train", str(clip), "--out", str(out), "--resume", "--steps",
                  str(state.trained_steps + 1), "--quiet"])
     assert code == 0
-    assert Bundle.open(out).role("projector").trained_steps == state.trained_steps + 1
+    resumed = Bundle.open(out)
+    assert resumed.role("projector").trained_steps == state.trained_steps + 1
+    assert resumed.roles == ["projector"]  # the interrupted run's roles, not every role
     np.testing.assert_array_equal(Bundle.open(out).frames().shape, (4, 16, 24, 3))
 
 

@@ -116,7 +116,7 @@ class TrainConfig:
 class TinyPreset(TrainConfig):
     """All three roles on the sample clip (96x64) in about two minutes on a 2-core CPU.
 
-    Measured (docs/training.md): 4 blocks of 16 channels (receptive field 27 px) at batch 2. Small,
+    Measured (docs/training.md): 4 blocks of 16 channels (receptive field 29 px) at batch 2. Small,
     so the results are blurry but recognisably the clip; it exists for the demo and the tests.
     """
 
@@ -131,9 +131,8 @@ class TinyPreset(TrainConfig):
     lr_decay: str = "cosine"
     lr_decay_at: float = 0.0
     ema_decay: float = 0.99
-    checkpoint_every: int = 200
-    preview_every: int = 200
-    preview_steps: int = 10
+    checkpoint_every: int = 250
+    preview_every: int = 250
     max_side: int = 128  # a larger clip (tornado: 256x144) is trained at 128x72
 
 
@@ -152,14 +151,23 @@ def get_preset(name: str, **overrides) -> TrainConfig:
     return replace(PRESETS[name](), **overrides)
 
 
-def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
-    """The config a bundle was trained with (training/run.json), or None when it has none."""
+def load_run_record(out_dir: str | os.PathLike) -> dict | None:
+    """training/run.json of a bundle ({"config": ..., "roles": [...], "mode": ...}) or None."""
     from sinfusion.bundle import BundleError
 
     path = Path(out_dir) / "training" / RUN_FILE
     if not path.is_file():
         return None
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text())["config"])
+        record = json.loads(path.read_text())
+        record["config"] = TrainConfig.from_dict(record["config"])
+        record["roles"] = [str(r) for r in record.get("roles", [])]
+        return record
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: damaged run record ({exc})") from None
+
+
+def load_run_config(out_dir: str | os.PathLike) -> TrainConfig | None:
+    """The config a bundle was trained with, or None when it has no run record."""
+    record = load_run_record(out_dir)
+    return None if record is None else record["config"]

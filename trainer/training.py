@@ -27,7 +27,7 @@ from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
 from .loop import StepCallback, TrainingInterrupted, build_run, resume_run, train_role
-from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config
+from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config, load_run_record
 from .samplers import crop_size
 
 __all__ = ["TrainerError", "TrainingInterrupted", "train_bundle", "load_run_config", "resolve_roles"]
@@ -120,7 +120,8 @@ def train_bundle(
 
     clip: a sinfusion.video.Clip, uint8 frames (N, H, W, 3) or a path read with the config's max_side.
     config: a TrainConfig or a preset name ("tiny", "paper").
-    resume: continue the checkpoints in out_dir (roles already finished are skipped).
+    resume: continue the checkpoints in out_dir (roles already finished are skipped; roles=None
+        means the roles the interrupted run was training).
     Raises TrainerError / BundleError / VideoError (one-line messages) for bad requests and
     TrainingInterrupted (a KeyboardInterrupt) after saving a checkpoint on Ctrl-C.
     """
@@ -129,11 +130,17 @@ def train_bundle(
     clip = _as_clip(clip, config)
     frames = clip.frames
     mode = "image" if clip.kind == "image" or frames.shape[0] == 1 else "video"
+    out = Path(out_dir)
+    if resume and roles is None:  # continue the roles the interrupted run was asked for
+        record = load_run_record(out)
+        roles = record["roles"] if record and record["roles"] else None
     chosen = resolve_roles(roles, mode, frames.shape[0])
-    dev = torch.device(device or default_device())
+    try:
+        dev = torch.device(device or default_device())
+    except RuntimeError:
+        raise TrainerError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainerError("device cuda requested but no CUDA GPU is available")
-    out = Path(out_dir)
 
     bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite)
     atomic_write_json(out / checkpoint.TRAINING_DIR / RUN_FILE,
