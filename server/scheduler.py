@@ -147,16 +147,19 @@ class Scheduler:
         self._task = asyncio.create_task(self._run(), name=f"scheduler-{self.model}")
 
     async def close(self) -> None:
+        """Stop scheduling; waits for an engine call in flight, then closes every loop."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        # A cancelled round may leave its engine call running in the worker: let it finish (off the
+        # event loop) before touching the loops it is advancing.
+        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
         for job in self._jobs:
             job.loop.close()
         self._jobs.clear()
-        self._executor.shutdown(wait=True)
 
     def submit(self, loop: Loop) -> Job:
         """Add a stream's loop; its frames arrive through the returned job."""

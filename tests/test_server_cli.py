@@ -109,7 +109,8 @@ def test_serve_then_sigterm_drains_live_streams(tmp_path, models_dir):
             proc.send_signal(signal.SIGTERM)
             thread.join(60)
             assert results == list(range(40))  # the live stream finished during the grace period
-        assert proc.wait(60) == 0
+        code = proc.wait(60)
+        assert code == 0, proc.communicate()[1][-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -129,7 +130,8 @@ def test_grace_period_ends_long_streams(tmp_path, models_dir):
             proc.send_signal(signal.SIGTERM)
             thread.join(60)
             assert isinstance(results[-1], grpc.StatusCode) and len(results) < 1000
-        assert proc.wait(60) == 0
+        code = proc.wait(60)
+        assert code == 0, proc.communicate()[1][-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()

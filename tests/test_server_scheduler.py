@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -124,3 +125,35 @@ def test_staggered_streams_fall_into_step(tmp_path):
     assert asyncio.run(main()) == [20, 20]
     assert len(calls) / 40 < 4.0  # unbatched: 6 calls per frame; in step: about 3
     assert calls.count(2) > 0.8 * calls.count(1)
+
+
+def slow(loop):
+    """The same loop, but the worker thread spends most of its time inside the generator."""
+    reply = None
+    while True:
+        try:
+            event = loop.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        time.sleep(0.02)
+        reply = yield event
+
+
+def test_close_waits_for_the_step_in_flight(tmp_path):
+    """Shutdown while the worker is advancing a job: its loop is closed after, not during, that."""
+    make_tiny_bundle(tmp_path / "m" / "tiny")
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+
+    async def main():
+        for seed in range(5):
+            scheduler = Scheduler(model.name, model.runtime)
+            scheduler.start()
+            start = to_model(model.clip[0])
+            job = scheduler.submit(slow(extrapolate(model.models, start, 500, 1,
+                                                    np.random.default_rng(seed), FAST)))
+            await anext(job.frames())
+            await asyncio.sleep(0.01)  # the worker is now inside the loop's next step
+            await scheduler.close()  # raised "generator already executing" before the fix
+            assert scheduler.held == 0
+
+    asyncio.run(main())
