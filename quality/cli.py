@@ -96,7 +96,12 @@ def cmd_nextframe(args) -> None:
     denoiser = TorchDenoiser(bundle, roles=["predictor"])
     results = []
     for split in splits:
-        r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed)
+        sheet = None
+        if args.figures:
+            Path(args.figures).mkdir(parents=True, exist_ok=True)
+            sheet = Path(args.figures) / f"nextframe-n{args.n}-s{args.speed}-k{split.k}-sheet.png"
+        r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed,
+                     sheet=sheet)
         results.append({"k": split.k, **r})
         if split.seen:  # the same scores on training pairs: tells under-fitting from over-fitting
             seen = evaluate(denoiser, bundle.models(), frames, split.seen_split(),
@@ -203,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="out/quality/nextframe", help="folder for the trained bundles")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no training progress bar")
+    p.add_argument("--figures", default="", help="folder for prediction contact sheets (default: none)")
     p.add_argument("--out", help="JSON file (default: stdout)")
     _add_sampling(p, correction=False)
     p.set_defaults(func=cmd_nextframe)

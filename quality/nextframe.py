@@ -121,13 +121,28 @@ def score_pairs(frames: np.ndarray, split: Split, predictions: np.ndarray) -> di
 
 
 def evaluate(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
-             options: SamplingOptions, seed: int = 0) -> dict:
-    """Predict every test pair and score it against the truth and the copy baseline."""
+             options: SamplingOptions, seed: int = 0, sheet: str | Path | None = None,
+             sheet_pairs: int = 6) -> dict:
+    """Predict every test pair and score it against the truth and the copy baseline.
+
+    sheet: also write a contact sheet of the first `sheet_pairs` pairs (evenly spaced), one column
+    per pair; rows: the current frame (= the copy baseline), the true next frame, the prediction.
+    """
     started = time.monotonic()
     predictions = predict_pairs(denoiser, models, frames, split, options, seed)
     result = score_pairs(frames, split, predictions)
     result.update(split=split.to_dict(), sampling=asdict(options), seed=seed,
                   sampling_seconds=round(time.monotonic() - started, 2))
+    if sheet is not None:
+        from sinfusion.frames import to_uint8
+        from sinfusion.video import contact_sheet, write_image
+
+        count = min(sheet_pairs, len(split.pairs))
+        chosen = np.linspace(0, len(split.pairs) - 1, count).round().astype(int)
+        rows = [frames[[split.pairs[c][0] for c in chosen]],
+                frames[[split.pairs[c][1] for c in chosen]],
+                to_uint8(predictions[chosen])]
+        write_image(sheet, contact_sheet(np.concatenate(rows), columns=count))
     return result
 
 

@@ -79,13 +79,17 @@ def test_scores_of_a_perfect_prediction_and_of_the_copy():
     assert mse_to_psnr(1e-3) == pytest.approx(30.0)
 
 
-def test_oracle_model_beats_copy_and_a_wrong_target_does_not():
+def test_oracle_model_beats_copy_and_a_wrong_target_does_not(tmp_path):
     frames = tiny_clip(frames=12)
     split = make_split(12, n=3, speed=2, k=1)  # pairs (6, 8) and (8, 10) in original frames
     assert split.pairs == [(6, 8), (8, 10)]
     options = S.SamplingOptions(correction_steps=0)
-    right = evaluate(shifted_oracle(frames, 2), models(), frames, split, options)
+    right = evaluate(shifted_oracle(frames, 2), models(), frames, split, options,
+                     sheet=tmp_path / "sheet.png")
     assert right["model_mse"] < 1e-8 < right["copy_mse"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "sheet.png").size == (2 * 24 + 2, 3 * 16 + 4)  # 2 pairs x 3 rows
     wrong = evaluate(shifted_oracle(frames, 1), models(), frames, split, options)
     assert wrong["model_mse"] > 1e-4  # the scorer compares with frame i+k*S, not i+1
 
