@@ -103,7 +103,8 @@ def cmd_nextframe(args) -> None:
         r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed,
                      sheet=sheet)
         results.append({"k": split.k, **r})
-        if split.seen:  # the same scores on training pairs: tells under-fitting from over-fitting
+        if split.seen and split is splits[0]:  # training pairs (first k only: a diagnostic that
+            # tells under-fitting from failing to generalise, not worth doubling every run's time)
             seen = evaluate(denoiser, bundle.models(), frames, split.seen_split(),
                             _sampling_options(args, 0), args.seed)
             results[-1]["seen"] = {key: seen[key] for key in ("model_mse", "copy_mse", "model_psnr",
