@@ -101,6 +101,8 @@ class StreamRun:
             self.outcome = "done"
         elif issubclass(exc_type, (asyncio.CancelledError, GeneratorExit)):
             self.outcome = "cancelled by the client or shutdown"
+            self.service.metrics.rpc_seconds.labels(self.rpc, "CANCELLED").observe(
+                time.perf_counter() - self.start)
         elif isinstance(exc, RequestError):
             self.outcome = f"refused: {exc.message}"
         else:
