@@ -176,3 +176,26 @@ def test_client_deadline_stops_the_stream(models_dir):
         assert len(list(stub.Extrapolate(pb.ExtrapolateRequest(
             model="tiny", frames=1, start_image=pb.RawFrame(width=W, height=H, rgb=clip[0].tobytes()),
             sampling=fast())))) == 1
+
+
+def test_upsample_client_going_away_frees_the_slot(models_dir):
+    import threading
+
+    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        hold = threading.Event()
+        clip = tiny_clip(2, H, W)
+
+        def requests():
+            yield pb.UpsampleRequest(model="tiny", factor=2, sampling=fast(),
+                                     frame=pb.RawFrame(width=W, height=H, rgb=clip[0].tobytes()))
+            hold.wait(30)  # the client keeps its stream open without sending more
+
+        call = stub.Upsample(requests())
+        assert next(call).index == 0  # the first original comes back at once
+        assert running.live_streams == 1
+        call.cancel()
+        hold.set()
+        wait_until(lambda: running.live_streams == 0)
+        assert len(list(stub.Generate(pb.GenerateRequest(model="tiny", frames=1, sampling=fast())))) == 1
