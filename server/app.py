@@ -9,6 +9,7 @@ and live streams get `config.grace` seconds to finish before they are cancelled.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -72,6 +73,13 @@ def _build_server(config: ServerConfig) -> grpc.aio.Server:
     )
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 @asynccontextmanager
 async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = None
                 ) -> AsyncIterator[Running]:
@@ -117,6 +125,11 @@ async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = No
                  "TLS" if config.tls_cert else "plaintext", ", token required" if config.token else "",
                  ", ".join(sorted(models)),
                  f", metrics on :{metrics_port}" if metrics_port is not None else "")
+        if not _loopback(config.host) and not (config.tls_cert and config.token):
+            log.warning("listening on %s without %s: anyone who can reach this address can use "
+                        "the server", config.host,
+                        " and ".join(n for n, on in (("TLS", config.tls_cert), ("a token", config.token))
+                                     if not on))
         running = Running(port, metrics_port, models, service, server, health_servicer)
         yield running
     finally:

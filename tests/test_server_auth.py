@@ -81,3 +81,14 @@ def test_tls(models_dir, certificate):
             with pytest.raises(grpc.RpcError) as info:
                 pb_grpc.SinFusionStub(channel).ListModels(pb.ListModelsRequest(), timeout=5)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_warns_when_exposed_without_tls_and_token(models_dir, caplog):
+    caplog.set_level("WARNING", logger="sinfusion.server")
+    with BackgroundServer(ServerConfig(models=models_dir, host="0.0.0.0", grace=0.5)):
+        pass
+    assert "listening on 0.0.0.0 without TLS and a token" in caplog.text
+    caplog.clear()
+    with BackgroundServer(ServerConfig(models=models_dir, grace=0.5)):
+        pass
+    assert "without" not in caplog.text
