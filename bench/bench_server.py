@@ -10,8 +10,9 @@ small 32x48 frame. For each stream count N, N clients start Extrapolate at once 
 aggregate frames/s (all frames / wall time), frames/s per stream, first-frame latency (mean and
 max), engine calls per frame, the mean batch, engine time per frame, and the aggregate's ratio to one
 stream: that ratio is batching's gain. Each row is the best of --repeats runs (on a shared machine the
-best run is the one least disturbed by other processes). Server and clients share one process; clients are cheap next to the engine.
-With onnxruntime-cpu the bundles are first exported at batch sizes 1, 2, 4 and 8.
+best run is the one least disturbed by other processes). Server and clients share one process;
+clients are cheap next to the engine. With onnxruntime-cpu the bundles are first exported at batch
+sizes 1, 2, 4 and 8.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ def print_table(name: str, spec: dict, rows: list[dict], runtime: str, args) -> 
           f"{spec['width']}x{spec['height']}, {runtime}, DDIM {args.steps} steps + {args.correction} "
           f"correction, {args.frames} frames per stream, best of {args.repeats}")
     print(f"{'streams':>7} {'frames':>6} {'wall s':>7} {'agg fps':>8} {'fps/stream':>10} "
-          f"{'first mean s':>12} {'first max s':>11} {'calls/frame':>11} {'mean batch':>10} {'engine ms/frame':>15} {'gain':>6}")
+          f"{'first mean s':>12} {'first max s':>11} {'calls/frame':>11} {'mean batch':>10} "
+          f"{'engine ms/frame':>15} {'gain':>6}")
     base = rows[0]["fps"]
     for r in rows:
         print(f"{r['streams']:>7} {r['frames']:>6} {r['wall']:>7.2f} {r['fps']:>8.2f} "

@@ -177,7 +177,8 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                 image, resized = rq.client_frame(request.start_image, model, policy, "start_image")
                 first, origin = to_model(image), "start=client image"
             else:
-                first, origin = rq.start_frame(request.start_frame, model), f"start=frame {request.start_frame}"
+                first = rq.start_frame(request.start_frame, model)
+                origin = f"start=frame {request.start_frame}"
             s = rq.sampling(request.sampling, model, ("predictor",))
             what = (f"frames={count} step={k} {origin} steps={s.options.steps} {s.options.method} "
                     f"correction={s.options.correction_steps} seed={s.seed}")
