@@ -77,3 +77,20 @@ def test_damaged_engine_refuses_to_start(exported, tmp_path):
     # auto falls back to PyTorch, whose weights are intact
     with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
         assert running.models["tiny"].runtime.name == "torch-cpu"
+
+
+def test_fixed_batch_is_bit_exact_on_onnx_engines(exported):
+    config = ServerConfig(models=exported, runtime="onnxruntime-cpu", fixed_batch=True, grace=0.5)
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        stub = pb_grpc.SinFusionStub(channel)
+        alone = frames(stub, 21)
+        with ThreadPoolExecutor(3) as pool:
+            batched = [pool.submit(frames, stub, s) for s in (21, 22, 23)]
+            together = batched[0].result()
+            [f.result() for f in batched]
+        registry = running.service.metrics.registry
+        labels = {"model": "tiny", "role": "predictor"}
+        shared = registry.get_sample_value("sinfusion_batch_size_count", labels) - \
+            registry.get_sample_value("sinfusion_batch_size_bucket", {**labels, "le": "1.0"})
+    assert shared > 0
+    np.testing.assert_array_equal(alone, together)
