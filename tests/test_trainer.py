@@ -142,7 +142,8 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path):
     assert again.roles == ["predictor", "projector", "interpolator"] == bundle.roles
     assert (m.mode, m.width, m.height, m.frame_count) == ("video", 24, 16, 6)
     np.testing.assert_array_equal(again.frames(), clip)
-    for role, target in (("predictor", "eps"), ("projector", "x0"), ("interpolator", "x0")):
+    # tiny preset: eps for the projector (see TinyPreset); the manifest records what was trained
+    for role, target in (("predictor", "eps"), ("projector", "eps"), ("interpolator", "x0")):
         entry = again.role(role)
         assert entry.target == target and entry.schedule == {"kind": "cosine", "steps": 50}
         assert entry.trained_steps == 3 and entry.settings["crop"] == [15, 23]
@@ -173,9 +174,11 @@ def test_training_reduces_the_loss(tmp_path):
 
 def test_single_image_trains_only_the_projector_on_the_linear_schedule(tmp_path):
     image = tiny_clip(1, 16, 24)
-    bundle = train_bundle(image, tmp_path / "img", tiny_config(steps=2), progress=False, device="cpu")
+    bundle = train_bundle(image, tmp_path / "img", tiny_config(steps=2, projector_target="x0"),
+                          progress=False, device="cpu")
     assert bundle.manifest.mode == "image" and bundle.roles == ["projector"]
     assert bundle.role("projector").schedule["kind"] == "linear"
+    assert bundle.role("projector").target == "x0"  # the configured target, recorded
     with pytest.raises(TrainerError, match="only the projector"):
         train_bundle(image, tmp_path / "img2", tiny_config(steps=2), roles=["predictor"],
                      progress=False)

@@ -63,6 +63,9 @@ def test_train_then_sample_every_mode(tmp_path, clip_mp4, capsys):
     assert code == 0, err
     up = read_clip(tmp_path / "u.mp4")
     assert up.frames.shape[0] == 6 + 5 and up.fps == pytest.approx(24.0)
+    code, err = run_cli(capsys, "plot", out, "--out", tmp_path / "loss.png")
+    assert code == 0, err
+    assert read_clip(tmp_path / "loss.png").frames.shape[0] == 1
 
 
 def test_train_options_pick_frames_and_size(tmp_path, capsys):

@@ -130,6 +130,7 @@ def restore(bundle_dir: Path, role: str, state: RoleState, net: torch.nn.Module,
     adam_step = float(meta.get("adam_step", 0))
     for name, p in net.named_parameters():
         if name in moments_m:
+            # empty_like keeps the parameter's memory format (channels-last on CUDA)
             optimizer.state[p] = {"step": torch.tensor(adam_step),
-                                  "exp_avg": moments_m[name].to(p.dtype),
-                                  "exp_avg_sq": moments_v[name].to(p.dtype)}
+                                  "exp_avg": torch.empty_like(p).copy_(moments_m[name]),
+                                  "exp_avg_sq": torch.empty_like(p).copy_(moments_v[name])}

@@ -1,4 +1,5 @@
-"""The `trainer` command: `trainer train CLIP --out DIR` and `trainer sample BUNDLE --out out.mp4`.
+"""The `trainer` command: `trainer train CLIP --out DIR`, `trainer sample BUNDLE --out out.mp4`, and
+`trainer plot BUNDLE --out losses.png`.
 
 User mistakes (a missing or unreadable clip, a bad range or size, an unknown role or preset, a folder
 that is not a bundle) end with one line on stderr and exit code 2 (usage) or 1 (input); Ctrl-C during
@@ -136,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu", help="torch runtime device (cpu, cuda)")
     s.add_argument("--sheet", help="also write the frames as a contact sheet PNG")
     s.add_argument("--sheet-columns", type=_positive, default=8)
+
+    p = sub.add_parser("plot", help="plot a bundle's training loss curves to a PNG")
+    p.add_argument("bundle", help="bundle folder written by `trainer train`")
+    p.add_argument("--out", required=True, help="PNG to write")
     return parser
 
 
@@ -236,7 +241,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser().parse_args(argv)
-        return cmd_train(args, argv) if args.command == "train" else cmd_sample(args)
+        if args.command == "train":
+            return cmd_train(args, argv)
+        if args.command == "plot":
+            from .plots import plot_losses
+
+            print(f"trainer: wrote {plot_losses(args.bundle, args.out)}", file=sys.stderr)
+            return 0
+        return cmd_sample(args)
     except UsageError as exc:
         print(exc, file=sys.stderr)
         return EXIT_USAGE

@@ -125,6 +125,10 @@ class TinyPreset(TrainConfig):
     predictor_steps: int = 500
     projector_steps: int = 300
     interpolator_steps: int = 200
+    # The Projector predicts noise here, not the paper's clean frame: in a few hundred steps a tiny
+    # x0 network does not learn the near-identity that correction (T_corr = 3) needs and blurs every
+    # frame it corrects; the eps form gets that identity for free (docs/training.md, measured).
+    projector_target: str = "eps"
     batch_size: int = 2
     lr: float = 2e-3  # a tiny net on few steps tolerates (and needs) a larger step size
     lr_min: float = 2e-4
