@@ -142,8 +142,8 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path):
     assert again.roles == ["predictor", "projector", "interpolator"] == bundle.roles
     assert (m.mode, m.width, m.height, m.frame_count) == ("video", 24, 16, 6)
     np.testing.assert_array_equal(again.frames(), clip)
-    # tiny preset: eps for the projector (see TinyPreset); the manifest records what was trained
-    for role, target in (("predictor", "eps"), ("projector", "eps"), ("interpolator", "x0")):
+    # tiny preset: x0 predictor, eps projector (see TinyPreset); the manifest records them
+    for role, target in (("predictor", "x0"), ("projector", "eps"), ("interpolator", "x0")):
         entry = again.role(role)
         assert entry.target == target and entry.schedule == {"kind": "cosine", "steps": 50}
         assert entry.trained_steps == 3 and entry.settings["crop"] == [15, 23]
