@@ -127,6 +127,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["sample", tmp_path / "tb", "--out", tmp_path / "x.txt", "--generate", "2"], ["--out"]),
         (["sample", tmp_path / "tb", "--out", tmp_path / "x.mp4"], ["one of the arguments"]),
         (["sample", tmp_path / "tb", "--out", tmp_path / "x.mp4", "--upsample", "3"], ["--upsample"]),
+        (["sample", tmp_path / "tb", "--out", tmp_path / "x.mp4", "--generate", "1", "--device", "tpu"],
+         ["needs a trained predictor"]),  # the bundle is checked first
         (["frobnicate"], ["invalid choice"]),
     ]
     for argv, needles in cases:
@@ -140,6 +142,9 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
                             "--extrapolate", "2", *extra)
         assert_one_line_error(code, err, needle)
         assert code == 2
+    code, err = run_cli(capsys, "sample", tmp_path / "full", "--out", tmp_path / "x.mp4",
+                        "--extrapolate", "1", "--device", "abacus")
+    assert_one_line_error(code, err, "unknown device 'abacus'")
 
 
 def test_console_script_reports_without_traceback(tmp_path):

@@ -226,6 +226,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         if isinstance(exc, BundleError):
             raise
         raise UsageError(f"trainer sample: {exc}") from None
+    if args.runtime == "torch":
+        from .training import resolve_device
+
+        resolve_device(args.device)
     denoiser = make_denoiser(bundle, args.runtime, args.device, roles)
     began = time.monotonic()
     frames, fps = render(bundle, request, denoiser)

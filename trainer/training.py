@@ -41,6 +41,19 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """A torch device from a user's string (None: CUDA when present), or a one-line TrainerError."""
+    try:
+        dev = torch.device(name or default_device())
+    except RuntimeError:
+        raise TrainerError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise TrainerError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainerError(f"device {name!r} requested but no CUDA GPU is available")
+    return dev
+
+
 def frames_sha256(frames: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
 
@@ -135,12 +148,7 @@ def train_bundle(
         record = load_run_record(out)
         roles = record["roles"] if record and record["roles"] else None
     chosen = resolve_roles(roles, mode, frames.shape[0])
-    try:
-        dev = torch.device(device or default_device())
-    except RuntimeError:
-        raise TrainerError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainerError("device cuda requested but no CUDA GPU is available")
+    dev = resolve_device(device)
 
     bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite)
     atomic_write_json(out / checkpoint.TRAINING_DIR / RUN_FILE,
