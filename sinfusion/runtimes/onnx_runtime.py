@@ -50,6 +50,9 @@ class OnnxDenoiser(FixedShapeDenoiser):
         self.call_cost = 8.0 if self.providers[0] == CUDA else 1.0
         self._options = ort.SessionOptions()
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning worker threads stall badly when the server's other threads (or other processes)
+        # want the same cores; like OMP_WAIT_POLICY=PASSIVE for torch (sinfusion/__init__.py).
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             self._options.intra_op_num_threads = threads
             self._options.inter_op_num_threads = 1
