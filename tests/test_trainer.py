@@ -258,3 +258,49 @@ def test_resume_refuses_other_frames_and_missing_bundles(tmp_path):
     with pytest.raises(BundleError, match="interrupted mid-write"):
         train_bundle(tiny_clip(4, 16, 24), tmp_path / "b", cfg, roles=["projector"], resume=True,
                      progress=False)
+
+
+def test_cuda_fast_path_channels_last_and_bf16_autocast_resume_exactly(tmp_path):
+    """The CUDA path's memory format and autocast, forced on the CPU: it trains, checkpoints, resumes."""
+    from sinfusion.bundle import Manifest
+    from sinfusion.schedule import make_schedule
+    from trainer import checkpoint
+    from trainer.loop import build_run, resume_run, train_role
+
+    clip = tiny_clip(6, 16, 24)
+    cfg = tiny_config(steps=5, checkpoint_every=0)
+    schedule = make_schedule("cosine", 50)
+    dev = torch.device("cpu")
+
+    def run_in(path, callback=None, resume=False, amp=torch.bfloat16):
+        bundle = Bundle.create(path, Manifest("t", "video", 24, 16, 12.0, 6), clip)
+        run = build_run("predictor", cfg, schedule, dev, {}, channels_last=True, amp_dtype=amp)
+        if resume:
+            resume_run(run, path, checkpoint.load_state(path, "predictor"))
+        assert run.net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+        train_role(run, bundle, clip, progress=False, callback=callback)
+        return run
+
+    fp32 = []
+    run_in(tmp_path / "f", lambda r, s, loss: fp32.append(loss), amp=None)
+
+    straight = []
+    run_in(tmp_path / "a", lambda r, s, loss: straight.append(loss))
+    parts = []
+
+    def stop(role, step, loss):
+        parts.append(loss)
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        run_in(tmp_path / "b", stop)
+    run = run_in(tmp_path / "b", lambda r, s, loss: parts.append(loss), resume=True)
+    assert run.state.step == 5
+    np.testing.assert_allclose(parts, straight, rtol=1e-5)
+    assert not np.allclose(straight, fp32, rtol=1e-5)  # autocast did run the forward in bfloat16
+    served = Bundle.open(tmp_path / "b")
+    TorchDenoiser(served)  # the channels-last EMA was saved as plain arrays that load anywhere
+    for name, value in served.weights("predictor").items():
+        np.testing.assert_allclose(value, Bundle.open(tmp_path / "a").weights("predictor")[name],
+                                   rtol=1e-5, atol=1e-7)

@@ -103,6 +103,8 @@ class RoleRun:
     optimizer: torch.optim.Adam
     generator: torch.Generator
     state: checkpoint.RoleState
+    channels_last: bool = False  # NHWC tensors: faster convolutions on CUDA
+    amp_dtype: torch.dtype | None = None  # autocast dtype of the forward pass; None = float32
 
     @property
     def target(self) -> str:
@@ -113,15 +115,29 @@ class RoleRun:
         return self.config.steps_for(self.role)
 
 
+def default_amp_dtype(device: torch.device) -> torch.dtype | None:
+    """bfloat16 autocast on CUDA GPUs that have it (no loss scaling needed); none on the CPU."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.device,
-              settings: dict) -> RoleRun:
-    """A fresh run: network initialised from the role's seed, EMA copy, Adam, generator."""
+              settings: dict, *, channels_last: bool | None = None,
+              amp_dtype: torch.dtype | None | str = "auto") -> RoleRun:
+    """A fresh run: network initialised from the role's seed, EMA copy, Adam, generator.
+
+    channels_last / amp_dtype default to the device's fast path (on CUDA: channels-last, bfloat16
+    autocast; on the CPU: neither); tests force them on the CPU to exercise that path.
+    """
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    amp_dtype = default_amp_dtype(device) if isinstance(amp_dtype, str) else amp_dtype
     net_config = default_config(role, channels=config.channels, blocks=config.blocks)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(role_seed(config.seed, role))
         net = SinFusionNet(net_config)
     net = net.to(device)
-    if device.type == "cuda":
+    if channels_last:
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -130,7 +146,8 @@ def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.
     state = checkpoint.RoleState(step=0, total_steps=config.steps_for(role),
                                  rng_state=checkpoint.encode_rng(generator),
                                  rng_device=str(device.type), settings=settings)
-    return RoleRun(role, config, schedule, device, net, ema, optimizer, generator, state)
+    return RoleRun(role, config, schedule, device, net, ema, optimizer, generator, state,
+                   channels_last, amp_dtype)
 
 
 def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> None:
@@ -143,13 +160,6 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     state.total_steps = run.total
     state.settings = run.state.settings
     run.state = state
-
-
-def _amp_dtype(device: torch.device) -> torch.dtype | None:
-    """bfloat16 autocast on CUDA GPUs that have it (no loss scaling needed); none on the CPU."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
 
 
 def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
@@ -176,11 +186,12 @@ def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, t
     sab, s1mab = tables
     xt = sab[t][:, None, None, None] * x0 + s1mab[t][:, None, None, None] * eps
     inp = xt if cond is None else torch.cat([cond, xt], dim=1)
-    if dev.type == "cuda":
+    if run.channels_last:
         inp = inp.contiguous(memory_format=torch.channels_last)
 
-    # 3. Predict the target (eq. 2 for eps, eq. 3 for x0) and step.
-    amp = _amp_dtype(dev)
+    # 3. Predict the target (eq. 2 for eps, eq. 3 for x0) and step. Under autocast only the
+    # forward runs in bfloat16; the loss, the gradients' accumulation in Adam and the EMA are float32.
+    amp = run.amp_dtype
     with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
         out = run.net(inp, t.float(), None if k is None else k.float())
     loss = F.mse_loss(out.float(), eps if run.target == "eps" else x0)

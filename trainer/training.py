@@ -26,7 +26,8 @@ from sinfusion.schedule import make_schedule
 from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
-from .loop import StepCallback, TrainingInterrupted, build_run, resume_run, train_role
+from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
+                   train_role)
 from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config, load_run_record
 from .samplers import crop_size
 
@@ -157,10 +158,10 @@ def train_bundle(
     crop = crop_size(clip.height, clip.width, config.crop_fraction)
 
     for role in chosen:
+        amp = default_amp_dtype(dev)
         settings = dict(config.to_dict(), steps=config.steps_for(role), crop=[crop[0], crop[1]],
-                        device=dev.type, mixed_precision=bool(dev.type == "cuda"
-                                                              and torch.cuda.is_bf16_supported()))
-        run = build_run(role, config, schedule, dev, settings)
+                        device=dev.type, mixed_precision=str(amp).replace("torch.", "") if amp else "no")
+        run = build_run(role, config, schedule, dev, settings, amp_dtype=amp)
         state = checkpoint.load_state(out, role) if resume else None
         if state is not None:
             resume_run(run, out, state)
