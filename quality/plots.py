@@ -53,7 +53,7 @@ def plot_nextframe(runs: list[dict], path: str | Path, by: str = "n", title: str
         if not chosen:
             raise ValueError("by=n needs speed-1 runs with k=1 results")
         xs = [r["n"] for r in chosen]
-        for key, style, label in (("model_mse", "o-", "SinFusion (ours, this build)"),
+        for key, style, label in (("model_mse", "o-", "model (Predictor sample)"),
                                   ("copy_mse", "s--", "copy current frame")):
             ax.plot(xs, [_result_for_k(r, 1)[key] for r in chosen], style, label=label)
         ax.set_xlabel("training frames n (speed 1, k = 1)")
