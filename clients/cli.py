@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np
 
-from sinfusion.pipes import PipeError, parse_size
+from sinfusion.cli_args import int_at_least, positive_float, size
+from sinfusion.pipes import PipeError
 from sinfusion.video import VideoError
 
 from .cli_io import InputError, OutputError, check_output, open_source, write_frames
@@ -61,35 +62,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
-def _count(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
-        return value
-    return parse
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
     # Accepted before and after the command; the copy after it only overrides when given.
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
@@ -101,7 +73,7 @@ def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="TLS with the system's root certificates")
     p.add_argument("--tls-ca", metavar="PEM", default=d(None),
                    help="TLS, trusting this root certificate file")
-    p.add_argument("--timeout", type=_positive_float, default=d(30.0),
+    p.add_argument("--timeout", type=positive_float, default=d(30.0),
                    help="seconds for ListModels/DescribeModel (streams have no deadline)")
     p.add_argument("-q", "--quiet", action="store_true", default=d(False),
                    help="no progress or summary on stderr")
@@ -109,19 +81,19 @@ def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=_count(0), default=0, help="denoising steps per frame (0 = the model's T)")
+    g.add_argument("--steps", type=int_at_least(0), default=0, help="denoising steps per frame (0 = the model's T)")
     g.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
-    g.add_argument("--correction-steps", type=_count(0), default=None,
+    g.add_argument("--correction-steps", type=int_at_least(0), default=None,
                    help="Projector correction level T_corr (default: the model's; 0 = off)")
-    g.add_argument("--seed", type=_count(0), default=None, help="random seed (default: random)")
+    g.add_argument("--seed", type=int_at_least(0), default=None, help="random seed (default: random)")
 
 
 def _input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input (stdin: y4m, recognised by its header, or raw RGB24 with --size)")
     g.add_argument("-i", "--input", metavar="FILE",
                    help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
-    g.add_argument("--size", type=_size, metavar="WxH", help="frame size of raw RGB24 input")
-    g.add_argument("--input-fps", type=_positive_float, metavar="FPS",
+    g.add_argument("--size", type=size, metavar="WxH", help="frame size of raw RGB24 input")
+    g.add_argument("--input-fps", type=positive_float, metavar="FPS",
                    help="frame rate of raw input (default: the model's)")
     g.add_argument("--resize", choices=("resize", "refuse"), default="resize",
                    help="input frames not at the model's size: resized by the server, or refused")
@@ -133,7 +105,7 @@ def _output_args(p: argparse.ArgumentParser) -> None:
                    help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb")
     g.add_argument("--format", choices=("y4m", "raw"), default="y4m", help="stdout format (default y4m)")
     g.add_argument("--chroma", choices=("444", "422", "420"), default="444", help="y4m chroma subsampling")
-    g.add_argument("--fps", type=_positive_float,
+    g.add_argument("--fps", type=positive_float,
                    help="frame rate written to the output (default: the source's)")
 
 
@@ -158,9 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("extrapolate", "frames after (or before) a clip frame or the first input frame")
     p.add_argument("--model", required=True)
-    p.add_argument("--frames", type=_count(1), required=True, help="frames to produce")
+    p.add_argument("--frames", type=int_at_least(1), required=True, help="frames to produce")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--start-frame", type=_count(0), help="index of a training-clip frame (default 0)")
+    start.add_argument("--start-frame", type=int_at_least(0), help="index of a training-clip frame (default 0)")
     start.add_argument("--start-from-input", action="store_true", help="start from the first input frame")
     p.add_argument("--step", type=int, default=1, help="frame step k: negative goes back in time (default 1)")
     _sampling_args(p)
@@ -169,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("generate", "a new variation of the clip, from noise")
     p.add_argument("--model", required=True)
-    p.add_argument("--frames", type=_count(1), required=True, help="frames to produce")
+    p.add_argument("--frames", type=int_at_least(1), required=True, help="frames to produce")
     _sampling_args(p)
     _output_args(p)
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from sinfusion.bundle import Bundle, BundleError
+from sinfusion.cli_args import int_list, size
 from sinfusion.config import ROLES
 from sinfusion.engines import KINDS, PRECISIONS
 
@@ -28,25 +29,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage block
         print(f"{PROG}: error: {message} (see {PROG} --help)", file=sys.stderr)
         raise SystemExit(2)
-
-
-def _csv_ints(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one batch size")
-    return values
-
-
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().split("x")
-    try:
-        width, height = (int(p) for p in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 256x144, got {text!r}") from None
-    return width, height
 
 
 def _roles(values: list[str]) -> tuple[str, ...]:
@@ -66,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roles", nargs="+", default=[], metavar="ROLE",
                    help=f"roles to export, space or comma separated ({', '.join(ROLES)}); "
                         "default: every trained role")
-    p.add_argument("--batch", type=_csv_ints, default=(1, 4),
+    p.add_argument("--batch", type=int_list, default=(1, 4),
                    help="engine batch sizes, comma separated (default 1,4)")
-    p.add_argument("--size", type=_size, default=None, metavar="WxH",
+    p.add_argument("--size", type=size, default=None, metavar="WxH",
                    help="frame size of the engines (default: the bundle's)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="default: fp32 for onnx, fp16 for tensorrt")

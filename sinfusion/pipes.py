@@ -407,5 +407,6 @@ def parse_size(text: str) -> tuple[int, int]:
     """'WxH' -> (W, H); ValueError with the expected form otherwise."""
     w, sep, h = text.lower().partition("x")
     if not sep or not w.isdigit() or not h.isdigit() or int(w) < 1 or int(h) < 1:
-        raise ValueError(f"size must be WIDTHxHEIGHT with positive integers (e.g. 256x144), got {text!r}")
+        raise ValueError(f"size must be WxH, i.e. WIDTHxHEIGHT with positive integers (e.g. 256x144), "
+                         f"got {text!r}")
     return int(w), int(h)

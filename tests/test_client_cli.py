@@ -65,12 +65,12 @@ def test_server_down_is_one_line_with_the_unavailable_code():
 
 
 @pytest.mark.parametrize("args,match", [
-    (["generate", "--model", "m", "--frames", "0"], "--frames: must be >= 1, got 0"),
+    (["generate", "--model", "m", "--frames", "0"], "--frames: must be an integer >= 1, got '0'"),
     (["upsample", "--model", "m", "--factor", "3"], "invalid choice: 3"),
     (["upsample", "--model", "m", "--factor", "2", "--size", "12"], "WIDTHxHEIGHT"),
     (["extrapolate", "--model", "m", "--frames", "2", "--start-frame", "1", "--start-from-input"],
      "not allowed with argument"),
-    (["generate", "--model", "m", "--frames", "1", "--steps", "-1"], "--steps: must be >= 0"),
+    (["generate", "--model", "m", "--frames", "1", "--steps", "-1"], "--steps: must be an integer >= 0"),
     (["--timeout", "0", "models"], "--timeout: must be a finite number > 0"),
     ([], "required: COMMAND"),
 ])

@@ -132,9 +132,9 @@ def test_cli_exports_with_options(copy, capsys):
 @pytest.mark.parametrize("args,code,message", [
     (["{missing}"], 1, "no such bundle folder"),
     (["{bundle}", "--roles", "critic"], 1, "unknown role 'critic'; valid roles: predictor"),
-    (["{bundle}", "--size", "0x16"], 1, "width must be a multiple of 1 in [1, 4096], got 0"),
+    (["{bundle}", "--size", "0x16"], 2, "positive integers (e.g. 256x144), got '0x16'"),
     (["{bundle}", "--size", "24x5000"], 1, "height must be a multiple of 1 in [1, 4096], got 5000"),
-    (["{bundle}", "--size", "24by16"], 2, "expected WIDTHxHEIGHT"),
+    (["{bundle}", "--size", "24by16"], 2, "size must be WxH"),
     (["{bundle}", "--batch", "1,x"], 2, "comma-separated integers"),
     (["{bundle}", "--batch", "0"], 1, "batch must be in [1, 64], got 0"),
     (["{bundle}", "--opset", "99"], 1, "opset must be in [13, 20], got 99"),

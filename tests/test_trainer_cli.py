@@ -109,7 +109,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["train", tmp_path / "junk.mp4", "--out", tmp_path / "o"], ["junk.mp4"]),
         (["train", clip, "--out", tmp_path / "o", "--start", "9"], ["no frames in the selected range"]),
         (["train", clip, "--out", tmp_path / "o", "--start", "3", "--end", "2"], ["--end"]),
-        (["train", clip, "--out", tmp_path / "o", "--stride", "0"], ["--stride", "positive"]),
+        (["train", clip, "--out", tmp_path / "o", "--stride", "0"], ["--stride", "must be an integer >= 1"]),
         (["train", clip, "--out", tmp_path / "o", "--roles", "predictor,painter"],
          ["painter", "valid roles"]),
         (["train", clip, "--out", tmp_path / "o", "--preset", "huge"], ["--preset", "huge"]),

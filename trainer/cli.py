@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from sinfusion.bundle import BundleError
+from sinfusion.cli_args import int_at_least, positive_float, size_within
 from sinfusion.video import VideoError
 
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 1, 130
@@ -33,16 +34,6 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must look like WxH (e.g. 256x144), got {text!r}") from None
-    if not (8 <= w <= 4096 and 8 <= h <= 4096):
-        raise argparse.ArgumentTypeError(f"size sides must be in [8, 4096], got {text!r}")
-    return w, h
-
-
 def _roles(text: str) -> list[str]:
     from sinfusion.config import ROLES
 
@@ -52,36 +43,6 @@ def _roles(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown role {', '.join(bad) or '(none)'}; "
                                          f"valid roles: {', '.join(ROLES)}")
     return roles
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,24 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="bundle folder to write")
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="tiny (minutes on a CPU) or paper (16 blocks x 64 channels); default tiny")
-    t.add_argument("--steps", type=_positive, help="steps for every role (overrides the preset)")
+    t.add_argument("--steps", type=int_at_least(1), help="steps for every role (overrides the preset)")
     t.add_argument("--roles", type=_roles, help="comma-separated: predictor,projector,interpolator")
     t.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
     t.add_argument("--overwrite", action="store_true", help="start over in an existing bundle folder")
-    t.add_argument("--seed", type=_nonnegative)
+    t.add_argument("--seed", type=int_at_least(0))
     t.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
-    t.add_argument("--batch-size", type=_positive)
-    t.add_argument("--lr", type=_float, help="initial learning rate (decays to lr/10)")
-    t.add_argument("--channels", type=_positive, help="network width (overrides the preset)")
-    t.add_argument("--blocks", type=_positive, help="ConvNeXt blocks, even (overrides the preset)")
-    t.add_argument("--size", type=_size, help="resize frames to exactly WxH")
-    t.add_argument("--max-side", type=_nonnegative,
+    t.add_argument("--batch-size", type=int_at_least(1))
+    t.add_argument("--lr", type=positive_float, help="initial learning rate (decays to lr/10)")
+    t.add_argument("--channels", type=int_at_least(1), help="network width (overrides the preset)")
+    t.add_argument("--blocks", type=int_at_least(1), help="ConvNeXt blocks, even (overrides the preset)")
+    t.add_argument("--size", type=size_within(8, 4096), help="resize frames to exactly WxH")
+    t.add_argument("--max-side", type=int_at_least(0),
                    help="cap the long side when --size is not given (0 = keep; preset default)")
-    t.add_argument("--start", type=_nonnegative, default=0, help="first frame of the clip to use")
-    t.add_argument("--end", type=_positive, help="frame index to stop before")
-    t.add_argument("--stride", type=_positive, default=1, help="keep every Nth frame")
-    t.add_argument("--checkpoint-every", type=_nonnegative, help="steps between checkpoints")
-    t.add_argument("--preview-every", type=_nonnegative, help="steps between preview frames")
+    t.add_argument("--start", type=int_at_least(0), default=0, help="first frame of the clip to use")
+    t.add_argument("--end", type=int_at_least(1), help="frame index to stop before")
+    t.add_argument("--stride", type=int_at_least(1), default=1, help="keep every Nth frame")
+    t.add_argument("--checkpoint-every", type=int_at_least(0), help="steps between checkpoints")
+    t.add_argument("--preview-every", type=int_at_least(0), help="steps between preview frames")
     t.add_argument("--name", help="bundle name (default: the clip's file name)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -120,23 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("bundle", help="bundle folder written by `trainer train`")
     s.add_argument("--out", required=True, help="video to write (.mp4, .mov, .mkv, .webm, .gif)")
     mode = s.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--extrapolate", type=_positive, metavar="N",
+    mode.add_argument("--extrapolate", type=int_at_least(1), metavar="N",
                       help="N frames forward (k>0) or backward (k<0) from frame --start")
-    mode.add_argument("--generate", type=_positive, metavar="N", help="a new clip of N frames")
+    mode.add_argument("--generate", type=int_at_least(1), metavar="N", help="a new clip of N frames")
     mode.add_argument("--upsample", type=int, choices=(2, 4, 8), help="temporal upsampling factor")
-    s.add_argument("--start", type=_nonnegative,
+    s.add_argument("--start", type=int_at_least(0),
                    help="start frame (default: the last frame for k>0, the first for k<0)")
     s.add_argument("--k", type=int, default=1, help="frame step, nonzero in [-3, 3] (default 1)")
-    s.add_argument("--seed", type=_nonnegative, default=0)
-    s.add_argument("--steps", type=_nonnegative, default=0,
+    s.add_argument("--seed", type=int_at_least(0), default=0)
+    s.add_argument("--steps", type=int_at_least(0), default=0,
                    help="denoising steps per frame (0 = all T; fewer with --method ddim)")
     s.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
-    s.add_argument("--correction-steps", type=_nonnegative, default=None,
+    s.add_argument("--correction-steps", type=int_at_least(0), default=None,
                    help="Projector correction level T_corr (default: the bundle's, 3)")
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     s.add_argument("--device", default="cpu", help="torch runtime device (cpu, cuda)")
     s.add_argument("--sheet", help="also write the frames as a contact sheet PNG")
-    s.add_argument("--sheet-columns", type=_positive, default=8)
+    s.add_argument("--sheet-columns", type=int_at_least(1), default=8)
 
     p = sub.add_parser("plot", help="plot a bundle's training loss curves to a PNG")
     p.add_argument("bundle", help="bundle folder written by `trainer train`")
