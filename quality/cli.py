@@ -86,7 +86,10 @@ def cmd_nextframe(args) -> None:
                         checkpoint_every=max(100, args.train_steps // 4), preview_every=0,
                         seed=args.seed)
     frames = _read(args.clip, args.max_side if args.max_side >= 0 else config.max_side)
-    ks = [int(k) for k in args.k.split(",")]
+    try:
+        ks = [int(k) for k in args.k.split(",")]
+    except ValueError:
+        raise UsageError(f"--k must be comma-separated integers in [1, 3], got {args.k!r}") from None
     splits = [make_split(len(frames), args.n, args.speed, k, args.start, args.max_pairs) for k in ks]
     work = Path(args.work) / f"n{args.n}-s{args.speed}-p{args.start}"
     started = time.monotonic()

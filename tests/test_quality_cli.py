@@ -104,6 +104,7 @@ def test_cli_nnf_writes_json(tmp_path, capsys):
     (["nnf", "{a}", "{a}", "--search-dims", "99"], "search_dims must be in [0, 81]"),
     (["nextframe", "{a}", "--n", "40"], "n=40 frames"),
     (["nextframe", "{a}", "--train-steps", "0"], "--train-steps must be >= 1"),
+    (["nextframe", "{a}", "--k", "1,x"], "--k must be comma-separated integers"),
     (["plot-nextframe", "{a}/000.png", "--out", "{a}/x.png"], "not a readable result file"),
     (["stability", "{a}"], "not a bundle"),
     (["diversity", "{a}", "--clips", "0"], "--clips must be >= 1"),
@@ -124,3 +125,22 @@ def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path):
                      "--iterations", "2", "--figures", str(tmp_path), "--out", str(out)])
     assert code == 0
     assert len(json.loads(out.read_text())["per_frame_nnfdist"]) == 3
+
+
+@pytest.mark.slow
+def test_cli_nextframe_trains_evaluates_and_draws(tmp_path):
+    pytest.importorskip("trainer.training", reason="the trainer package is not present")
+    a = write_folder(tmp_path / "a", tiny_clip(frames=8))
+    out = tmp_path / "n.json"
+    argv = ["nextframe", str(a), "--n", "3", "--k", "1,2", "--train-steps", "2", "--sampling-steps",
+            "2", "--quiet", "--work", str(tmp_path / "work"), "--figures", str(tmp_path),
+            "--out", str(out)]
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["trained_steps"] == 2 and [r["k"] for r in result["results"]] == [1, 2]
+    first = result["results"][0]
+    assert len(first["pairs"]) == 4 and first["seen"]["pairs"] == 2  # (3,4)..(6,7); (0,1), (1,2)
+    assert is_png(tmp_path / "nextframe-n3-s1-k1-sheet.png")
+    fig = tmp_path / "by-n.png"
+    assert cli.main(["plot-nextframe", str(out), "--by", "n", "--out", str(fig)]) == 0
+    assert is_png(fig)
