@@ -186,8 +186,15 @@ def _add_sampling(p: argparse.ArgumentParser, correction: bool) -> None:
         p.add_argument("--correction-steps", type=int, default=3, help="Projector T_corr (default 3)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line on stderr (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="SinFusion quality instruments")
+    parser = _Parser(prog=PROG, description="SinFusion quality instruments")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("nnf", help="NNFDIV / NNFDIST of a clip against a reference clip")

@@ -144,3 +144,11 @@ def test_cli_nextframe_trains_evaluates_and_draws(tmp_path):
     fig = tmp_path / "by-n.png"
     assert cli.main(["plot-nextframe", str(out), "--by", "n", "--out", str(fig)]) == 0
     assert is_png(fig)
+
+
+def test_cli_argparse_mistakes_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["nextframe", "clip.mp4", "--n", "many"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.count("\n") == 0
+    assert err.startswith("sinfusion-quality: error:") and "--n" in err
