@@ -9,15 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from server.process import ServerStartError, start_server_process, stop_server_process
 from clients import AsyncClient, Client, ClientError, Sampling
 from clients.cli import EXIT_INPUT, EXIT_OK
 from tests.conftest import make_tiny_bundle, tiny_clip
@@ -48,27 +47,16 @@ def server(models, tmp_path_factory):
 
 def start_server(models: Path, root: Path, *flags: str):
     """Run the real server on a free loopback port; yields its address; SIGTERM at the end."""
-    port_file = root / "port"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SINFUSION_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--models", str(models), "--host", "127.0.0.1",
-                             "--port", "0", "--port-file", str(port_file), "--runtime", "torch-cpu",
-                             "--grace", "1", "--log-level", "warning", *flags],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("server did not write its port file within 120 s")
-        time.sleep(0.1)
-    yield f"127.0.0.1:{int(port_file.read_text())}"
-    proc.send_signal(signal.SIGTERM)
+    args = ["--models", models, "--host", "127.0.0.1", "--port", "0", "--runtime", "torch-cpu",
+            "--grace", "1", "--log-level", "warning", *flags]
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        proc, port = start_server_process(args, root / "port", cwd=ROOT, env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except ServerStartError as exc:
+        pytest.fail(str(exc))
+    yield f"127.0.0.1:{port}"
+    stop_server_process(proc)
 
 
 @pytest.fixture(scope="module")

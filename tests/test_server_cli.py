@@ -8,12 +8,12 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
+from server.process import start_server_process
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
@@ -66,15 +66,9 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, models_dir):
 
 
 def start(models_dir: Path, port_file: Path, *extra: str) -> subprocess.Popen:
-    proc = subprocess.Popen([*COMMAND, "--models", str(models_dir), "--host", "127.0.0.1", "--port", "0",
-                             "--port-file", str(port_file), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"server did not start: {proc.communicate()[1]}")
-        time.sleep(0.05)
+    proc, _ = start_server_process(["--models", models_dir, "--host", "127.0.0.1", "--port", "0", *extra],
+                                   port_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=ENV)
     return proc
 
 

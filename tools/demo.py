@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server.process import ServerStartError, start_server_process, stop_server_process
 from sinfusion.synthetic import write_sample_clip
 from sinfusion.video import VideoError, contact_sheet, read_clip, write_image, write_video
 
@@ -52,34 +52,16 @@ def run(*args: str | os.PathLike) -> None:
 
 
 def start_server(models: Path, out: Path) -> tuple[subprocess.Popen, int]:
-    port_file = out / "server.port"
-    port_file.unlink(missing_ok=True)
-    log = open(out / "server.log", "w")
-    cmd = [str(BIN / "sinfusion-server"), "--models", str(models), "--host", "127.0.0.1",
-           "--port", "0", "--port-file", str(port_file), "--runtime", "onnxruntime-cpu"]
-    print("$ sinfusion-server " + " ".join(cmd[1:]) + f"  (log: {out / 'server.log'})",
-          file=sys.stderr, flush=True)
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise DemoError(f"server exited with status {proc.returncode}; see {out / 'server.log'}")
-        if port_file.exists() and port_file.read_text().strip():
-            return proc, int(port_file.read_text())
-        time.sleep(0.2)
-    proc.kill()
-    raise DemoError(f"server did not start within 120 s; see {out / 'server.log'}")
-
-
-def stop_server(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+    log = out / "server.log"
+    args = ["--models", models, "--host", "127.0.0.1", "--port", "0", "--runtime", "onnxruntime-cpu"]
+    print("$ sinfusion-server " + " ".join(map(str, args)) + f"  (log: {log})", file=sys.stderr,
+          flush=True)
+    with open(log, "w") as sink:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
+            return start_server_process(args, out / "server.port", stdout=sink,
+                                        stderr=subprocess.STDOUT)
+        except ServerStartError as exc:
+            raise DemoError(f"{exc}; see {log}") from None
 
 
 def sheet_rows(rows: list[np.ndarray], columns: int) -> np.ndarray:
@@ -132,7 +114,7 @@ def demo(out: Path, quick: bool, frames: int, seed: int) -> dict[str, Path]:
             *sampling, "-i", head_path, "-o", outputs["upsampled"])
     finally:
         step("6/6 stop the server")
-        status = stop_server(server)
+        status = stop_server_process(server)
         print(f"server exited with status {status}", file=sys.stderr)
 
     rows = [clip.frames[-8:], read_clip(outputs["extrapolated"], max_side=0).frames,
