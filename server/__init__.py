@@ -11,6 +11,7 @@ Modules, one concern each:
   metrics    Prometheus metrics
   app        serve(config): the assembled server as an async context manager
   cli        `sinfusion-server`
+  process    the server as a child process (start, wait for its port file, stop): demo, tests
 """
 
 from .app import Running, serve
