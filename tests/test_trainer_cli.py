@@ -40,6 +40,15 @@ def clip_mp4(tmp_path) -> Path:
     return write_video(tmp_path / "clip.mp4", tiny_clip(6, 16, 24), 12.0)
 
 
+def test_steps_per_role_override_steps_for_all(tmp_path, clip_mp4, capsys):
+    out = tmp_path / "bundle"
+    code, err = run_cli(capsys, "train", clip_mp4, "--out", out, "--steps", "2", "--projector-steps", "3",
+                        "--roles", "predictor,projector", *TINY, "--preview-every", "0")
+    assert code == 0, err
+    bundle = Bundle.open(out)
+    assert [bundle.role(r).trained_steps for r in ("predictor", "projector")] == [2, 3]
+
+
 def test_train_then_sample_every_mode(tmp_path, clip_mp4, capsys):
     out = tmp_path / "bundle"
     code, err = run_cli(capsys, "train", clip_mp4, "--out", out, "--steps", "2", *TINY,

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="tiny (minutes on a CPU) or paper (16 blocks x 64 channels); default tiny")
     t.add_argument("--steps", type=int_at_least(1), help="steps for every role (overrides the preset)")
+    for role in ("predictor", "projector", "interpolator"):
+        t.add_argument(f"--{role}-steps", type=int_at_least(1), metavar="N",
+                       help=f"steps for the {role} (overrides --steps and the preset)")
     t.add_argument("--roles", type=_roles, help="comma-separated: predictor,projector,interpolator")
     t.add_argument("--resume", action="store_true", help="continue the checkpoints in --out")
     t.add_argument("--overwrite", action="store_true", help="start over in an existing bundle folder")
@@ -118,13 +121,16 @@ def _train_config(args: argparse.Namespace):
         "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr, "channels": args.channels,
         "blocks": args.blocks, "checkpoint_every": args.checkpoint_every,
         "preview_every": args.preview_every, "max_side": args.max_side,
+        **{f"{role}_steps": getattr(args, f"{role}_steps")
+           for role in ("predictor", "projector", "interpolator")},
     }
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.lr is not None:
         overrides["lr_min"] = args.lr / 10
     try:
-        config = dataclasses.replace(base, **overrides)
-        return config.with_steps(args.steps) if args.steps else config
+        if args.steps:
+            base = base.with_steps(args.steps)
+        return dataclasses.replace(base, **overrides)
     except ValueError as exc:
         raise UsageError(f"trainer train: {exc}") from None
 
