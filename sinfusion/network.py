@@ -33,7 +33,12 @@ def sinusoidal_embedding(values: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ChannelLayerNorm(nn.Module):
-    """LayerNorm over channels at each pixel (ConvNeXt's norm): keeps every statistic local."""
+    """LayerNorm over channels at each pixel (ConvNeXt's norm): keeps every statistic local.
+
+    Written as layer_norm over a channels-last view so that ONNX export emits one fused
+    LayerNormalization op: ONNX Runtime runs the paper's network about 20% faster than with the
+    equivalent mean/variance arithmetic over the strided channel axis (docs/benchmarks.md).
+    """
 
     def __init__(self, channels: int, eps: float = 1e-6) -> None:
         super().__init__()
@@ -42,10 +47,8 @@ class ChannelLayerNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
-        x = (x - mean) * torch.rsqrt(var + self.eps)
-        return x * self.weight[:, None, None] + self.bias[:, None, None]
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
 
 
 class ConvNeXtBlock(nn.Module):

@@ -89,3 +89,17 @@ def test_damaged_weights_are_refused(tiny_bundle):
     w.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="checksum mismatch"):
         Bundle.open(tiny_bundle.path).weights("projector")
+
+
+def test_channel_norm_normalises_each_pixel_over_channels():
+    from sinfusion.network import ChannelLayerNorm
+
+    norm = ChannelLayerNorm(5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.arange(1.0, 6.0))
+        norm.bias.fill_(0.5)
+    x = torch.randn(2, 5, 3, 4) * 3 + 1
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, unbiased=False, keepdim=True)
+    expected = (x - mean) / torch.sqrt(var + 1e-6) * norm.weight[:, None, None] + 0.5
+    torch.testing.assert_close(norm(x), expected)
