@@ -12,7 +12,6 @@ does not depend on how many pairs are batched together.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -20,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sinfusion.frames import to_model
-from sinfusion.sampling import Models, SamplingOptions, predict_frame, validate_k
-
-from .batching import run_lockstep
+from sinfusion import nextframe
+from sinfusion.nextframe import mse_to_psnr  # noqa: F401  (part of this module's API)
+from sinfusion.sampling import Models, SamplingOptions, validate_k
 
 
 @dataclass(frozen=True)
@@ -77,47 +75,16 @@ def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int =
                  [(sub[i], sub[i + k]) for i in inside])
 
 
-def mse_to_psnr(mse: float) -> float:
-    return float("inf") if mse <= 0 else 10.0 * math.log10(1.0 / mse)
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    """Model frames in [-1, 1] -> [0, 1] float64, clipped as a displayed frame would be."""
-    return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
-
-
 def predict_pairs(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
                   options: SamplingOptions, seed: int = 0, batch: int = 16) -> np.ndarray:
-    """The model's prediction of each pair's target: float32 (P, 3, H, W) in [-1, 1]."""
-    x = to_model(frames)
-    out = []
-    for s in range(0, len(split.pairs), batch):
-        loops = [predict_frame(models, x[i], split.k, np.random.default_rng([seed, s + j]), options)
-                 for j, (i, _) in enumerate(split.pairs[s:s + batch])]
-        out.extend(run_lockstep(loops, denoiser))
-    return np.stack(out)
+    """The model's prediction of each test pair's target: float32 (P, 3, H, W) in [-1, 1]."""
+    return nextframe.predict_pairs(denoiser, models, frames, split.pairs, split.k, options, seed,
+                                   batch)
 
 
 def score_pairs(frames: np.ndarray, split: Split, predictions: np.ndarray) -> dict:
     """Per-pair and mean MSE / PSNR of the predictions and of the copy baseline."""
-    truth = frames.astype(np.float64) / 255.0
-    rows = []
-    for (i, j), pred in zip(split.pairs, predictions):
-        target = truth[j]
-        model = float(np.mean((_unit(pred).transpose(1, 2, 0) - target) ** 2))
-        copy = float(np.mean((truth[i] - target) ** 2))
-        rows.append({"frame": i, "target": j, "model_mse": model, "copy_mse": copy,
-                     "model_psnr": mse_to_psnr(model), "copy_psnr": mse_to_psnr(copy)})
-    model_mse = float(np.mean([r["model_mse"] for r in rows]))
-    copy_mse = float(np.mean([r["copy_mse"] for r in rows]))
-    return {
-        "model_mse": model_mse,
-        "copy_mse": copy_mse,
-        "model_psnr": mse_to_psnr(model_mse),
-        "copy_psnr": mse_to_psnr(copy_mse),
-        "model_wins": int(sum(r["model_mse"] < r["copy_mse"] for r in rows)),
-        "pairs": rows,
-    }
+    return nextframe.score_pairs(frames, split.pairs, predictions)
 
 
 def evaluate(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,

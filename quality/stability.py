@@ -20,9 +20,8 @@ import numpy as np
 
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_model, to_uint8
-from sinfusion.sampling import Frame, SamplingOptions, extrapolate, generate
+from sinfusion.sampling import Frame, SamplingOptions, extrapolate, generate, run_lockstep
 
-from .batching import run_lockstep
 from .nnf import NNFResult, PatchMatchOptions, nearest_neighbour_field
 
 

@@ -155,6 +155,9 @@ class Manifest:
     roles: dict[str, RoleEntry] = field(default_factory=dict)
     correction_steps: int = 3  # default T_corr for serving
     engines: list[dict] = field(default_factory=list)
+    # The trainer's own measurement: next-frame prediction on held-out frames against copying the
+    # current frame (trainer/monitor.py documents the fields). Empty when none was made.
+    quality: dict = field(default_factory=dict)
     created_by: str = f"sinfusion {__version__}"
 
     def to_dict(self) -> dict:
@@ -173,6 +176,7 @@ class Manifest:
             "correction_steps": self.correction_steps,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
+            "quality": dict(self.quality),
         }
 
     @classmethod
@@ -202,6 +206,7 @@ class Manifest:
                 roles=roles,
                 correction_steps=int(d.get("correction_steps", 3)),
                 engines=list(d.get("engines", [])),
+                quality=dict(d.get("quality") or {}),
                 created_by=str(d.get("created_by", "")),
             )
         except KeyError as exc:
@@ -302,7 +307,8 @@ class Bundle:
     def write_weights(self, role: str, entry: RoleEntry, tensors: dict[str, np.ndarray]) -> None:
         """Store a role's served weights and record them in the manifest (both atomically)."""
         entry.sha256 = save_tensors(self.path / entry.weights, tensors, {"role": role})
-        self.manifest.roles[role] = entry
+        roles = dict(self.manifest.roles, **{role: entry})
+        self.manifest.roles = {r: roles[r] for r in ROLES if r in roles}  # paper order, always
         self.save_manifest()
 
 

@@ -25,12 +25,19 @@ class NetworkConfig:
     kernel_size: int = 7  # depthwise kernel of each block
     embed_dim: int = 64  # sinusoidal features per embedded scalar (t, and k when used)
     use_k: bool = False  # embed the frame step k (Predictor only)
+    # Anchored output (x0 targets with conditioning frames only): the network predicts the change from
+    # its anchor, the mean of its conditioning frames (the Predictor's previous frame, the
+    # Interpolator's two neighbours' blend), through a zero-initialised head. An untrained network
+    # therefore starts at the copy (blend) baseline instead of at a grey frame. See docs/training.md.
+    anchored: bool = False
 
     def __post_init__(self) -> None:
         if self.blocks < 2 or self.blocks % 2:
             raise ValueError(f"blocks must be an even number >= 2, got {self.blocks}")
         if self.channels < 4 or self.kernel_size % 2 == 0:
             raise ValueError("channels must be >= 4 and kernel_size odd")
+        if self.anchored and (self.cond_channels == 0 or self.cond_channels % 3):
+            raise ValueError("an anchored network needs conditioning frames (3 channels each)")
 
     @property
     def in_channels(self) -> int:

@@ -4,7 +4,8 @@ A chain of ConvNeXt blocks at full resolution: no down/upsampling and no attenti
 field grows only with depth (about 6 px per block with 7x7 depthwise kernels). The first half of the
 chain feeds additive skip connections into the mirrored second half (first-to-last), like a UNet
 without the resolution changes. The noise level t, and for the Predictor the frame step k, are embedded
-with sinusoids, concatenated (paper section 5) and injected into every block.
+with sinusoids, concatenated (paper section 5) and injected into every block. An anchored network
+(NetworkConfig.anchored) adds the mean of its conditioning frames to its output: it predicts the change.
 
 `DiffusionStep` wraps a network into one diffusion step, x_t -> x_{t-1}, with the per-step coefficients
 and the noise as inputs. It is what the PyTorch runtime runs and what export traces to ONNX, so every
@@ -89,6 +90,9 @@ class SinFusionNet(nn.Module):
         )
         self.head_norm = ChannelLayerNorm(c)
         self.head = nn.Conv2d(c, 3, 3, padding=1)
+        if config.anchored:  # start at the anchor exactly (copy / blend baseline), learn the change
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, k: torch.Tensor | None = None
@@ -111,7 +115,12 @@ class SinFusionNet(nn.Module):
             h = block(h, cond)
             if i < half:
                 skips.append(h)
-        return self.head(F.gelu(self.head_norm(h)))
+        out = self.head(F.gelu(self.head_norm(h)))
+        if self.config.anchored:
+            cc = self.config.cond_channels
+            frames = x[:, :cc].unflatten(1, (cc // 3, 3))  # (B, frames, 3, H, W)
+            out = out + frames.mean(dim=1).to(out.dtype)
+        return out
 
 
 # Layout of the per-sample coefficient vector `coef` of one diffusion step (see DiffusionStep).

@@ -343,6 +343,37 @@ def run(loop: Loop, denoiser: Callable) -> Iterator[Frame]:
             yield event
 
 
+def run_lockstep(loops: Sequence[Loop], denoiser: Callable,
+                 on_frame: Callable[[int, Frame], None] | None = None) -> list:
+    """Drive several loops in lock-step, one batched engine call per batch key and round.
+
+    Returns each loop's return value, in order. Frames a loop yields go to `on_frame(index, frame)`
+    as soon as they are final. Each loop owns its random Generator, so its frames are the same as
+    when it runs alone.
+    """
+    values: list = [None] * len(loops)
+    replies: dict[int, np.ndarray | None] = {i: None for i in range(len(loops))}
+    while replies:
+        pending: dict[tuple, list[tuple[int, StepRequest]]] = {}
+        for i in list(replies):
+            reply = replies.pop(i)
+            try:
+                event = loops[i].send(reply)
+                while isinstance(event, Frame):  # frames need no engine call: advance at once
+                    if on_frame is not None:
+                        on_frame(i, event)
+                    event = loops[i].send(None)
+            except StopIteration as stop:
+                values[i] = stop.value
+                continue
+            pending.setdefault(event.batch_key, []).append((i, event))
+        for group in pending.values():
+            outs = run_requests(denoiser, [req for _, req in group])
+            for (i, _), out in zip(group, outs):
+                replies[i] = out
+    return values
+
+
 def run_to_value(loop: Loop, denoiser: Callable):
     """Drive a loop that yields no frames (e.g. predict_frame) and return its value."""
     reply = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quality.batching import run_lockstep
+from sinfusion.sampling import run_lockstep
 from quality.nextframe import (evaluate, make_split, mse_to_psnr, predict_pairs, score_pairs,
                                train_split)
 from sinfusion import sampling as S

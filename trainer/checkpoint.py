@@ -42,11 +42,13 @@ class RoleState:
     settings: dict
     losses: list = field(default_factory=list)  # [[step, mean loss over the last window], ...]
     elapsed_s: float = 0.0
+    finished: bool = False  # ended normally (all steps, its time budget, or the early stop)
 
     def to_dict(self, role: str) -> dict:
         return {"role": role, "step": self.step, "total_steps": self.total_steps,
                 "rng": {"device": self.rng_device, "state": self.rng_state},
                 "settings": self.settings, "elapsed_s": round(self.elapsed_s, 3),
+                "finished": self.finished,
                 "losses": self.losses}
 
 
@@ -96,7 +98,8 @@ def load_state(bundle_dir: Path, role: str) -> RoleState | None:
         return RoleState(step=int(d["step"]), total_steps=int(d["total_steps"]),
                          rng_state=d["rng"]["state"], rng_device=d["rng"]["device"],
                          settings=dict(d["settings"]), losses=list(d.get("losses", [])),
-                         elapsed_s=float(d.get("elapsed_s", 0.0)))
+                         elapsed_s=float(d.get("elapsed_s", 0.0)),
+                         finished=bool(d.get("finished", False)))
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{path}: damaged checkpoint ({exc.__class__.__name__}: {exc})") from None
 

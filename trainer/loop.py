@@ -32,6 +32,7 @@ from sinfusion.network import SinFusionNet
 from sinfusion.schedule import Schedule
 
 from . import checkpoint
+from .monitor import NextFrameMonitor
 from .presets import TrainConfig
 from .preview import write_preview
 from .samplers import ClipSampler, k_limit
@@ -48,14 +49,18 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.bundle_dir, self.role, self.step, self.total = bundle_dir, role, step, total
 
 
-def lr_at(config: TrainConfig, step: int, total: int) -> float:
-    """Learning rate for the step after `step` steps: lr, then lowered to lr_min (see TrainConfig)."""
-    start = config.lr_decay_at * total
-    if step < start:
+def lr_at(config: TrainConfig, step: int, total: int, fraction: float | None = None) -> float:
+    """Learning rate for the step after `step` steps: lr, then lowered to lr_min (see TrainConfig).
+
+    fraction: how far the run is, in [0, 1] (default step / total); a time-budgeted run passes the
+    larger of its step and time fractions.
+    """
+    done = step / max(1, total) if fraction is None else min(1.0, fraction)
+    if done < config.lr_decay_at:
         return config.lr
     if config.lr_decay == "step":
         return config.lr_min
-    progress = (step - start) / max(1.0, total - start)
+    progress = (done - config.lr_decay_at) / max(1e-9, 1.0 - config.lr_decay_at)
     return config.lr_min + 0.5 * (config.lr - config.lr_min) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -105,6 +110,19 @@ class RoleRun:
     state: checkpoint.RoleState
     channels_last: bool = False  # NHWC tensors: faster convolutions on CUDA
     amp_dtype: torch.dtype | None = None  # autocast dtype of the forward pass; None = float32
+    time_budget_s: float = 0.0  # this role's share of --time (0 = steps only)
+
+    @property
+    def fraction(self) -> float:
+        """How far the run is: the larger of its step and time fractions."""
+        done = self.state.step / max(1, self.total)
+        if self.time_budget_s > 0:
+            done = max(done, self.state.elapsed_s / self.time_budget_s)
+        return min(1.0, done)
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.time_budget_s > 0 and self.state.elapsed_s >= self.time_budget_s
 
     @property
     def target(self) -> str:
@@ -132,7 +150,8 @@ def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.
     """
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     amp_dtype = default_amp_dtype(device) if isinstance(amp_dtype, str) else amp_dtype
-    net_config = default_config(role, channels=config.channels, blocks=config.blocks)
+    net_config = default_config(role, channels=config.channels, blocks=config.blocks,
+                                anchored=config.anchored_for(role))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(role_seed(config.seed, role))
         net = SinFusionNet(net_config)
@@ -167,7 +186,7 @@ def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, t
     cfg, role, g, dev = run.config, run.role, run.generator, run.device
     step = run.state.step
     for group in run.optimizer.param_groups:
-        group["lr"] = lr_at(cfg, step, run.total)
+        group["lr"] = lr_at(cfg, step, run.total, run.fraction)
 
     # 1. Data: clean target crop x0, conditioning frames, k.
     k = None
@@ -222,8 +241,12 @@ def save_checkpoint(run: RoleRun, bundle: Bundle) -> None:
 
 
 def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bool = True,
-               callback: StepCallback | None = None) -> None:
-    """Train one role from run.state.step to its total, checkpointing; Ctrl-C -> TrainingInterrupted."""
+               callback: StepCallback | None = None, monitor: NextFrameMonitor | None = None) -> None:
+    """Train one role from run.state.step to its total, checkpointing; Ctrl-C -> TrainingInterrupted.
+
+    Stops early when the role's time budget is spent or the monitor's stop rule fires; the monitor
+    (Predictor only) measures now and then and its latest score goes into the manifest.
+    """
     from tqdm import tqdm
 
     cfg, total = run.config, run.total
@@ -235,10 +258,11 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     bar = tqdm(total=total, initial=run.state.step, desc=f"{run.role:>12}", unit="step",
                file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=True)
     started = time.monotonic() - run.state.elapsed_s
+    postfix: dict[str, str] = {}
     run.net.train()
     try:
         with stop_flag() as interrupted:
-            while run.state.step < total:
+            while run.state.step < total and not run.out_of_time:
                 loss = train_step(run, sampler, tables)
                 step = run.state.step
                 acc, acc_n = acc + loss, acc_n + 1
@@ -246,14 +270,19 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
                     run.state.losses.append([step, round(acc / acc_n, 6)])
                     acc, acc_n = 0.0, 0
                 bar.update(1)
-                if step % 10 == 0 or step == total:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr_at(cfg, step - 1, total):.1e}",
-                                    refresh=False)
                 run.state.elapsed_s = time.monotonic() - started
+                if monitor is not None and monitor.due(run.state.elapsed_s):
+                    postfix["vs_copy"] = monitor.measure(run, bundle)
+                    run.state.elapsed_s = time.monotonic() - started
+                if step % 10 == 0 or step == total:
+                    postfix.update(loss=f"{loss:.4f}", lr=f"{lr_at(cfg, step - 1, total, run.fraction):.1e}")
+                    bar.set_postfix(postfix, refresh=False)
                 if callback is not None:
                     callback(run.role, step, loss)
                 if interrupted.is_set():
                     raise KeyboardInterrupt
+                if monitor is not None and monitor.should_stop():
+                    break
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     save_checkpoint(run, bundle)
                 if cfg.preview_every and step % cfg.preview_every == 0 and step < total:
@@ -263,7 +292,11 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
         bar.close()
         save_checkpoint(run, bundle)
         raise TrainingInterrupted(bundle.path, run.role, run.state.step, total) from None
+    run.state.finished = True
+    if monitor is not None:
+        monitor.finish(run, bundle)
+        bar.set_postfix(postfix | {"vs_copy": monitor.latest_text()}, refresh=True)
     bar.close()
     save_checkpoint(run, bundle)
-    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, total, run.device,
-                  cfg.preview_steps)
+    write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, run.state.step,
+                  run.device, cfg.preview_steps)

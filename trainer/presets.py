@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from sinfusion.config import ROLES, TARGETS
 
 LR_DECAYS = ("step", "cosine")
-RUN_FILE = "run.json"  # training/run.json in a bundle: the config of its training run
+RUN_FILE = "run.json"
+# How a wall-clock budget (--time) is shared: the Predictor is what streams are made of.
+TIME_SHARES = {"predictor": 0.6, "projector": 0.2, "interpolator": 0.2}  # training/run.json in a bundle: the config of its training run
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ class TrainConfig:
     lr_decay_at: float = 0.5
     # EMA of the weights, the served weights. Warm-up (1+s)/(10+s) keeps short runs useful.
     ema_decay: float = 0.999
+    # Predictor and Interpolator with x0 targets predict the change from their conditioning frames
+    # (sinfusion.config.NetworkConfig.anchored): an untrained model starts at copy / blend.
+    anchored: bool = False
+    # Wall-clock budget of the whole run in seconds (0 = steps only), shared by the roles as
+    # TIME_SHARES; the learning-rate schedule follows whichever of steps and time runs out first.
+    time_budget_s: float = 0.0
+    # Held-out frames at the clip's end for the trainer's own next-frame report (-1 = automatic,
+    # 0 = off; trainer/monitor.py), how often it measures (seconds of Predictor training), and the
+    # early stop: beats copy by stop_margin_db and has plateaued (0 = never stop early).
+    holdout: int = -1
+    eval_every_s: float = 60.0
+    stop_margin_db: float = 0.5
     # Bookkeeping: checkpoint and preview intervals in steps (0 = only at the end).
     checkpoint_every: int = 1000
     preview_every: int = 5000
@@ -82,6 +97,11 @@ class TrainConfig:
             (0 <= self.preview_steps <= self.schedule_steps,
              f"preview_steps must be in [0, {self.schedule_steps}], got {self.preview_steps}"),
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
+            (self.time_budget_s >= 0, f"time budget must be >= 0 s, got {self.time_budget_s}"),
+            (self.holdout >= -1, f"holdout must be -1 (auto), 0 (off) or a frame count, got "
+                                 f"{self.holdout}"),
+            (self.eval_every_s > 0, f"eval_every_s must be > 0, got {self.eval_every_s}"),
+            (self.stop_margin_db >= 0, f"stop_margin_db must be >= 0, got {self.stop_margin_db}"),
         ]
         for role in ROLES:
             steps = self.steps_for(role)
@@ -98,6 +118,14 @@ class TrainConfig:
 
     def target_for(self, role: str) -> str:
         return str(getattr(self, f"{role}_target"))
+
+    def anchored_for(self, role: str) -> bool:
+        """Whether this role's network is anchored: asked for, has conditioning frames, x0 target."""
+        return self.anchored and role != "projector" and self.target_for(role) == "x0"
+
+    def time_for(self, role: str, roles: Sequence[str]) -> float:
+        """Seconds of the wall-clock budget `role` may use when `roles` are trained (0 = no limit)."""
+        return self.time_budget_s * TIME_SHARES[role] / sum(TIME_SHARES[r] for r in roles)
 
     def with_steps(self, steps: int) -> TrainConfig:
         """The same config with every role trained for `steps` steps."""

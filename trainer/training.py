@@ -22,14 +22,19 @@ import torch
 
 from sinfusion.bundle import MANIFEST, Bundle, BundleError, Manifest, atomic_write_json
 from sinfusion.config import ROLES
+from sinfusion.sampling import SamplingOptions
 from sinfusion.schedule import make_schedule
 from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
 from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
                    train_role)
+from .monitor import NextFrameMonitor, holdout_count, holdout_pairs
 from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config, load_run_record
 from .samplers import crop_size
+
+# Training order: the Projector first, so the Predictor's held-out score can use correction.
+TRAIN_ORDER = ("projector", "predictor", "interpolator")
 
 __all__ = ["TrainerError", "TrainingInterrupted", "train_bundle", "load_run_config", "resolve_roles"]
 
@@ -129,11 +134,14 @@ def train_bundle(
     device: str | None = None,
     name: str | None = None,
     callback: StepCallback | None = None,
+    monitor: NextFrameMonitor | None = None,
 ) -> Bundle:
     """Train the roles of a clip into the bundle folder `out_dir` and return the bundle.
 
     clip: a sinfusion.video.Clip, uint8 frames (N, H, W, 3) or a path read with the config's max_side.
     config: a TrainConfig or a preset name ("tiny", "paper").
+    monitor: measures the Predictor instead of the built-in held-out monitor (its pairs index the
+        clip given here; quality.nextframe's protocol passes its own split).
     resume: continue the checkpoints in out_dir (roles already finished are skipped; roles=None
         means the roles the interrupted run was training).
     Raises TrainerError / BundleError / VideoError (one-line messages) for bad requests and
@@ -156,16 +164,30 @@ def train_bundle(
                       {"config": config.to_dict(), "roles": chosen, "mode": mode})
     schedule = make_schedule("linear" if mode == "image" else "cosine", config.schedule_steps)
     crop = crop_size(clip.height, clip.width, config.crop_fraction)
+    held = holdout_count(len(frames), config.holdout) if mode == "video" else 0
+    train_frames = frames[:len(frames) - held]
 
-    for role in chosen:
+    # The Projector first, so that the Predictor's held-out score uses the served sampler
+    # (Predictor -> Projector correction); the roles are independent otherwise.
+    for role in sorted(chosen, key=TRAIN_ORDER.index):
         amp = default_amp_dtype(dev)
         settings = dict(config.to_dict(), steps=config.steps_for(role), crop=[crop[0], crop[1]],
-                        device=dev.type, mixed_precision=str(amp).replace("torch.", "") if amp else "no")
+                        device=dev.type, mixed_precision=str(amp).replace("torch.", "") if amp else "no",
+                        holdout_frames=held)
         run = build_run(role, config, schedule, dev, settings, amp_dtype=amp)
+        run.time_budget_s = config.time_for(role, chosen)
         state = checkpoint.load_state(out, role) if resume else None
         if state is not None:
             resume_run(run, out, state)
-            if run.state.step >= run.total and role in bundle.manifest.roles:
+            if role in bundle.manifest.roles and (run.state.step >= run.total or run.out_of_time):
                 continue  # finished in an earlier run
-        train_role(run, bundle, frames, progress=progress, callback=callback)
+        role_monitor = monitor if role == "predictor" else None
+        if role == "predictor" and held and monitor is None:
+            role_monitor = NextFrameMonitor(
+                frames, holdout_pairs(len(frames), held),
+                options=SamplingOptions(correction_steps=bundle.manifest.correction_steps),
+                eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db,
+                holdout=(len(frames) - held, len(frames)))
+        train_role(run, bundle, train_frames, progress=progress, callback=callback,
+                   monitor=role_monitor)
     return bundle

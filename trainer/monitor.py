@@ -1,0 +1,170 @@
+"""The trainer measures what it trains: next-frame prediction on held-out frames against "copy".
+
+Held-out split (video mode): the last H frames of the clip are kept out of every role's training
+(H = `holdout`, or automatically about 1/6 of the clip, 3 to 16 frames; clips under 12 frames hold
+out nothing). The Predictor is scored on the consecutive pairs inside that tail, frames the model has
+never seen and at the far end of the clip from most of what it trained on: it has to have learned the
+motion, not the frames. The tail stays in the bundle's frames, so clients can still start from it.
+
+Every `eval_every_s` seconds of Predictor training the EMA Predictor predicts every held-out pair with
+the sampler the server uses by default (with Projector correction when the Projector is trained: the
+trainer trains it first) and the score is compared with copying the current frame
+(sinfusion.nextframe). The progress bar and the log show it; the bundle's manifest records the last
+score under "quality":
+
+    {"holdout_frames": [first, end), "pairs": P, "k": 1, "sampling": {...},
+     "model_psnr": dB, "copy_psnr": dB, "gain_db": model - copy, "pairs_won": W,
+     "predictor_steps": S, "predictor_seconds": s, "verdict": "beats copy" | "ties copy" | ...}
+
+Stop rule: the Predictor stops early once it beats copy by `stop_margin_db` and its best score has not
+improved by `min_gain_db` over the last `patience` measurements (the plateau guard: it never stops a
+model that is still getting better). The wall-clock budget (`--time`) stops it in any case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from sinfusion import nextframe
+from sinfusion.sampling import Models, RoleSampling, SamplingOptions
+
+MIN_FRAMES_FOR_HOLDOUT = 12
+
+
+def holdout_count(frame_count: int, requested: int = -1) -> int:
+    """Frames held out at the end of a clip: `requested`, or automatic (-1); 0 when too short."""
+    if requested >= 0:
+        if requested and frame_count - requested < 4:
+            raise ValueError(f"holdout {requested} leaves {frame_count - requested} frames to train "
+                             f"on; need at least 4 (the clip has {frame_count})")
+        if requested == 1:
+            raise ValueError("holdout must be 0 (off) or at least 2 frames (one pair)")
+        return requested
+    if frame_count < MIN_FRAMES_FOR_HOLDOUT:
+        return 0
+    return int(min(16, max(3, round(frame_count / 6))))
+
+
+def holdout_pairs(frame_count: int, holdout: int, k: int = 1) -> list[tuple[int, int]]:
+    """The (i, i+k) pairs inside the held-out tail."""
+    first = frame_count - holdout
+    return [(i, i + k) for i in range(first, frame_count - k)] if holdout else []
+
+
+@dataclass
+class Measurement:
+    step: int
+    seconds: float
+    model_psnr: float
+    copy_psnr: float
+    pairs_won: int
+    pairs: int
+
+    @property
+    def gain_db(self) -> float:
+        return self.model_psnr - self.copy_psnr
+
+
+@dataclass
+class NextFrameMonitor:
+    """Scores the Predictor on held-out pairs now and then, and decides when to stop early."""
+
+    frames: np.ndarray  # the whole clip, uint8 (N, H, W, 3)
+    pairs: list[tuple[int, int]]
+    k: int = 1
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+    eval_every_s: float = 60.0
+    stop_margin_db: float = 0.5  # 0 disables the early stop
+    min_gain_db: float = 0.05
+    patience: int = 3
+    seed: int = 0
+    history: list[Measurement] = field(default_factory=list)
+    _last_eval: float = field(default=-1.0, repr=False)
+
+    holdout: tuple[int, int] = (0, 0)  # [first, end) of the held-out frames, for the record
+    _projector: object = field(default=None, repr=False)
+
+    def due(self, elapsed_s: float) -> bool:
+        return self._last_eval < 0 or elapsed_s - self._last_eval >= self.eval_every_s
+
+    def measure(self, run, bundle) -> str:
+        """Score the run's EMA Predictor (with the bundle's Projector, when trained); short text."""
+        from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
+
+        roles = {"predictor": RoleSampling(run.schedule, run.target)}
+        networks = {"predictor": run.ema}
+        if "projector" in bundle.manifest.roles and self.options.correction_steps > 0:
+            if self._projector is None:
+                self._projector = load_network(bundle, "projector").to(run.device)
+            roles["projector"] = bundle.models()["projector"]
+            networks["projector"] = self._projector
+        denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
+        m = self.measure_with(denoiser, Models(roles), run.state.step, run.state.elapsed_s)
+        return short_text(m)
+
+    def finish(self, run, bundle) -> None:
+        """Measure the final weights (unless just measured) and record the score in the manifest."""
+        if not self.history or self.history[-1].step != run.state.step:
+            self.measure(run, bundle)
+        bundle.manifest.quality = self.record()
+
+    def latest_text(self) -> str:
+        return short_text(self.history[-1]) if self.history else ""
+
+    def measure_with(self, denoiser, models: Models, step: int, elapsed_s: float) -> Measurement:
+        """Predict and score every pair with the given runtime; appends to the history."""
+        predictions = nextframe.predict_pairs(denoiser, models, self.frames, self.pairs, self.k,
+                                              self.options, self.seed)
+        score = nextframe.score_pairs(self.frames, self.pairs, predictions)
+        m = Measurement(step, round(elapsed_s, 1), round(score["model_psnr"], 3),
+                        round(score["copy_psnr"], 3), score["model_wins"], len(self.pairs))
+        self.history.append(m)
+        self._last_eval = elapsed_s
+        return m
+
+    def should_stop(self) -> bool:
+        """Beats copy by the margin and has stopped improving (see the module docstring)."""
+        if self.stop_margin_db <= 0 or len(self.history) <= self.patience:
+            return False
+        latest = self.history[-1]
+        if latest.gain_db < self.stop_margin_db:
+            return False
+        best_before = max(m.model_psnr for m in self.history[:-self.patience])
+        best_recent = max(m.model_psnr for m in self.history[-self.patience:])
+        return best_recent < best_before + self.min_gain_db
+
+    def record(self) -> dict:
+        """The manifest's "quality" entry for the latest measurement ({} when none was made)."""
+        if not self.history:
+            return {}
+        m = self.history[-1]
+        return {
+            "holdout_frames": list(self.holdout), "pairs": m.pairs, "k": self.k,
+            "sampling": asdict(self.options), "model_psnr": m.model_psnr,
+            "copy_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "pairs_won": m.pairs_won,
+            "predictor_steps": m.step, "predictor_seconds": m.seconds, "verdict": verdict(m),
+        }
+
+
+def short_text(m: Measurement) -> str:
+    return f"{m.gain_db:+.2f}dB {m.pairs_won}/{m.pairs}"
+
+
+def verdict(m: Measurement) -> str:
+    """One word on the model against copying the frame: what a user needs to decide."""
+    if m.gain_db >= 0.5 and 2 * m.pairs_won > m.pairs:
+        return "beats copy"
+    if m.gain_db > -0.5:
+        return "ties copy"
+    return "loses to copy"
+
+
+def summary_line(record: dict) -> str:
+    """One line for logs and the CLI: 'next frame: model 30.12 dB vs copy 29.50 dB (+0.62, 12/15 won)'."""
+    if not record:
+        return "next frame: not measured (no held-out frames)"
+    return (f"next frame on {record['pairs']} held-out pairs: model {record['model_psnr']:.2f} dB vs "
+            f"copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
+            f"{record['pairs']} won): {record['verdict']}")
