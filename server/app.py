@@ -1,9 +1,12 @@
 """Assembling and running a server: `async with serve(config) as running: ... running.port`.
 
-Loads every bundle once (engines included), starts one scheduler per model, the gRPC server with the
-SinFusion service, standard health checking and reflection, and optionally TLS, a bearer-token check
-and the Prometheus endpoint. Leaving the block drains: health turns NOT_SERVING, new RPCs are refused
-and live streams get `config.grace` seconds to finish before they are cancelled.
+Loads every bundle once (engines included; bundles that fail are refused and reported, or with
+config.strict stop the start), starts one scheduler per model, the gRPC server with the SinFusion
+service, standard health checking and reflection, and optionally TLS, a bearer-token check and the
+Prometheus endpoint (exposed like the gRPC port). Leaving the block drains (Running.drain): health
+turns NOT_SERVING and new calls get UNAVAILABLE while the port stays open for live streams to finish,
+for at least config.drain_delay and at most config.grace seconds; then the port closes and what is
+left is cancelled.
 """
 
 from __future__ import annotations
@@ -13,28 +16,33 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
+from . import standard
 from .auth import TokenInterceptor, tls_credentials
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, ServerConfig, connect_host, listen_address
 from .metrics import Metrics
-from .models import ServedModel, load_models
+from .metrics_http import MetricsEndpoint
+from .models import RefusedBundle, ServedModel, load_models
 from .scheduler import Scheduler
 from .service import SinFusionService
+from .wire import DecodeInterceptor
 
 log = logging.getLogger("sinfusion.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SinFusion"].full_name  # "sinfusion.v1.SinFusion"
-# gRPC's own receive limit sits this far above --max-message-bytes, so that oversized requests up to
-# it reach the service and get a message naming the limit; beyond it gRPC answers RESOURCE_EXHAUSTED.
-TRANSPORT_SLACK = 1 << 20
+# gRPC itself refuses requests over --max-message-bytes (RESOURCE_EXHAUSTED, "Received message larger
+# than max (N vs. LIMIT)") from the message header, before buffering them: letting them through to
+# name the flag in the message cost about 13 MB of RSS per refused 16 MiB request (measured), which
+# the allocator kept. server.wire checks the same limit again, unparsed, should it ever be reached.
+# Requests of the standard services are tiny; this bounds what a client can make the server parse.
+STANDARD_REQUEST_LIMIT = 64 << 10
+DRAIN_POLL = 0.05  # seconds between checks for live streams while draining
 
 
 @dataclass
@@ -46,25 +54,61 @@ class Running:
     models: dict[str, ServedModel]
     service: SinFusionService
     server: grpc.aio.Server
-    health: health.aio.HealthServicer
+    health: standard.HealthServicer
+    host: str = "127.0.0.1"
+    refused: list[RefusedBundle] = field(default_factory=list)
+    _hurry: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    _stopped: bool = field(default=False, repr=False)
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        """Where a client on this machine reaches the server."""
+        return f"{connect_host(self.host)}:{self.port}"
 
     @property
     def live_streams(self) -> int:
         return self.service.slots.live
 
-    async def stop(self, grace: float | None) -> None:
-        """Refuse new RPCs, give live ones `grace` seconds, then cancel them."""
+    def hurry(self) -> None:
+        """End a drain in progress now (a second stop signal): live streams are cancelled."""
+        self._hurry.set()
+
+    async def drain(self, grace: float, delay: float = 0.0) -> None:
+        """Health NOT_SERVING and new calls UNAVAILABLE; the port stays open until the live streams
+        have finished, for at least `delay` and at most `grace` seconds; then close and cancel."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.service.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + grace
+        earliest = start + min(delay, grace)
+        while not self._hurry.is_set():
+            now = loop.time()
+            if now >= deadline or (now >= earliest and self.live_streams == 0):
+                break
+            try:
+                await asyncio.wait_for(self._hurry.wait(), DRAIN_POLL)
+            except TimeoutError:
+                pass
+        left = 0.0 if self._hurry.is_set() else max(0.0, deadline - loop.time())
+        if self.live_streams:
+            log.info("draining: cancelling %d live streams", self.live_streams)
+        await self.server.stop(left)
+
+    async def stop(self, grace: float | None) -> None:
+        """Drain without a delay (kept for callers of the earlier API)."""
+        await self.drain(grace or 0.0)
 
 
-def _build_server(config: ServerConfig) -> grpc.aio.Server:
-    limit = config.max_message_bytes + TRANSPORT_SLACK
-    interceptors = [TokenInterceptor(config.token)] if config.token else []
+def _build_server(config: ServerConfig, service_hook) -> grpc.aio.Server:
+    limit = config.max_message_bytes
+    decode = DecodeInterceptor({f"/{SERVICE_NAME}/": config.max_message_bytes,
+                                "/": STANDARD_REQUEST_LIMIT}, service_hook)
+    # The token check runs first: an unauthenticated caller learns nothing about its bytes.
+    interceptors = ([TokenInterceptor(config.token)] if config.token else []) + [decode]
     return grpc.aio.server(
         interceptors=interceptors,
         options=[("grpc.max_receive_message_length", limit),
@@ -80,30 +124,42 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _warn_exposure(config: ServerConfig, port: int, metrics_port: int | None) -> None:
+    if _loopback(config.host) or (config.tls_cert and config.token):
+        return
+    missing = " and ".join(n for n, on in (("TLS", config.tls_cert), ("a token", config.token)) if not on)
+    ports = f"gRPC port {port}" + (f" and /metrics on port {metrics_port} (same policy)"
+                                   if metrics_port is not None else "")
+    log.warning("listening on %s without %s: anyone who can reach this address can use the %s",
+                config.host, missing, ports)
+
+
 @asynccontextmanager
 async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = None
                 ) -> AsyncIterator[Running]:
     """Run a server for the block's duration. `models` skips loading (benchmarks reuse engines)."""
     config.validate()
+    refused: list[RefusedBundle] = []
     if models is None:
         # Engines load in a thread: a big bundle must not stall an event loop that may run other work.
-        models = await asyncio.to_thread(load_models, config.models, config.runtime, config.max_batch)
+        models, refused = await asyncio.to_thread(load_models, config.models, config.runtime,
+                                                  config.max_batch, config.strict)
     metrics = Metrics()
+    metrics.bundles.labels("served").set(len(models))
+    metrics.bundles.labels("refused").set(len(refused))
     for model in models.values():
         model.scheduler = Scheduler(model.name, model.runtime, config.fixed_batch,
                                     metrics.batch_hook(model.name, model.runtime.name))
         model.scheduler.start()
-    service = SinFusionService(models, config, metrics)
-    server = _build_server(config)
+    service = SinFusionService(models, config, metrics, refused)
+    server = _build_server(config, service.refused_on_the_wire)
     pb_grpc.add_SinFusionServicer_to_server(service, server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-         reflection.SERVICE_NAME), server)
-    metrics_port = None
+    health = standard.add_health(server)
+    standard.add_reflection(server, (SERVICE_NAME, standard.HEALTH_SERVICE))
+    metrics_endpoint = None
+    running = None
     try:
-        address = f"{config.host}:{config.port}"
+        address = listen_address(config.host, config.port)
         try:
             if config.tls_cert is not None:
                 port = server.add_secure_port(address, tls_credentials(config.tls_cert, config.tls_key))
@@ -115,30 +171,40 @@ async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = No
             raise ConfigError(f"cannot listen on {address}")
         await server.start()
         for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await health.set(name, standard.SERVING)
+        for name in models:
+            await health.set(standard.model_health_name(SERVICE_NAME, name), standard.SERVING)
+        for bad in refused:
+            if bad.name not in models:
+                await health.set(standard.model_health_name(SERVICE_NAME, bad.name),
+                                 standard.NOT_SERVING)
+        metrics_port = None
         if config.metrics_port is not None:
             try:
-                metrics_port = metrics.serve_http(config.host, config.metrics_port)
+                metrics_endpoint = await asyncio.to_thread(
+                    MetricsEndpoint, metrics.registry, config.host, config.metrics_port,
+                    config.token, config.tls_cert, config.tls_key)
             except OSError as exc:
                 raise ConfigError(f"--metrics-port {config.metrics_port}: {exc}") from None
-        log.info("listening on %s:%d (%s%s), models: %s%s", config.host, port,
+            metrics_port = metrics_endpoint.port
+        log.info("listening on %s (%s%s), models: %s%s%s", address.rsplit(":", 1)[0] + f":{port}",
                  "TLS" if config.tls_cert else "plaintext", ", token required" if config.token else "",
                  ", ".join(sorted(models)),
-                 f", metrics on :{metrics_port}" if metrics_port is not None else "")
-        if not _loopback(config.host) and not (config.tls_cert and config.token):
-            log.warning("listening on %s without %s: anyone who can reach this address can use "
-                        "the server", config.host,
-                        " and ".join(n for n, on in (("TLS", config.tls_cert), ("a token", config.token))
-                                     if not on))
-        running = Running(port, metrics_port, models, service, server, health_servicer)
+                 f"; refused bundles: {len(refused)} (see above)" if refused else "",
+                 f"; metrics on port {metrics_port}" if metrics_port is not None else "")
+        _warn_exposure(config, port, metrics_port)
+        running = Running(port, metrics_port, models, service, server, health, config.host, refused)
         yield running
     finally:
         try:
-            await health_servicer.enter_graceful_shutdown()
-        except Exception:  # pragma: no cover  (best effort while shutting down)
-            pass
-        await server.stop(config.grace)
-        for model in models.values():
-            await model.scheduler.close()
-        metrics.close()
-        log.info("server stopped")
+            if running is not None:
+                await running.drain(config.grace, config.drain_delay)
+            else:
+                await server.stop(0)
+        finally:
+            for model in models.values():
+                if model.scheduler is not None:
+                    await model.scheduler.close()
+            if metrics_endpoint is not None:
+                metrics_endpoint.close()
+            log.info("server stopped")

@@ -2,10 +2,13 @@
 
     sinfusion-server --models DIR [--host 127.0.0.1] [--port 0] [--port-file PATH] [--runtime auto]
                      [--max-streams N] [--max-frames N] [--max-message-bytes N] [--metrics-port N]
-                     [--tls-cert F --tls-key F] [--token T] [--grace S]
+                     [--metrics-port-file PATH] [--tls-cert F --tls-key F] [--token T] [--grace S]
+                     [--drain-delay S] [--strict]
 
-User mistakes (bad folder, no bundles, a runtime that cannot load, a port in use) exit 2 with one
-line on stderr. On SIGTERM the server drains: live streams get --grace seconds, then it exits 0.
+User mistakes (bad folder, no servable bundle, a port in use; with --strict any bundle that cannot
+be served) exit 2 with one line on stderr. On SIGTERM or SIGINT the server drains (server.app):
+health NOT_SERVING, new calls UNAVAILABLE, live streams get --grace seconds; a second signal cuts the
+drain short. Then it exits 0.
 """
 
 from __future__ import annotations
@@ -54,27 +57,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-batch", action="store_true",
                    help="pad every engine call to the largest batch: seeded streams are bit-identical "
                         "alone or batched, at the cost of compute when few streams are live")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=int,
+                   help="serve Prometheus /metrics on this port (0 picks a free one), on --host with "
+                        "the gRPC port's TLS and token")
+    p.add_argument("--metrics-port-file", type=Path,
+                   help="write the bound metrics port here (atomically) once serving")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     p.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
     p.add_argument("--token", help="require 'authorization: Bearer TOKEN' (default: env SINFUSION_TOKEN)")
     p.add_argument("--grace", type=float, default=d.grace,
                    help="seconds live streams get to finish on SIGTERM (default %(default)s)")
+    p.add_argument("--drain-delay", type=float, default=1.0,
+                   help="seconds the port stays open answering health NOT_SERVING after SIGTERM, even "
+                        "with no live stream, so load balancers notice (at most --grace; default "
+                        "%(default)s)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 2 if any bundle cannot be served (default: serve the others and report "
+                        "the refused ones in the log, health and DescribeModel)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
 
 
-async def _run(config: ServerConfig, port_file: Path | None) -> int:
+async def _run(config: ServerConfig, port_file: Path | None, metrics_port_file: Path | None) -> int:
+    log = logging.getLogger("sinfusion.server")
     stop = asyncio.Event()
+    running = None
+
+    def on_signal() -> None:
+        if not stop.is_set():
+            stop.set()
+        elif running is not None:
+            log.info("second stop signal: cancelling live streams now")
+            running.hurry()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     async with serve(config) as running:
-        if port_file is not None:
+        if metrics_port_file is not None and running.metrics_port is not None:
+            atomic_write_bytes(metrics_port_file, f"{running.metrics_port}\n".encode())
+        if port_file is not None:  # last: scripts take it to mean "serving"
             atomic_write_bytes(port_file, f"{running.port}\n".encode())
         await stop.wait()
-        logging.getLogger("sinfusion.server").info(
-            "stop signal: draining %d live streams (grace %.1f s)", running.live_streams, config.grace)
+        log.info("stop signal: draining %d live streams (health NOT_SERVING, at least %g s, at most "
+                 "%g s); a second signal cancels them now", running.live_streams,
+                 min(config.drain_delay, config.grace), config.grace)
     return 0
 
 
@@ -88,14 +115,17 @@ def main(argv: list[str] | None = None) -> int:
         max_streams=args.max_streams, max_frames=args.max_frames,
         max_message_bytes=args.max_message_bytes, max_batch=args.max_batch,
         fixed_batch=args.fixed_batch, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
-        tls_key=args.tls_key, token=token, grace=args.grace,
+        tls_key=args.tls_key, token=token, grace=args.grace, drain_delay=args.drain_delay,
+        strict=args.strict,
     )
     try:
         config.validate()
         probe_port(config.host, config.port, "--port")
         if config.metrics_port is not None:
             probe_port(config.host, config.metrics_port, "--metrics-port")
-        return asyncio.run(_run(config, args.port_file))
+        if args.metrics_port_file is not None and config.metrics_port is None:
+            raise ConfigError("--metrics-port-file needs --metrics-port")
+        return asyncio.run(_run(config, args.port_file, args.metrics_port_file))
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,11 @@ class ServerConfig:
     tls_key: Path | None = None
     token: str | None = None  # bearer token required on every RPC but health checks; None: off
     grace: float = 10.0  # seconds live streams get to finish on shutdown
+    # Seconds the port stays open after a stop, answering health NOT_SERVING, even with no stream
+    # live: time for load balancers to see it (capped by grace). The CLI's default is 1; in
+    # process (tests, benchmarks) nobody probes.
+    drain_delay: float = 0.0
+    strict: bool = False  # any bundle that cannot be served stops the server (default: serve the rest)
 
     def validate(self) -> None:
         """Check what can be checked before loading anything; raises ConfigError with one line."""
@@ -47,6 +52,10 @@ class ServerConfig:
             raise ConfigError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
         if self.grace < 0:
             raise ConfigError(f"--grace must be >= 0 seconds, got {self.grace}")
+        if self.drain_delay < 0:
+            raise ConfigError(f"--drain-delay must be >= 0 seconds, got {self.drain_delay:g}")
+        if not self.host.strip("[]"):
+            raise ConfigError("--host must not be empty (0.0.0.0 or :: listen on every address)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key must be given together")
         for name, path, marker in (("--tls-cert", self.tls_cert, b"-----BEGIN CERTIFICATE-----"),
@@ -63,10 +72,31 @@ class ServerConfig:
             raise ConfigError("--token must not be empty")
 
 
+def _is_ipv6(host: str) -> bool:
+    return ":" in host.strip("[]")
+
+
+def listen_address(host: str, port: int) -> str:
+    """host:port as gRPC takes it: IPv6 literals in brackets ("::" -> "[::]:50051")."""
+    bare = host.strip("[]")
+    return f"[{bare}]:{port}" if _is_ipv6(bare) else f"{bare}:{port}"
+
+
+def connect_host(host: str) -> str:
+    """Where a local client reaches a server listening on `host` (wildcards -> loopback)."""
+    bare = host.strip("[]")
+    if bare == "0.0.0.0":
+        return "127.0.0.1"
+    if bare == "::":
+        return "[::1]"
+    return f"[{bare}]" if _is_ipv6(bare) else bare
+
+
 def probe_port(host: str, port: int, flag: str) -> None:
     """Fail early, with one line, when a fixed port cannot be bound (taken, or a bad host)."""
     if port == 0:
         return
+    host = host.strip("[]")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:

@@ -1,6 +1,6 @@
 """Prometheus metrics of one server, in a registry of its own (several servers may share a process).
 
-Exposed over HTTP on --metrics-port when given. Names:
+Exposed over HTTP on --metrics-port when given (server.metrics_http). Names:
   sinfusion_frames_total{model,rpc,synthesized}     frames sent to clients
   sinfusion_rpc_seconds{rpc,code}                   whole-RPC latency (streams: until the last frame)
   sinfusion_first_frame_seconds{model,rpc}          from the request to its first frame
@@ -8,11 +8,12 @@ Exposed over HTTP on --metrics-port when given. Names:
   sinfusion_batch_size{model,role}                  live requests per engine call (before padding)
   sinfusion_engine_batch{model,role}                engine batch size used (after padding)
   sinfusion_engine_seconds{model,role,runtime}      time of one engine call
+  sinfusion_bundles{state}                          bundles found under --models: served, refused
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
@@ -38,7 +39,8 @@ class Metrics:
         self.engine_seconds = Histogram("sinfusion_engine_seconds", "Time of one engine call",
                                         ["model", "role", "runtime"], buckets=LATENCY_BUCKETS,
                                         registry=r)
-        self._http = None
+        self.bundles = Gauge("sinfusion_bundles", "Bundles found under --models, by state", ["state"],
+                             registry=r)
 
     def batch_hook(self, model: str, runtime: str):
         """A scheduler callback recording one engine call of `model`."""
@@ -47,14 +49,3 @@ class Metrics:
             self.engine_batch.labels(model, role).observe(batch)
             self.engine_seconds.labels(model, role, runtime).observe(seconds)
         return record
-
-    def serve_http(self, host: str, port: int) -> int:
-        """Start the /metrics endpoint; returns the bound port."""
-        self._http, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return self._http.server_port
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sinfusion.bundle import MANIFEST, Bundle, BundleError
+from sinfusion.nextframe import summary_line
 from sinfusion.sampling import Models
 
 from .config import ConfigError
@@ -79,28 +80,94 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     return found
 
 
+@dataclass
+class RefusedBundle:
+    """A bundle found under --models that is not served, and why (the log and health say so too)."""
+
+    name: str  # the manifest's name, or the folder's when the manifest cannot be read
+    path: Path
+    reason: str
+
+    @property
+    def public_reason(self) -> str:
+        """The reason for clients: paths relative to --models (the server's layout is not theirs)."""
+        reason = self.reason.replace(str(self.path.parent) + "/", "")
+        return reason if len(reason) <= 300 else reason[:300] + "..."
+
+
+class BundleRefused(Exception):
+    """load_model's refusal: the reason, without the path (the caller adds it)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name = name
+        self.reason = reason
+
+
 def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
+    """One bundle, every file it serves from checksum-verified; BundleRefused says why not."""
+    name = path.name
     try:
         bundle = Bundle.open(path)
+        name = bundle.name
         if not bundle.roles:
-            raise ConfigError(f"bundle {path}: no trained roles")
+            raise BundleRefused(name, "no trained roles")
         clip = bundle.frames()
         loaded = select_runtime(bundle, runtime, max_batch)
-    except BundleError as exc:
-        raise ConfigError(f"bundle {path}: {exc}") from None
+    except (BundleError, ConfigError) as exc:
+        raise BundleRefused(name, str(exc)) from None
     served = {r: rs for r, rs in bundle.models().roles.items() if r in loaded.batch_sizes}
+    if not loaded.name.startswith("torch"):
+        # Engines do not read the weights, but a damaged weights file means damaged storage and a
+        # later fallback to PyTorch would refuse it: say so now rather than at the next restart.
+        for role in served:
+            try:
+                bundle.verify_weights(role)
+            except BundleError as exc:
+                log.warning("bundle %s: %s (not used by %s, whose engines are verified; restore or "
+                            "re-train the bundle)", name, exc, loaded.name)
+    unverifiable = bundle.unverifiable()
+    if unverifiable:
+        log.warning("bundle %s: the manifest records no checksum for %s, so damage there cannot be "
+                    "detected (written by an older version; re-train or re-export to add them)",
+                    name, ", ".join(unverifiable))
     return ServedModel(bundle, loaded, Models(served), clip)
 
 
-def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8) -> dict[str, ServedModel]:
-    """Every bundle under models_dir, by manifest name. Raises ConfigError with one line."""
+def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, strict: bool = False
+                ) -> tuple[dict[str, ServedModel], list[RefusedBundle]]:
+    """Every bundle under models_dir: (served by manifest name, refused with reasons).
+
+    A bundle that cannot be served is logged as an ERROR and refused; the others are served. With
+    `strict`, or when no bundle can be served, that is a ConfigError (one line) instead.
+    """
     served: dict[str, ServedModel] = {}
+    refused: list[RefusedBundle] = []
     for path in bundle_dirs(models_dir):
-        model = load_model(path, runtime, max_batch)
-        if model.name in served:
-            raise ConfigError(f"two bundles are named {model.name!r}: {served[model.name].bundle.path} "
-                              f"and {path}")
+        try:
+            model = load_model(path, runtime, max_batch)
+            if model.name in served:
+                raise BundleRefused(model.name, f"another bundle has the name {model.name!r}: "
+                                                f"{served[model.name].bundle.path}")
+        except BundleRefused as exc:
+            if strict:
+                raise ConfigError(f"bundle {path}: {exc.reason}") from None
+            refused.append(RefusedBundle(exc.name, path, exc.reason))
+            continue
         served[model.name] = model
-        log.info("serving %s from %s: %dx%d, roles %s, runtime %s", model.name, path,
-                 model.size[1], model.size[0], ",".join(model.roles), model.runtime.name)
-    return served
+        log.info("serving %s from %s: %dx%d, roles %s, runtime %s; %s", model.name, path,
+                 model.size[1], model.size[0], ",".join(model.roles), model.runtime.name,
+                 summary_line(model.bundle.manifest.quality))
+    if not served:  # one line, the exit's: nothing to serve
+        raise ConfigError("no bundle can be served: " + "; ".join(
+            f"bundle {r.path}: {r.reason}" for r in refused))
+    for r in refused:
+        log.error("bundle %s refused (model %s not served): %s", r.path, short(r.name), r.reason)
+    return served, refused
+
+
+def short(text: str, limit: int = 64) -> str:
+    """repr() of a string cut to `limit` characters: client- or file-supplied names in messages."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -1,7 +1,9 @@
 """Request validation: proto messages -> checked plain values, or a RequestError naming the field.
 
 Kept apart from the servicer so the rules read in one place. Every message says the field, the allowed
-range and what was sent, e.g. "frames must be in [1, 1000], got 0".
+range and what was sent, e.g. "frames must be in [1, 1000], got 0". Strings a client sent are echoed
+cut short (models.short): status details travel in HTTP/2 headers, and logs must not grow with them.
+The request size limit is checked before parsing (server.wire).
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from sinfusion.sampling import SamplingOptions
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.video import _resize as resize_lanczos  # PIL Lanczos, the clip reader's resize
 
-from .models import MAX_STEP, ServedModel
+from .models import MAX_STEP, RefusedBundle, ServedModel, short
 
 METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: "ddpm", pb.SAMPLING_METHOD_DDPM: "ddpm",
            pb.SAMPLING_METHOD_DDIM: "ddim"}
 RESIZE_POLICIES = (pb.RESIZE_POLICY_UNSPECIFIED, pb.RESIZE_POLICY_RESIZE, pb.RESIZE_POLICY_REFUSE)
 FACTORS = (2, 4, 8)
+MAX_NAME_CHARS = 256  # longer model names are refused as such, not looked up
+LISTED_NAMES = 20  # served models named in a NOT_FOUND message
 
 
 class RequestError(Exception):
@@ -37,30 +41,36 @@ def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def find_model(models: dict[str, ServedModel], name: str) -> ServedModel:
+def _names(models: dict[str, ServedModel]) -> str:
+    names = sorted(models)
+    listed = ", ".join(n if len(n) <= 40 else f"{n[:40]}..." for n in names[:LISTED_NAMES])
+    more = len(names) - LISTED_NAMES
+    return listed + (f" and {more} more (ListModels lists them)" if more > 0 else "")
+
+
+def find_model(models: dict[str, ServedModel], name: str,
+               refused: list[RefusedBundle] = ()) -> ServedModel:
     if not name:
-        raise invalid(f"model must name a served model ({', '.join(sorted(models))})")
+        raise invalid(f"model must name a served model ({_names(models)})")
     model = models.get(name)
-    if model is None:
-        raise RequestError(grpc.StatusCode.NOT_FOUND,
-                           f"model {name!r} not found; served models: {', '.join(sorted(models))}")
-    return model
+    if model is not None:
+        return model
+    if len(name) > MAX_NAME_CHARS:
+        raise invalid(f"model must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    bad = next((r for r in refused if r.name == name), None)
+    if bad is not None:  # the operator's problem, not a typo: say why it is not served
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model {short(name)} is not served: its bundle was refused at startup "
+                           f"({bad.public_reason}); served models: {_names(models)}")
+    raise RequestError(grpc.StatusCode.NOT_FOUND,
+                       f"model {short(name)} not found; served models: {_names(models)}")
 
 
 def require(model: ServedModel, capability: str, roles: str) -> None:
     if capability not in model.capabilities:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"model {model.name!r} cannot {capability}: it needs {roles} "
+                           f"model {short(model.name)} cannot {capability}: it needs {roles} "
                            f"(has: {', '.join(model.roles) or 'none'})")
-
-
-def check_message_size(request, limit: int) -> None:
-    """Our own size check (gRPC's limit sits above it) so the message can name the limit."""
-    size = request.ByteSize()
-    if size > limit:
-        raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                           f"request message is {size} bytes; the server's limit "
-                           f"(--max-message-bytes) is {limit}")
 
 
 def frame_count(frames: int, max_frames: int) -> int:
@@ -102,15 +112,16 @@ def client_frame(raw: pb.RawFrame, model: ServedModel, policy: int,
     if w < 1 or h < 1:
         raise invalid(f"{field}.width and {field}.height must be >= 1, got {w}x{h}")
     expected = w * h * 3
-    if len(raw.rgb) != expected:
+    rgb = raw.rgb  # each read of a bytes field copies it: read once
+    if len(rgb) != expected:
         raise invalid(f"{field}.rgb must be width*height*3 = {expected} bytes for {w}x{h}, "
-                      f"got {len(raw.rgb)}")
-    image = np.frombuffer(raw.rgb, np.uint8).reshape(h, w, 3)
+                      f"got {len(rgb)}")
+    image = np.frombuffer(rgb, np.uint8).reshape(h, w, 3)
     mh, mw = model.size
     if (h, w) == (mh, mw):
         return image, False
     if policy == pb.RESIZE_POLICY_REFUSE:
-        raise invalid(f"{field} is {w}x{h} but model {model.name!r} takes {mw}x{mh} "
+        raise invalid(f"{field} is {w}x{h} but model {short(model.name)} takes {mw}x{mh} "
                       f"(resize policy RESIZE_POLICY_REFUSE)")
     return resize_lanczos(image, (mw, mh)), True
 

@@ -1,10 +1,13 @@
 """Runtime selection: which engine runs a bundle's diffusion steps, chosen once per bundle at startup.
 
 `--runtime auto` tries, per bundle, tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu
-and keeps the first that loads: a runtime is skipped when its package is not installed, its device is
-absent, or the bundle has no engines for it (the runtimes raise BundleError). A forced runtime that
-cannot load is an error naming the reason. The runtimes themselves live in sinfusion.runtimes; the
-ONNX Runtime and TensorRT modules are imported lazily, so this works with PyTorch alone.
+and keeps the first that loads. A runtime is skipped quietly (debug log) when its package is not
+installed, its device is absent or the bundle has no engines for it: that is the machine, not the
+bundle. It is skipped with a WARNING when the bundle has files for it that fail to load (a checksum
+mismatch, an engine ONNX Runtime cannot read, a plan built for another GPU): then the server runs
+on a slower runtime than the operator prepared, which must never happen silently. A forced runtime
+that cannot load is an error naming the reason. The runtimes themselves live in sinfusion.runtimes;
+the ONNX Runtime and TensorRT modules are imported lazily, so this works with PyTorch alone.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sinfusion.bundle import Bundle, BundleError
+from sinfusion.engines import has_engines
 
 from .config import RUNTIME_ORDER, ConfigError
 
@@ -22,7 +26,14 @@ log = logging.getLogger("sinfusion.server")
 
 
 class Unavailable(Exception):
-    """This runtime cannot serve this bundle here (reason in the message)."""
+    """This runtime cannot serve this bundle here (reason in the message).
+
+    `broken`: the bundle has files for this runtime and they failed to load (see the module doc).
+    """
+
+    def __init__(self, reason: str, broken: bool = False) -> None:
+        super().__init__(reason)
+        self.broken = broken
 
 
 @dataclass
@@ -57,12 +68,17 @@ def _import(module: str, what: str):
 
 
 def _load_tensorrt(bundle: Bundle, max_batch: int) -> LoadedRuntime:
+    if not has_engines(bundle, "tensorrt"):
+        raise Unavailable("the bundle has no tensorrt engines")
     _import("tensorrt", "TensorRT")
     mod = _import("sinfusion.runtimes.tensorrt_runtime", "the TensorRT runtime")
+    reason = mod.unavailable_reason()
+    if reason:
+        raise Unavailable(reason)
     try:
         denoiser = mod.TensorRTDenoiser(bundle)
     except BundleError as exc:
-        raise Unavailable(str(exc)) from None
+        raise Unavailable(str(exc), broken=True) from None
     return LoadedRuntime("tensorrt", denoiser, _engine_batch_sizes(denoiser, bundle))
 
 
@@ -70,11 +86,13 @@ def _load_onnx(bundle: Bundle, provider: str, name: str) -> LoadedRuntime:
     ort = _import("onnxruntime", "ONNX Runtime")
     if provider not in ort.get_available_providers():
         raise Unavailable(f"ONNX Runtime has no {provider} here")
+    if not has_engines(bundle, "onnx"):
+        raise Unavailable("the bundle has no onnx engines")
     mod = _import("sinfusion.runtimes.onnx_runtime", "the ONNX Runtime runtime")
     try:
         denoiser = mod.OnnxDenoiser(bundle, providers=[provider])
     except BundleError as exc:
-        raise Unavailable(str(exc)) from None
+        raise Unavailable(str(exc), broken=True) from None
     return LoadedRuntime(name, denoiser, _engine_batch_sizes(denoiser, bundle))
 
 
@@ -84,7 +102,10 @@ def _load_torch(bundle: Bundle, device: str, max_batch: int) -> LoadedRuntime:
         raise Unavailable("no CUDA device")
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
-    denoiser = TorchDenoiser(bundle, device)
+    try:
+        denoiser = TorchDenoiser(bundle, device)  # weights checksum-verified as they load
+    except BundleError as exc:
+        raise Unavailable(str(exc), broken=True) from None
     # PyTorch runs any batch size; the scheduler groups up to max_batch streams per call.
     sizes = tuple(range(1, max_batch + 1))
     return LoadedRuntime(f"torch-{device}", denoiser, {role: sizes for role in bundle.roles})
@@ -108,16 +129,20 @@ def load_runtime(bundle: Bundle, name: str, max_batch: int) -> LoadedRuntime:
 def select_runtime(bundle: Bundle, choice: str, max_batch: int) -> LoadedRuntime:
     """The runtime for a bundle: the forced one, or with "auto" the best that loads."""
     candidates = RUNTIME_ORDER if choice == "auto" else (choice,)
-    reasons = []
+    reasons, broken = [], []
     for name in candidates:
         try:
             runtime = load_runtime(bundle, name, max_batch)
         except Unavailable as exc:
             reasons.append(f"{name}: {exc}")
+            if exc.broken:
+                broken.append(f"{name}: {exc}")
             log.debug("bundle %s: runtime %s skipped: %s", bundle.name, name, exc)
             continue
+        for reason in broken:
+            log.warning("bundle %s: falling back to runtime %s because %s", bundle.name,
+                        runtime.name, reason)
         log.info("bundle %s: runtime %s, batch sizes %s", bundle.name, runtime.name,
                  {r: list(s) for r, s in runtime.batch_sizes.items()})
         return runtime
-    raise ConfigError(f"bundle {bundle.name!r} ({bundle.path}): no runtime can serve it: "
-                      + "; ".join(reasons))
+    raise ConfigError("no runtime can serve it: " + "; ".join(reasons))

@@ -4,7 +4,7 @@ Each stream is a loop from sinfusion.sampling (a generator of StepRequests and F
 random generator, wrapped in a `Job`. One scheduler per served model runs as an asyncio task:
 
     round: prime new jobs (run them to their first StepRequest)
-           group the pending request of every live job by StepRequest.batch_key (role, shape)
+           group the pending request of every live, unpaused job by StepRequest.batch_key (role, shape)
            pick one group: the largest (on a tie, not the Projector's), or the group of a job
            passed over MAX_WAIT rounds
            run it with sinfusion.sampling.run_requests in the scheduler's worker thread, in calls of
@@ -19,6 +19,11 @@ waiting at its correction, and from then on they move together. After a few roun
 full engine call (a simulation of 2, 4 and 8 staggered streams with 10 + 3 steps per frame gave
 1.03-1.08x the ideal calls per frame with this rule, 1.3x when ties alternate). MAX_WAIT bounds how
 long any stream waits (e.g. a lone upsampling stream beside many extrapolations).
+
+Backpressure: a job holding RUNAHEAD finished frames that its RPC has not handed to gRPC yet is
+paused: it joins no group until its client reads (gRPC flow control stops the RPC's writes when the
+client does not), so a stalled client costs its stream no compute beyond RUNAHEAD frames and gives
+its place in the batch to the others.
 
 The event loop never blocks on an engine. A cancelled job is dropped before the next call it would
 have joined. Random draws happen inside each job's own loop with its own generator, so batching
@@ -44,6 +49,7 @@ log = logging.getLogger("sinfusion.server")
 
 _END = object()  # queue marker: the job's loop finished
 MAX_WAIT = 4  # rounds a pending request may be passed over before its group goes next
+RUNAHEAD = 2  # finished frames a job may hold before its consumer takes them; then it pauses
 
 
 @dataclass
@@ -79,9 +85,13 @@ class Job:
 
     _ids = itertools.count(1)
 
-    def __init__(self, loop: Loop) -> None:
+    def __init__(self, loop: Loop, runahead: int = RUNAHEAD,
+                 on_room: Callable[[], None] | None = None) -> None:
         self.id = next(self._ids)
         self.loop = loop
+        self.runahead = runahead
+        self.unread = 0  # finished frames queued or being handed over, not yet taken by the consumer
+        self._on_room = on_room  # wakes the scheduler when a paused job may run again
         self.pending: StepRequest | None = None
         self.started = False
         self.finished = False  # loop ended or failed: nothing left to schedule
@@ -94,6 +104,11 @@ class Job:
         """Stop scheduling this job; the scheduler closes its loop before its next engine call."""
         self.cancelled = True
 
+    @property
+    def paused(self) -> bool:
+        """Holding its run-ahead: no more steps until the consumer takes a frame."""
+        return self.unread >= self.runahead
+
     async def frames(self) -> AsyncIterator[WireFrame]:
         """The job's frames as they become final; re-raises an error of its loop or engine."""
         while True:
@@ -103,6 +118,10 @@ class Job:
             if isinstance(item, BaseException):
                 raise item
             yield item
+            # The consumer is back for the next one: this frame is handed over (to gRPC).
+            self.unread -= 1
+            if self.unread == self.runahead - 1 and self._on_room is not None:
+                self._on_room()
 
     # --- worker-thread side ---------------------------------------------------------------------
 
@@ -163,7 +182,7 @@ class Scheduler:
 
     def submit(self, loop: Loop) -> Job:
         """Add a stream's loop; its frames arrive through the returned job."""
-        job = Job(loop)
+        job = Job(loop, on_room=self._wake.set)
         self._jobs.append(job)
         self._wake.set()
         return job
@@ -172,6 +191,11 @@ class Scheduler:
     def live(self) -> int:
         """Jobs still being scheduled (cancelled ones no longer count)."""
         return sum(1 for j in self._jobs if not (j.finished or j.cancelled))
+
+    @property
+    def jobs(self) -> tuple[Job, ...]:
+        """The jobs held now (a snapshot, for tests and diagnostics)."""
+        return tuple(self._jobs)
 
     @property
     def held(self) -> int:
@@ -202,7 +226,7 @@ class Scheduler:
         """The group of pending jobs to run next (see the module docstring), oldest jobs first."""
         groups: dict[tuple, list[Job]] = {}
         for job in self._jobs:
-            if job.pending is not None and not job.cancelled:
+            if job.pending is not None and not job.cancelled and not job.paused:
                 groups.setdefault(job.pending.batch_key, []).append(job)
         if not groups:
             return []
@@ -284,5 +308,6 @@ class Scheduler:
                 continue
             for frame in frames:
                 job._queue.put_nowait(frame)
+            job.unread += len(frames)
             if job.finished:
                 job._queue.put_nowait(_END)

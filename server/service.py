@@ -1,8 +1,13 @@
 """The grpc.aio servicer of sinfusion.v1.SinFusion: converts messages and maps errors to status codes.
 
 The work lives elsewhere: requests (validation), models (bundles and runtimes), scheduler (batched
-engine calls), sinfusion.sampling (the loops). A streaming RPC is an async generator that submits its
-loop to the model's scheduler and forwards each frame as soon as the scheduler finishes it.
+engine calls), sinfusion.sampling (the loops), wire (bytes that are not a valid request). A streaming
+RPC is an async generator that submits its loop to the model's scheduler and forwards each frame as
+soon as the scheduler finishes it.
+
+Errors are answered with set_code/set_details and a return, not context.abort(): an exception raised
+through the handler would keep its frame, and with it the request (up to --max-message-bytes), alive
+in a reference cycle until the garbage collector happens to run.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from . import requests as rq
 from .config import ServerConfig
 from .metrics import Metrics
-from .models import MAX_STEP, ServedModel
+from .models import MAX_STEP, RefusedBundle, ServedModel, short
 from .requests import RequestError
 from .scheduler import WireFrame
 
@@ -38,7 +43,18 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         capabilities=model.capabilities, runtime=model.runtime.name, roles=model.roles,
         schedule_steps=model.schedule_steps, default_correction_steps=m.correction_steps,
         batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
+        quality=quality_info(m.quality),
     )
+
+
+def quality_info(record: dict) -> pb.NextFrameQuality | None:
+    """The manifest's "quality" record (trainer/monitor.py) as the wire message; None when absent."""
+    if not record:
+        return None
+    return pb.NextFrameQuality(
+        model_psnr=record["model_psnr"], copy_psnr=record["copy_psnr"], pairs=record["pairs"],
+        pairs_won=record["pairs_won"], predictor_steps=record["predictor_steps"],
+        predictor_seconds=record["predictor_seconds"], verdict=record["verdict"])
 
 
 class StreamSlots:
@@ -113,24 +129,43 @@ class StreamRun:
 
 
 class SinFusionService(pb_grpc.SinFusionServicer):
-    def __init__(self, models: dict[str, ServedModel], config: ServerConfig, metrics: Metrics) -> None:
+    def __init__(self, models: dict[str, ServedModel], config: ServerConfig, metrics: Metrics,
+                 refused: list[RefusedBundle] = ()) -> None:
         self.models = models
+        self.refused = list(refused)
         self.config = config
         self.metrics = metrics
         self.slots = StreamSlots(config.max_streams)
+        self.draining = False  # set by Running.drain: new calls get UNAVAILABLE
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    async def _fail(self, context, rpc: str, start: float, exc: Exception) -> None:
+    def _fail(self, context, rpc: str, start: float, exc: Exception) -> None:
         """Answer the RPC with a status; RequestError is the client's mistake, the rest is INTERNAL."""
         if isinstance(exc, RequestError):
             code, message = exc.code, exc.message
             log.info("%s refused (%s): %s", rpc, code.name, message)
         else:
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {exc}"
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {short(str(exc), 200)}"
             log.error("%s failed", rpc, exc_info=exc)
         self.metrics.rpc_seconds.labels(rpc, code.name).observe(time.perf_counter() - start)
-        await context.abort(code, message)
+        context.set_code(code)
+        context.set_details(message)
+
+    def refused_on_the_wire(self, method: str, error: RequestError) -> None:
+        """server.wire's hook: a request refused before it was decoded (malformed or oversized)."""
+        log.info("%s refused (%s): %s", method.rsplit("/", 1)[-1], error.code.name, error.message)
+        if method.startswith(f"/{pb.DESCRIPTOR.package}."):
+            self.metrics.rpc_seconds.labels(method.rsplit("/", 1)[-1], error.code.name).observe(0.0)
+
+    def _check_open(self) -> None:
+        if self.draining:
+            raise RequestError(grpc.StatusCode.UNAVAILABLE,
+                               "the server is shutting down; retry on another server")
+
+    def _find(self, name: str) -> ServedModel:
+        self._check_open()
+        return rq.find_model(self.models, name, self.refused)
 
     def _ok(self, rpc: str, start: float) -> None:
         self.metrics.rpc_seconds.labels(rpc, "OK").observe(time.perf_counter() - start)
@@ -148,6 +183,11 @@ class SinFusionService(pb_grpc.SinFusionServicer):
 
     async def ListModels(self, request, context):
         start = time.perf_counter()
+        try:
+            self._check_open()
+        except RequestError as exc:
+            self._fail(context, "ListModels", start, exc)
+            return None
         reply = pb.ListModelsResponse(models=[model_info(self.models[n]) for n in sorted(self.models)])
         self._ok("ListModels", start)
         return reply
@@ -155,9 +195,10 @@ class SinFusionService(pb_grpc.SinFusionServicer):
     async def DescribeModel(self, request, context):
         start = time.perf_counter()
         try:
-            model = rq.find_model(self.models, request.model)
+            model = self._find(request.model)
         except RequestError as exc:
-            await self._fail(context, "DescribeModel", start, exc)
+            self._fail(context, "DescribeModel", start, exc)
+            return None
         self._ok("DescribeModel", start)
         return model_info(model)
 
@@ -166,8 +207,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
     async def Extrapolate(self, request, context):
         start = time.perf_counter()
         try:
-            rq.check_message_size(request, self.config.max_message_bytes)
-            model = rq.find_model(self.models, request.model)
+            model = self._find(request.model)
             rq.require(model, "extrapolate", "a Predictor and mode video")
             count = rq.frame_count(request.frames, self.config.max_frames)
             k = rq.frame_step(request.step)
@@ -187,21 +227,21 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                 async for frame in self._forward(run, model, loop, resized):
                     yield frame
         except Exception as exc:
-            await self._fail(context, "Extrapolate", start, exc)
+            self._fail(context, "Extrapolate", start, exc)
+            return
         self._ok("Extrapolate", start)
 
     async def Generate(self, request, context):
         start = time.perf_counter()
         try:
-            rq.check_message_size(request, self.config.max_message_bytes)
-            model = rq.find_model(self.models, request.model)
+            model = self._find(request.model)
             rq.require(model, "generate", "a Projector")
             count = rq.frame_count(request.frames, self.config.max_frames)
             roles = ("projector",)
             if count > 1:
                 if "predictor" not in model.models.roles:
                     raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       f"model {model.name!r} has no Predictor: frames must be 1, "
+                                       f"model {short(model.name)} has no Predictor: frames must be 1, "
                                        f"got {count}")
                 roles = ("projector", "predictor")
             s = rq.sampling(request.sampling, model, roles)
@@ -212,7 +252,8 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                 async for frame in self._forward(run, model, loop, False):
                     yield frame
         except Exception as exc:
-            await self._fail(context, "Generate", start, exc)
+            self._fail(context, "Generate", start, exc)
+            return
         self._ok("Generate", start)
 
     # --- bidirectional streaming -------------------------------------------------------------------
@@ -225,8 +266,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
             if first is None:  # the client closed without a request: nothing to do
                 self._ok("Upsample", start)
                 return
-            rq.check_message_size(first, self.config.max_message_bytes)
-            model = rq.find_model(self.models, first.model)
+            model = self._find(first.model)
             rq.require(model, "upsample", "an Interpolator")
             factor = rq.upsample_factor(first.factor)
             policy = rq.resize_policy(first.resize)
@@ -254,7 +294,8 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                     index += 1
                     prev = (current, resized)
         except Exception as exc:
-            await self._fail(context, "Upsample", start, exc)
+            self._fail(context, "Upsample", start, exc)
+            return
         finally:
             if reader is not None:
                 reader.cancel()
@@ -268,8 +309,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
             if first.HasField("frame"):
                 await inputs.put(rq.client_frame(first.frame, model, policy, "frame"))
                 n += 1
-            async for request in request_iterator:
-                rq.check_message_size(request, self.config.max_message_bytes)
+            async for request in request_iterator:  # malformed ones raise RequestError (wire)
                 if not request.HasField("frame"):
                     continue
                 await inputs.put(rq.client_frame(request.frame, model, policy, f"frame (input {n})"))

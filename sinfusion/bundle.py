@@ -12,6 +12,10 @@ Layout of a bundle folder::
 
 Nothing here unpickles: tensors are safetensors, everything else is JSON. The module imports no torch,
 so servers that run ONNX Runtime or TensorRT can read bundles without it.
+
+Integrity: the manifest records the sha256 of every file serving reads (frames_sha256, each role's
+sha256, each engine's sha256), and readers hash the very bytes they then parse, so a damaged or
+replaced file raises IntegrityError instead of changing what is served.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ MODES = ("video", "image")
 
 class BundleError(ValueError):
     """A bundle that is missing, damaged or of a format this version does not understand."""
+
+
+class IntegrityError(BundleError):
+    """A file of the bundle is missing or its bytes do not match the checksum in the manifest."""
 
 
 # --- atomic file writes ---------------------------------------------------------------------------
@@ -82,6 +90,28 @@ def load_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return load_file(str(path))
     except FileNotFoundError:
         raise BundleError(f"{path}: file missing") from None
+    except Exception as exc:  # safetensors raises its own error types for damaged headers
+        raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
+def read_verified(path: str | os.PathLike, sha256: str, what: str, fix: str = "") -> bytes:
+    """A file's bytes, checked against `sha256` when one is recorded (empty: unverified)."""
+    fix = f"; {fix}" if fix else ""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise IntegrityError(f"{path}: {what} file missing{fix}") from None
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise IntegrityError(f"{path}: checksum mismatch; the {what} file is damaged or was "
+                             f"replaced{fix}")
+    return data
+
+
+def parse_tensors(data: bytes, path: str | os.PathLike) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    try:
+        return load(data)
     except Exception as exc:  # safetensors raises its own error types for damaged headers
         raise BundleError(f"{path}: not a readable safetensors file ({exc})") from None
 
@@ -158,6 +188,7 @@ class Manifest:
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
     quality: dict = field(default_factory=dict)
+    frames_sha256: str = ""  # of the frames file; empty in bundles written before it was recorded
     created_by: str = f"sinfusion {__version__}"
 
     def to_dict(self) -> dict:
@@ -172,6 +203,7 @@ class Manifest:
             "fps": self.fps,
             "frame_count": self.frame_count,
             "frames": FRAMES,
+            "frames_sha256": self.frames_sha256,
             "source": dict(self.source),
             "correction_steps": self.correction_steps,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
@@ -207,6 +239,7 @@ class Manifest:
                 correction_steps=int(d.get("correction_steps", 3)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
+                frames_sha256=str(d.get("frames_sha256") or ""),
                 created_by=str(d.get("created_by", "")),
             )
         except KeyError as exc:
@@ -261,24 +294,42 @@ class Bundle:
         return self.manifest.roles[role]
 
     def frames(self) -> np.ndarray:
-        """The clip at model resolution, uint8 (N, H, W, 3)."""
-        frames = load_tensors(self.path / FRAMES)["frames"]
+        """The clip at model resolution, uint8 (N, H, W, 3), checksum-verified.
+
+        Bundles written before the manifest recorded frames_sha256 are checked against the trainer's
+        hash of the pixels (source.frames_sha256) when they have one.
+        """
+        path = self.path / FRAMES
+        frames = parse_tensors(read_verified(path, self.manifest.frames_sha256, "frames"), path)
+        frames = frames.get("frames")
         m = self.manifest
+        if frames is None:
+            raise BundleError(f"{path}: no 'frames' tensor")
         if frames.dtype != np.uint8 or frames.shape[1:] != (m.height, m.width, 3):
-            raise BundleError(f"{self.path / FRAMES}: frames {frames.dtype} {frames.shape} do not "
-                              f"match the manifest's {m.height}x{m.width}")
+            raise BundleError(f"{path}: frames {frames.dtype} {frames.shape} do not match the "
+                              f"manifest's {m.height}x{m.width}")
+        pixels = m.source.get("frames_sha256") if not m.frames_sha256 else None
+        if pixels and hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest() != pixels:
+            raise IntegrityError(f"{path}: checksum mismatch (source.frames_sha256); the frames "
+                                 f"file is damaged or was replaced")
         return frames
 
     def weights(self, role: str, verify: bool = True) -> dict[str, np.ndarray]:
-        """The served (EMA) weights of a role, checksum-verified."""
+        """The served (EMA) weights of a role, checksum-verified (the bytes hashed are those parsed)."""
         entry = self.role(role)
         path = self.path / entry.weights
-        if verify and entry.sha256:
-            if not path.is_file():
-                raise BundleError(f"{path}: weights file missing")
-            if sha256_file(path) != entry.sha256:
-                raise BundleError(f"{path}: checksum mismatch; the file is damaged or was replaced")
-        return load_tensors(path)
+        return parse_tensors(read_verified(path, entry.sha256 if verify else "", "weights"), path)
+
+    def verify_weights(self, role: str) -> None:
+        """Check a role's weights file against the manifest without parsing it (IntegrityError)."""
+        entry = self.role(role)
+        read_verified(self.path / entry.weights, entry.sha256, "weights")
+
+    def unverifiable(self) -> list[str]:
+        """Files serving may read whose manifest records no checksum (older bundles)."""
+        missing = [] if self.manifest.frames_sha256 or self.manifest.source.get("frames_sha256") \
+            else [FRAMES]
+        return missing + [e.weights for e in self.manifest.roles.values() if not e.sha256]
 
     def models(self) -> Models:
         """The sampling facts of every trained role."""
@@ -299,7 +350,7 @@ class Bundle:
         path.mkdir(parents=True, exist_ok=True)
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
-        save_tensors(path / FRAMES, {"frames": frames})
+        manifest.frames_sha256 = save_tensors(path / FRAMES, {"frames": frames})
         bundle = cls(path, manifest)
         bundle.save_manifest()
         return bundle

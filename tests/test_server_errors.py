@@ -74,7 +74,7 @@ EXTRAPOLATE_ERRORS = [
     (ext(start_image=raw(20, 12), resize=pb.RESIZE_POLICY_REFUSE), INVALID,
      "start_image is 20x12 but model 'tiny' takes 24x16"),
     (ext(start_image=raw(W, H), resize=7), INVALID, "resize must be RESIZE_POLICY_RESIZE (1)"),
-    (ext(start_image=raw(40, 40)), EXHAUSTED, "the server's limit (--max-message-bytes) is 4096"),
+    (ext(start_image=raw(40, 40)), EXHAUSTED, "Received message larger than max (4826 vs. 4096)"),
     (ext(sampling=pb.SamplingParams(steps=51)), INVALID, "sampling.steps must be in [0, 50]"),
     (ext(sampling=pb.SamplingParams(correction_steps=51)), INVALID,
      "sampling.correction_steps must be in [0, 50] (0 = off), got 51"),
@@ -132,8 +132,8 @@ def test_upsample_bad_frame_mid_stream(stub):
     assert error.code() == INVALID and "frame (input 0) is 30x20" in error.details()
 
 
-def test_oversized_message_beyond_transport_limit(stub):
-    """Far over the limit, gRPC itself refuses the message: still RESOURCE_EXHAUSTED."""
+def test_oversized_message_far_beyond_the_limit(stub):
+    """gRPC refuses it from the message header, before buffering it: RESOURCE_EXHAUSTED."""
     error = call_error(lambda: stub.Extrapolate(ext(start_image=raw(800, 600))))
     assert error.code() == EXHAUSTED
 

@@ -59,7 +59,7 @@ def drive(model, seeds: list[int], frames: int, fixed: bool) -> tuple[list[list[
 
 def test_scheduler_batches_streams_with_their_own_generators(tmp_path):
     make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
     out, batches = drive(model, [1, 2, 3, 4], 3, fixed=True)
     assert max(batches) == 4  # all four streams shared every engine call
     # The reference: each seed alone through the core's plain batch-1 driver.
@@ -79,7 +79,7 @@ def test_scheduler_batches_streams_with_their_own_generators(tmp_path):
 
 def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
     make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
 
     async def main():
         scheduler = Scheduler(model.name, model.runtime)
@@ -103,7 +103,7 @@ def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
 def test_staggered_streams_fall_into_step(tmp_path):
     """A stream that starts mid-frame of another joins its engine calls within a frame or so."""
     make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
     options = SamplingOptions(steps=4, method="ddim", correction_steps=2)  # 6 engine calls per frame
     calls = []
 
@@ -118,9 +118,12 @@ def test_staggered_streams_fall_into_step(tmp_path):
         for _ in range(2):  # let the first stream run into its next frame: the two are out of step
             await asyncio.sleep(0)
         second = scheduler.submit(extrapolate(model.models, start, 20, 1, np.random.default_rng(2), options))
-        counts = [1 + len([f async for f in frames]), len([f async for f in second.frames()])]
+        async def count(stream):  # both clients read as they go (a stalled one would pause)
+            return len([f async for f in stream])
+
+        counts = await asyncio.gather(count(frames), count(second.frames()))
         await scheduler.close()
-        return counts
+        return [1 + counts[0], counts[1]]
 
     assert asyncio.run(main()) == [20, 20]
     assert len(calls) / 40 < 4.0  # unbatched: 6 calls per frame; in step: about 3
@@ -142,7 +145,7 @@ def slow(loop):
 def test_close_waits_for_the_step_in_flight(tmp_path):
     """Shutdown while the worker is advancing a job: its loop is closed after, not during, that."""
     make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)["tiny"]
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
 
     async def main():
         for seed in range(5):
@@ -157,3 +160,31 @@ def test_close_waits_for_the_step_in_flight(tmp_path):
             assert scheduler.held == 0
 
     asyncio.run(main())
+
+
+def test_unread_job_pauses_at_its_runahead_and_yields_the_engine(tmp_path):
+    """Backpressure: a job whose frames nobody takes stops stepping; the others run on alone."""
+    from server.scheduler import RUNAHEAD
+
+    make_tiny_bundle(tmp_path / "m" / "tiny")
+    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
+
+    async def main():
+        scheduler = Scheduler(model.name, model.runtime)
+        scheduler.start()
+        start = to_model(model.clip[0])
+        stalled = scheduler.submit(extrapolate(model.models, start, 100, 1, np.random.default_rng(1), FAST))
+        reader = stalled.frames()
+        await anext(reader)  # the client reads one frame, then stalls
+        other = scheduler.submit(extrapolate(model.models, start, 12, 1, np.random.default_rng(2), FAST))
+        others = [f async for f in other.frames()]  # 12 frames: plenty of rounds for the stalled one
+        paused_at = (stalled.steps, stalled.unread, stalled.paused)
+        rest = [f async for f in reader]  # the client reads again: the job resumes to its end
+        await scheduler.close()
+        return len(others), paused_at, 1 + len(rest)
+
+    others, (steps, unread, paused), total = asyncio.run(main())
+    assert others == 12 and total == 100
+    assert paused and unread == RUNAHEAD
+    # 1 read + RUNAHEAD held frames of 3 steps each (FAST: 2 + 1 correction), not 12 frames' worth.
+    assert steps <= 3 * (1 + RUNAHEAD)

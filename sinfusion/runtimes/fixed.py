@@ -13,14 +13,13 @@ call. The plan is a tiny dynamic programme over B, cached per (B, sizes, call_co
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from ..bundle import Bundle, BundleError
+from ..bundle import Bundle, BundleError, IntegrityError, read_verified
 from ..engines import DEFAULT_PRECISION, PRECISIONS, engine_entries, step_feed
 
 
@@ -131,13 +130,11 @@ class FixedShapeDenoiser:
         for entry in chosen.values():
             self.configs[entry.role] = bundle.role(entry.role).network
             path = bundle.path / entry.file
-            try:
-                data = path.read_bytes()
-            except FileNotFoundError:
-                raise BundleError(f"{path}: engine file missing; re-export the bundle") from None
-            if hashlib.sha256(data).hexdigest() != entry.sha256:  # hash the very bytes that get loaded
-                raise BundleError(f"{path}: checksum mismatch; the engine is damaged or was "
-                                  f"replaced, re-export the bundle")
+            if not entry.sha256:  # export always records one: a manifest without it was edited
+                raise IntegrityError(f"{path}: the manifest records no sha256 for this engine; "
+                                     f"re-export the bundle")
+            # hash the very bytes that get loaded
+            data = read_verified(path, entry.sha256, "engine", "re-export the bundle")
             engine = self._load(entry, data)
             self.engines.setdefault((entry.role, entry.height, entry.width), {})[entry.batch] = engine
             self.entries.append(entry)
