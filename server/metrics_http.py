@@ -29,7 +29,6 @@ MAX_CONNECTIONS = 8
 
 class _Handler(BaseHTTPRequestHandler):
     server_version = "sinfusion-metrics"
-    timeout = TIMEOUT
     server: _HTTPServer
 
     def setup(self) -> None:

@@ -92,3 +92,43 @@ def test_warns_when_exposed_without_tls_and_token(models_dir, caplog):
     with BackgroundServer(ServerConfig(models=models_dir, grace=0.5)):
         pass
     assert "without" not in caplog.text
+
+
+def test_metrics_endpoint_has_the_grpc_ports_tls_and_token(models_dir, certificate):
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    cert, key = certificate
+    config = ServerConfig(models=models_dir, tls_cert=cert, tls_key=key, token=TOKEN, metrics_port=0,
+                          grace=0.5)
+    with BackgroundServer(config) as running:
+        url = f"https://localhost:{running.metrics_port}/metrics"
+        context = ssl.create_default_context(cafile=str(cert))
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(url, context=context, timeout=10)
+        assert info.value.code == 401
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, context=context, timeout=10) as reply:
+            assert b"sinfusion_live_streams" in reply.read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # no plaintext on that port
+            urllib.request.urlopen(f"http://localhost:{running.metrics_port}/metrics", timeout=10)
+
+
+def test_metrics_endpoint_drops_connections_that_never_speak(models_dir, monkeypatch):
+    """A silent client (or one that never finishes a TLS handshake) is timed out; others get served."""
+    import socket
+    import urllib.request
+
+    from server import metrics_http
+
+    monkeypatch.setattr(metrics_http, "TIMEOUT", 0.5)
+    config = ServerConfig(models=models_dir, metrics_port=0, grace=0.5)
+    with BackgroundServer(config) as running:
+        silent = [socket.create_connection(("127.0.0.1", running.metrics_port)) for _ in range(3)]
+        with urllib.request.urlopen(f"http://127.0.0.1:{running.metrics_port}/metrics", timeout=10) as r:
+            assert r.status == 200
+        for sock in silent:
+            sock.settimeout(5)
+            assert sock.recv(1) == b""  # closed by the server after its timeout
+            sock.close()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -129,3 +130,60 @@ def test_grace_period_ends_long_streams(tmp_path, models_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_sigterm_reports_not_serving_before_the_port_closes(tmp_path, models_dir):
+    """Drain with no live stream: health says NOT_SERVING for --drain-delay, then the port closes.
+    Also: --host :: (IPv6, no brackets) and the metrics port in its own file, and the warning."""
+    import urllib.request
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    metrics_file = tmp_path / "metrics-port"
+    proc, port = start_server_process(
+        ["--models", models_dir, "--host", "::", "--port", "0", "--metrics-port", "0",
+         "--metrics-port-file", metrics_file, "--drain-delay", "2", "--grace", "5"],
+        tmp_path / "port", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        with urllib.request.urlopen(f"http://[::1]:{int(metrics_file.read_text())}/metrics",
+                                    timeout=10) as reply:
+            assert b'sinfusion_bundles{state="served"} 1.0' in reply.read()
+        with grpc.insecure_channel(f"[::1]:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
+                    health_pb2.HealthCheckResponse.NOT_SERVING:
+                time.sleep(0.01)
+            assert time.monotonic() - signalled < 1.5  # seen while the port is still open
+        assert proc.wait(30) == 0
+        assert time.monotonic() - signalled >= 2.0  # the drain delay was honoured
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.communicate()[1]
+    assert f"metrics on port {metrics_file.read_text().strip()}" in stderr
+    assert "without TLS and a token: anyone who can reach this address can use the gRPC port" in stderr
+    assert "and /metrics on port" in stderr
+
+
+def test_second_signal_cuts_the_drain_short(tmp_path, models_dir):
+    port_file = tmp_path / "port"
+    proc = start(models_dir, port_file, "--grace", "60")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}") as channel:
+            results, first = [], threading.Event()
+            thread = stream_in_thread(pb_grpc.SinFusionStub(channel), 1000, results, first)
+            assert first.wait(60)
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            assert proc.poll() is None  # draining: the stream has up to 60 s
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            thread.join(20)
+            assert isinstance(results[-1], grpc.StatusCode) and len(results) < 1000
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "second stop signal: cancelling live streams now" in proc.communicate()[1]

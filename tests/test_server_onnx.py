@@ -65,7 +65,7 @@ def test_auto_serves_exported_engines_with_onnxruntime(exported, tmp_path):
         assert np.abs(frames(stub, 5) - onnx_alone).max() <= 2
 
 
-def test_damaged_engine_refuses_to_start(exported, tmp_path):
+def test_damaged_engine_refuses_to_start(exported, tmp_path, caplog):
     from server.config import ConfigError
 
     copy = tmp_path / "models"
@@ -74,9 +74,32 @@ def test_damaged_engine_refuses_to_start(exported, tmp_path):
     engine.write_bytes(engine.read_bytes()[:-8] + b"damaged!")
     with pytest.raises(ConfigError, match="checksum mismatch"):
         BackgroundServer(ServerConfig(models=copy, runtime="onnxruntime-cpu")).start()
-    # auto falls back to PyTorch, whose weights are intact
+    # auto falls back to PyTorch, whose weights are intact, and says so: never silently
+    caplog.set_level("WARNING", logger="sinfusion.server")
     with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
         assert running.models["tiny"].runtime.name == "torch-cpu"
+    assert "bundle tiny: falling back to runtime torch-cpu because onnxruntime-cpu: " in caplog.text
+    assert f"{engine.name}: checksum mismatch" in caplog.text
+
+
+def test_damaged_weights_beside_intact_engines_are_reported(exported, tmp_path, caplog):
+    copy = tmp_path / "models"
+    shutil.copytree(exported, copy)
+    weights = copy / "tiny" / "weights" / "predictor.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    caplog.set_level("WARNING", logger="sinfusion.server")
+    # The engines (verified) serve; the damage is reported, not silent.
+    with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
+        assert running.models["tiny"].runtime.name == "onnxruntime-cpu"
+    assert "predictor.safetensors: checksum mismatch; the weights file is damaged" in caplog.text
+    assert "not used by onnxruntime-cpu" in caplog.text
+    # PyTorch would read them: that bundle is refused.
+    from server.config import ConfigError
+
+    with pytest.raises(ConfigError, match="predictor.safetensors: checksum mismatch"):
+        BackgroundServer(ServerConfig(models=copy, runtime="torch-cpu")).start()
 
 
 def test_fixed_batch_is_bit_exact_on_onnx_engines(exported):
