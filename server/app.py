@@ -98,9 +98,25 @@ class Running:
             log.info("draining: cancelling %d live streams", self.live_streams)
         await self.server.stop(left)
 
-    async def stop(self, grace: float | None) -> None:
-        """Drain without a delay (kept for callers of the earlier API)."""
-        await self.drain(grace or 0.0)
+
+class _ClientGoneFilter(logging.Filter):
+    """grpc.aio logs an ExecuteBatchError with a traceback at ERROR when a frame cannot be sent
+    because the client went away (cancelled, or stalled then disconnected): the client's doing, not
+    a fault here. One INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and type(record.exc_info[1]).__name__ == "ExecuteBatchError":
+            record.msg, record.args = "%s: the client went away while a message was being sent", \
+                (record.getMessage(),)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _quiet_client_gone() -> None:
+    grpc_log = logging.getLogger("grpc._cython.cygrpc")
+    if not any(isinstance(f, _ClientGoneFilter) for f in grpc_log.filters):
+        grpc_log.addFilter(_ClientGoneFilter())
 
 
 def _build_server(config: ServerConfig, service_hook) -> grpc.aio.Server:
@@ -139,6 +155,7 @@ async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = No
                 ) -> AsyncIterator[Running]:
     """Run a server for the block's duration. `models` skips loading (benchmarks reuse engines)."""
     config.validate()
+    _quiet_client_gone()
     refused: list[RefusedBundle] = []
     if models is None:
         # Engines load in a thread: a big bundle must not stall an event loop that may run other work.

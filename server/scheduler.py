@@ -91,7 +91,7 @@ class Job:
         self.loop = loop
         self.runahead = runahead
         self.unread = 0  # finished frames queued or being handed over, not yet taken by the consumer
-        self._on_room = on_room  # wakes the scheduler when a paused job may run again
+        self._on_room = on_room  # wakes the scheduler: a paused job may run again, or must be dropped
         self.pending: StepRequest | None = None
         self.started = False
         self.finished = False  # loop ended or failed: nothing left to schedule
@@ -102,6 +102,8 @@ class Job:
 
     def cancel(self) -> None:
         """Stop scheduling this job; the scheduler closes its loop before its next engine call."""
+        if not self.cancelled and not self.finished and self._on_room is not None:
+            self._on_room()  # a paused job's scheduler may be idle: wake it to drop this one
         self.cancelled = True
 
     @property

@@ -163,11 +163,14 @@ def _wrap(behavior, method: str, request_streaming: bool, on_refused: RefusalHoo
             if isinstance(request, Refused):
                 await answer(context, request.error)
                 return
+            responses = behavior(arguments(request), context)
             try:
-                async for response in behavior(arguments(request), context):
+                async for response in responses:
                     yield response
             except RequestError as error:  # only a service that does not map errors itself
                 await answer(context, error)
+            finally:  # a cancelled call closes this generator: close the servicer's now, not at GC
+                await responses.aclose()
         return wrapped_stream
 
     async def wrapped(request, context):

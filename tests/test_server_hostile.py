@@ -389,3 +389,28 @@ def test_reflection_v1_and_v1alpha(channel):
                 "grpc.reflection.v1alpha.ServerReflection"} <= names
         assert described.file_descriptor_response.file_descriptor_proto
 
+
+
+def test_stalled_client_that_cancels_frees_its_slot_without_a_traceback(models_dir, caplog):
+    caplog.set_level(logging.INFO)
+    small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
+    fast = pb.SamplingParams(steps=1, method=pb.SAMPLING_METHOD_DDIM, correction_steps=0, seed=5)
+    with BackgroundServer(ServerConfig(models=models_dir, max_frames=1000, grace=0.5)) as running, \
+            grpc.insecure_channel(running.target, options=small_window) as slow_channel:
+        scheduler = running.models["tiny"].scheduler
+        stalled = pb_grpc.SinFusionStub(slow_channel).Extrapolate(
+            pb.ExtrapolateRequest(model="tiny", frames=1000, sampling=fast))
+        next(stalled)
+        deadline = time.monotonic() + 10
+        while not (scheduler.jobs and scheduler.jobs[0].paused):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        caplog.clear()
+        stalled.cancel()
+        deadline = time.monotonic() + 10
+        while running.live_streams or scheduler.held:
+            assert time.monotonic() < deadline, "the cancelled stream kept its slot"
+            time.sleep(0.02)
+    assert "Traceback" not in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "cancelled by the client or shutdown" in caplog.text
