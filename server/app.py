@@ -43,6 +43,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SinFusion"].full_name  # "sinfusi
 # Requests of the standard services are tiny; this bounds what a client can make the server parse.
 STANDARD_REQUEST_LIMIT = 64 << 10
 DRAIN_POLL = 0.05  # seconds between checks for live streams while draining
+# Once our streams are done, calls still open get this long: unary calls finish in it, while health
+# Watch streams (which never end by themselves) would otherwise hold the shutdown to --grace.
+FINAL_GRACE = 1.0
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Running:
         left = 0.0 if self._hurry.is_set() else max(0.0, deadline - loop.time())
         if self.live_streams:
             log.info("draining: cancelling %d live streams", self.live_streams)
-        await self.server.stop(left)
+        await self.server.stop(min(left, FINAL_GRACE))
 
 
 class _ClientGoneFilter(logging.Filter):

@@ -332,6 +332,8 @@ def test_drain_keeps_the_port_open_for_live_streams_and_reports_not_serving(mode
         health = health_pb2_grpc.HealthStub(channel)
         live = stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=40, sampling=slow))
         got = [next(live).index]
+        watch = health.Watch(health_pb2.HealthCheckRequest())  # never ends by itself
+        assert next(watch).status == SERVING
         stopper = threading.Thread(target=server.stop)
         stopper.start()
         deadline = time.monotonic() + 5
@@ -344,8 +346,9 @@ def test_drain_keeps_the_port_open_for_live_streams_and_reports_not_serving(mode
             stub.ListModels(pb.ListModelsRequest())
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "shutting down" in info.value.details()
+        assert next(watch).status == NOT_SERVING
         got += [f.index for f in live]  # the live stream finishes every frame
-        stopper.join(15)
+        stopper.join(5)  # soon after it: the open Watch does not hold the drain to --grace (10 s)
         assert not stopper.is_alive()
     assert got == list(range(40))
     with grpc.insecure_channel(running.target) as channel:  # now the port is closed
