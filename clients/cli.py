@@ -22,6 +22,7 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -188,18 +189,25 @@ def _sampling(args) -> Sampling:
 def cmd_models(client: Client, args) -> int:
     models = [client.describe_model(args.name)] if args.name else client.list_models()
     if args.json:
-        print(json.dumps([vars(m) for m in models], indent=2))
+        print(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
         return EXIT_OK
     if not models:
         _say(args, f"no models served at {args.address}")
         return EXIT_OK
-    rows = [("NAME", "SIZE", "FPS", "FRAMES", "MODE", "RUNTIME", "CAPABILITIES")]
+    rows = [("NAME", "SIZE", "FPS", "FRAMES", "MODE", "RUNTIME", "NEXT FRAME VS COPY", "CAPABILITIES")]
     rows += [(m.name, f"{m.width}x{m.height}", f"{m.fps:g}", str(m.frame_count), m.mode, m.runtime,
-              ",".join(m.capabilities)) for m in models]
+              _quality_cell(m.quality), ",".join(m.capabilities)) for m in models]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     return EXIT_OK
+
+
+def _quality_cell(q) -> str:
+    """'31.2 vs 30.6 dB, 12/15 (beats copy)' or '-' when the trainer measured nothing."""
+    if q is None:
+        return "-"
+    return f"{q.model_psnr:.1f} vs {q.copy_psnr:.1f} dB, {q.pairs_won}/{q.pairs} ({q.verdict})"
 
 
 def cmd_health(client: Client, args) -> int:

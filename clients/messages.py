@@ -37,6 +37,23 @@ class Frame:
 
 
 @dataclass(frozen=True)
+class NextFrameQuality:
+    """The trainer's held-out next-frame score against copying the frame (NextFrameQuality)."""
+
+    model_psnr: float
+    copy_psnr: float
+    pairs: int
+    pairs_won: int
+    predictor_steps: int
+    predictor_seconds: float
+    verdict: str
+
+    @property
+    def gain_db(self) -> float:
+        return self.model_psnr - self.copy_psnr
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """A served model (ModelInfo in the .proto, field for field)."""
 
@@ -53,12 +70,16 @@ class ModelInfo:
     batch_sizes: tuple[int, ...]
     mode: str
     max_step: int
+    quality: NextFrameQuality | None = None  # None: trained without held-out frames
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
+        q = m.quality
+        quality = NextFrameQuality(q.model_psnr, q.copy_psnr, q.pairs, q.pairs_won,
+                                   q.predictor_steps, q.predictor_seconds, q.verdict)
         return cls(m.name, m.width, m.height, m.fps, m.frame_count, tuple(m.capabilities), m.runtime,
                    tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
-                   m.mode, m.max_step)
+                   m.mode, m.max_step, quality if m.HasField("quality") else None)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@
     sinfusion-quality plot-nextframe R.json... --by n|speed --out fig.png
     sinfusion-quality diversity BUNDLE --clips 3     generated clips + references, NNF scores, sheets
     sinfusion-quality stability BUNDLE --frames 300  extrapolate far, NNFDIST per frame, plot
+    sinfusion-quality upsample BUNDLE                rebuild every other frame vs the 50/50 blend
 
 Results are JSON (written atomically); figures are PNG. User mistakes end with exit code 2 and one line
 on stderr, without a traceback.
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from sinfusion.bundle import atomic_write_json
+from sinfusion.cli_args import duration
 
 PROG = "sinfusion-quality"
 
@@ -78,13 +80,18 @@ def cmd_nextframe(args) -> None:
     import time
 
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
-    from trainer.presets import get_preset
+    from trainer.presets import TIME_SHARES, get_preset
 
     from .nextframe import evaluate, make_split, train_split
 
-    config = get_preset(args.preset, predictor_steps=_positive("train-steps", args.train_steps),
-                        checkpoint_every=max(100, args.train_steps // 4), preview_every=0,
-                        seed=args.seed)
+    # The Predictor trains for the preset's steps or its share of the preset's time budget (the cpu
+    # preset: 9 of 15 minutes), whichever ends first; --train-steps / --time replace either.
+    config = get_preset(args.preset, preview_every=0, seed=args.seed, holdout=0)
+    steps = config.predictor_steps if args.train_steps is None else args.train_steps
+    budget = (config.time_budget_s * TIME_SHARES["predictor"] if args.time is None else args.time)
+    config = get_preset(args.preset, predictor_steps=_positive("train-steps", steps),
+                        time_budget_s=budget, checkpoint_every=max(100, min(steps // 4, 1000)),
+                        preview_every=0, seed=args.seed, holdout=0)
     frames = _read(args.clip, args.max_side if args.max_side >= 0 else config.max_side)
     try:
         ks = [int(k) for k in args.k.split(",")]
@@ -171,6 +178,24 @@ def cmd_stability(args) -> None:
     _emit(result, args.out)
 
 
+def cmd_upsample(args) -> None:
+    from sinfusion.bundle import Bundle
+
+    from .upsampling import upsampling_report
+
+    sheet = None
+    if args.figures:
+        Path(args.figures).mkdir(parents=True, exist_ok=True)
+        sheet = Path(args.figures) / f"{args.prefix}upsample-sheet.png"
+    r = upsampling_report(Bundle.open(args.bundle), _sampling_options(args, args.correction_steps),
+                          args.seed, sheet=sheet)
+    where = "held-out" if r["held_out"] else "seen-in-training"
+    print(f"{PROG}: upsample x2 on {r['triplets']} {where} triplets: model {r['model_psnr']:.2f} dB, "
+          f"blend {r['blend_psnr']:.2f} dB, model better on {r['model_wins']}/{r['triplets']}",
+          file=sys.stderr)
+    _emit(r, args.out)
+
+
 # --- parser --------------------------------------------------------------------------------------
 
 def _add_patchmatch(p: argparse.ArgumentParser) -> None:
@@ -213,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", default="1", help="frame steps to test, comma-separated (default 1)")
     p.add_argument("--start", type=int, default=0, help="first training frame (default 0)")
     p.add_argument("--max-pairs", type=int, default=100, help="test pairs at most (default 100)")
-    p.add_argument("--preset", default="tiny", help="trainer preset (default tiny)")
-    p.add_argument("--train-steps", type=int, default=1000, help="Predictor steps (default 1000)")
+    p.add_argument("--preset", default="cpu", help="trainer preset (default cpu)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="Predictor steps (default: the preset's; the cpu preset is time-bound)")
+    p.add_argument("--time", type=duration, default=None,
+                   help="Predictor training time, e.g. 10m (default: the preset's predictor share)")
     p.add_argument("--max-side", type=int, default=-1, help="long side cap (default: the preset's)")
     p.add_argument("--work", default="out/quality/nextframe", help="folder for the trained bundles")
     p.add_argument("--seed", type=int, default=0)
@@ -249,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sampling(p, correction=True)
         _add_patchmatch(p)
         p.set_defaults(func=cmd_diversity if name == "diversity" else cmd_stability)
+
+    p = sub.add_parser("upsample", help="drop every other frame, rebuild it, score against blending")
+    p.add_argument("bundle")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figures", default="", help="folder for the contact sheet (default: none)")
+    p.add_argument("--prefix", default="", help="prefix of the figure file name")
+    p.add_argument("--out", help="JSON file (default: stdout)")
+    _add_sampling(p, correction=True)
+    p.set_defaults(func=cmd_upsample)
     return parser
 
 

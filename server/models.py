@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sinfusion.bundle import MANIFEST, Bundle, BundleError
+from sinfusion.nextframe import summary_line
 from sinfusion.sampling import Models
 
 from .config import ConfigError
@@ -154,8 +155,9 @@ def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, str
             refused.append(RefusedBundle(exc.name, path, exc.reason))
             continue
         served[model.name] = model
-        log.info("serving %s from %s: %dx%d, roles %s, runtime %s", model.name, path,
-                 model.size[1], model.size[0], ",".join(model.roles), model.runtime.name)
+        log.info("serving %s from %s: %dx%d, roles %s, runtime %s; %s", model.name, path,
+                 model.size[1], model.size[0], ",".join(model.roles), model.runtime.name,
+                 summary_line(model.bundle.manifest.quality))
     if not served:  # one line, the exit's: nothing to serve
         raise ConfigError("no bundle can be served: " + "; ".join(
             f"bundle {r.path}: {r.reason}" for r in refused))

@@ -43,7 +43,18 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         capabilities=model.capabilities, runtime=model.runtime.name, roles=model.roles,
         schedule_steps=model.schedule_steps, default_correction_steps=m.correction_steps,
         batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
+        quality=quality_info(m.quality),
     )
+
+
+def quality_info(record: dict) -> pb.NextFrameQuality | None:
+    """The manifest's "quality" record (trainer/monitor.py) as the wire message; None when absent."""
+    if not record:
+        return None
+    return pb.NextFrameQuality(
+        model_psnr=record["model_psnr"], copy_psnr=record["copy_psnr"], pairs=record["pairs"],
+        pairs_won=record["pairs_won"], predictor_steps=record["predictor_steps"],
+        predictor_seconds=record["predictor_seconds"], verdict=record["verdict"])
 
 
 class StreamSlots:

@@ -63,3 +63,15 @@ def score_pairs(frames: np.ndarray, pairs: Sequence[Pair], predictions: np.ndarr
         "model_wins": int(sum(r["model_mse"] < r["copy_mse"] for r in rows)),
         "pairs": rows,
     }
+
+
+def summary_line(record: dict) -> str:
+    """A bundle's manifest "quality" record (the trainer's held-out score) as one line.
+
+    'next frame on 15 held-out pairs: model 30.12 dB vs copy 29.50 dB (+0.62, 12/15 won): beats copy'
+    """
+    if not record:
+        return "next frame: not measured (no held-out frames)"
+    return (f"next frame on {record['pairs']} held-out pairs: model {record['model_psnr']:.2f} dB vs "
+            f"copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
+            f"{record['pairs']} won): {record['verdict']}")

@@ -113,7 +113,7 @@ def test_presets_and_config_validation():
         200_000, 100_000, 50_000)
     assert (paper.predictor_target, paper.projector_target) == ("eps", "x0")
     assert TinyPreset().blocks < paper.blocks
-    with pytest.raises(ValueError, match="valid presets: tiny, paper"):
+    with pytest.raises(ValueError, match="valid presets: cpu, tiny, paper"):
         get_preset("huge")
     with pytest.raises(ValueError, match="projector_target must be one of eps, x0"):
         TrainConfig(projector_target="v")

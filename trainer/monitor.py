@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sinfusion import nextframe
+from sinfusion.nextframe import summary_line  # noqa: F401  (re-exported for the CLI)
 from sinfusion.sampling import Models, RoleSampling, SamplingOptions
 
 MIN_FRAMES_FOR_HOLDOUT = 12
@@ -159,12 +160,3 @@ def verdict(m: Measurement) -> str:
     if m.gain_db > -0.5:
         return "ties copy"
     return "loses to copy"
-
-
-def summary_line(record: dict) -> str:
-    """One line for logs and the CLI: 'next frame: model 30.12 dB vs copy 29.50 dB (+0.62, 12/15 won)'."""
-    if not record:
-        return "next frame: not measured (no held-out frames)"
-    return (f"next frame on {record['pairs']} held-out pairs: model {record['model_psnr']:.2f} dB vs "
-            f"copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
-            f"{record['pairs']} won): {record['verdict']}")

@@ -125,7 +125,7 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool)
 def train_bundle(
     clip: Clip | np.ndarray | str | os.PathLike,
     out_dir: str | os.PathLike,
-    config: TrainConfig | str = "tiny",
+    config: TrainConfig | str = "cpu",
     *,
     roles: Sequence[str] | None = None,
     resume: bool = False,
@@ -139,7 +139,7 @@ def train_bundle(
     """Train the roles of a clip into the bundle folder `out_dir` and return the bundle.
 
     clip: a sinfusion.video.Clip, uint8 frames (N, H, W, 3) or a path read with the config's max_side.
-    config: a TrainConfig or a preset name ("tiny", "paper").
+    config: a TrainConfig or a preset name ("cpu", "tiny", "paper").
     monitor: measures the Predictor instead of the built-in held-out monitor (its pairs index the
         clip given here; quality.nextframe's protocol passes its own split).
     resume: continue the checkpoints in out_dir (roles already finished are skipped; roles=None

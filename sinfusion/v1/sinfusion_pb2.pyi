@@ -80,7 +80,7 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "width", "height", "fps", "frame_count", "capabilities", "runtime", "roles", "schedule_steps", "default_correction_steps", "batch_sizes", "mode", "max_step")
+    __slots__ = ("name", "width", "height", "fps", "frame_count", "capabilities", "runtime", "roles", "schedule_steps", "default_correction_steps", "batch_sizes", "mode", "max_step", "quality")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -94,6 +94,7 @@ class ModelInfo(_message.Message):
     BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MAX_STEP_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_FIELD_NUMBER: _ClassVar[int]
     name: str
     width: int
     height: int
@@ -107,7 +108,26 @@ class ModelInfo(_message.Message):
     batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     mode: str
     max_step: int
-    def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., schedule_steps: _Optional[int] = ..., default_correction_steps: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[str] = ..., max_step: _Optional[int] = ...) -> None: ...
+    quality: NextFrameQuality
+    def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., schedule_steps: _Optional[int] = ..., default_correction_steps: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[str] = ..., max_step: _Optional[int] = ..., quality: _Optional[_Union[NextFrameQuality, _Mapping]] = ...) -> None: ...
+
+class NextFrameQuality(_message.Message):
+    __slots__ = ("model_psnr", "copy_psnr", "pairs", "pairs_won", "predictor_steps", "predictor_seconds", "verdict")
+    MODEL_PSNR_FIELD_NUMBER: _ClassVar[int]
+    COPY_PSNR_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_FIELD_NUMBER: _ClassVar[int]
+    PAIRS_WON_FIELD_NUMBER: _ClassVar[int]
+    PREDICTOR_STEPS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTOR_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    model_psnr: float
+    copy_psnr: float
+    pairs: int
+    pairs_won: int
+    predictor_steps: int
+    predictor_seconds: float
+    verdict: str
+    def __init__(self, model_psnr: _Optional[float] = ..., copy_psnr: _Optional[float] = ..., pairs: _Optional[int] = ..., pairs_won: _Optional[int] = ..., predictor_steps: _Optional[int] = ..., predictor_seconds: _Optional[float] = ..., verdict: _Optional[str] = ...) -> None: ...
 
 class ExtrapolateRequest(_message.Message):
     __slots__ = ("model", "frames", "step", "start_frame", "start_image", "resize", "sampling")

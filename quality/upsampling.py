@@ -1,0 +1,102 @@
+"""Temporal upsampling against blending: drop every other frame, rebuild it, score it.
+
+For triplets (i, i+1, i+2) of a bundle's frames, the Interpolator (then Projector correction, as the
+server upsamples by default) rebuilds frame i+1 from frames i and i+2; the baseline is the 50/50 blend
+of those two frames. Both are scored against the dropped original, as next-frame prediction is
+(sinfusion.nextframe: [0, 1] pixels, mean MSE -> PSNR, triplets won).
+
+Which triplets: a bundle trained with held-out frames (manifest "quality".holdout_frames) is scored on
+the triplets inside that tail, which no role has seen. Otherwise every triplet i = 0, 2, 4, ... is used
+and the report says the frames were seen in training (the Interpolator learned exactly those middles,
+so the score flatters it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from sinfusion.bundle import Bundle
+from sinfusion.frames import to_model, to_uint8
+from sinfusion.nextframe import mse_to_psnr
+from sinfusion.sampling import SamplingOptions, interpolate_frame, run_lockstep
+
+
+def triplets(bundle: Bundle) -> tuple[list[int], bool]:
+    """First frames i of the scored triplets, and whether they were held out of training."""
+    n = bundle.manifest.frame_count
+    held = bundle.manifest.quality.get("holdout_frames")
+    if held and held[1] - held[0] >= 3:
+        return list(range(held[0], held[1] - 2)), True
+    return list(range(0, n - 2, 2)), False
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64) / 255.0
+
+
+def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, batch: int = 16,
+                      sheet: str | Path | None = None, sheet_triplets: int = 6,
+                      denoiser=None) -> dict:
+    """Score the Interpolator's in-between frames and the blend's against the dropped originals.
+
+    sheet: a contact sheet of `sheet_triplets` evenly spaced triplets, one column each; rows: frame
+    i, the 50/50 blend, the model's frame, the true frame i+1, frame i+2.
+    """
+    if "interpolator" not in bundle.roles:
+        raise ValueError(f"{bundle.path}: the bundle has no trained interpolator")
+    frames = bundle.frames()
+    first, held_out = triplets(bundle)
+    if not first:
+        raise ValueError(f"{bundle.path}: needs at least 3 frames to score upsampling")
+    if denoiser is None:
+        from sinfusion.runtimes.torch_runtime import TorchDenoiser
+
+        denoiser = TorchDenoiser(bundle, roles=[r for r in ("interpolator", "projector")
+                                                if r in bundle.roles])
+    models, x = bundle.models(), to_model(frames)
+    started = time.monotonic()
+    predicted = []
+    for s in range(0, len(first), batch):
+        loops = [interpolate_frame(models, x[i], x[i + 2], np.random.default_rng([seed, s + j]),
+                                   sampling) for j, i in enumerate(first[s:s + batch])]
+        predicted.extend(run_lockstep(loops, denoiser))
+    model_frames = to_uint8(np.stack(predicted))
+    blends = ((frames[first].astype(np.float64) + frames[[i + 2 for i in first]]) / 2.0)
+    rows = []
+    for j, i in enumerate(first):
+        truth = _unit(frames[i + 1])
+        model = float(np.mean((_unit(model_frames[j]) - truth) ** 2))
+        blend = float(np.mean((blends[j] / 255.0 - truth) ** 2))
+        rows.append({"frame": i + 1, "model_mse": model, "blend_mse": blend})
+    model_mse = float(np.mean([r["model_mse"] for r in rows]))
+    blend_mse = float(np.mean([r["blend_mse"] for r in rows]))
+    result = {
+        "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows),
+        "model_mse": model_mse, "blend_mse": blend_mse,
+        "model_psnr": mse_to_psnr(model_mse), "blend_psnr": mse_to_psnr(blend_mse),
+        "model_wins": int(sum(r["model_mse"] < r["blend_mse"] for r in rows)),
+        "sharpness": {"model": _sharpness(model_frames), "blend": _sharpness(blends),
+                      "truth": _sharpness(frames[[i + 1 for i in first]])},
+        "sampling": asdict(sampling), "seed": seed,
+        "sampling_seconds": round(time.monotonic() - started, 2), "rows": rows,
+    }
+    if sheet is not None:
+        from sinfusion.video import contact_sheet, write_image
+
+        count = min(sheet_triplets, len(first))
+        chosen = np.linspace(0, len(first) - 1, count).round().astype(int)
+        pick = [first[c] for c in chosen]
+        grid = [frames[pick], np.round(blends[chosen]).astype(np.uint8), model_frames[chosen],
+                frames[[i + 1 for i in pick]], frames[[i + 2 for i in pick]]]
+        write_image(sheet, contact_sheet(np.concatenate(grid), columns=count))
+    return result
+
+
+def _sharpness(frames: np.ndarray) -> float:
+    """Mean absolute horizontal + vertical gradient on [0, 1] grey: blur lowers it."""
+    grey = np.asarray(frames, np.float64).mean(axis=-1) / 255.0
+    return float(np.mean(np.abs(np.diff(grey, axis=-1))) + np.mean(np.abs(np.diff(grey, axis=-2))))

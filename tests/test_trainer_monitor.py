@@ -1,0 +1,120 @@
+"""The trainer's own quality report: held-out split, stop rule, time budget, anchored networks,
+and the manifest record (tiny clips and networks, seconds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_clip
+
+from sinfusion.bundle import Bundle
+from sinfusion.config import default_config
+from sinfusion.network import SinFusionNet
+from sinfusion.nextframe import score_pairs
+from sinfusion.sampling import Models, RoleSampling, SamplingOptions
+from sinfusion.schedule import make_schedule
+from trainer.monitor import (Measurement, NextFrameMonitor, holdout_count, holdout_pairs,
+                             summary_line, verdict)
+from trainer.presets import get_preset
+from trainer.training import train_bundle
+
+
+def test_holdout_is_the_clip_tail_sized_automatically_or_as_asked():
+    assert holdout_count(8) == 0  # too short to spare frames
+    assert holdout_count(12) == 3 and holdout_count(33) == 6 and holdout_count(99) == 16
+    assert holdout_count(500) == 16
+    assert holdout_count(33, 0) == 0 and holdout_count(33, 5) == 5
+    with pytest.raises(ValueError, match="at least 4"):
+        holdout_count(6, 3)
+    with pytest.raises(ValueError, match="at least 2"):
+        holdout_count(33, 1)
+    assert holdout_pairs(33, 6) == [(27, 28), (28, 29), (29, 30), (30, 31), (31, 32)]
+    assert holdout_pairs(33, 0) == []
+
+
+def _history(gains: list[float], copy: float = 30.0, won: int = 9) -> NextFrameMonitor:
+    monitor = NextFrameMonitor(np.zeros((2, 4, 4, 3), np.uint8), [(0, 1)], stop_margin_db=0.5,
+                               patience=3, min_gain_db=0.05)
+    monitor.history = [Measurement(i, float(i), copy + g, copy, won, 10)
+                       for i, g in enumerate(gains)]
+    return monitor
+
+
+def test_stop_rule_needs_the_margin_and_a_plateau():
+    assert not _history([0.6, 0.6, 0.6]).should_stop()  # too few measurements to call a plateau
+    assert _history([0.2, 0.6, 0.61, 0.6, 0.62]).should_stop()  # beats copy, no longer improving
+    assert not _history([0.2, 0.4, 0.5, 0.6, 0.7]).should_stop()  # still improving
+    assert not _history([0.4, 0.4, 0.4, 0.4, 0.4]).should_stop()  # plateau below the margin
+    off = _history([0.2, 0.6, 0.61, 0.6, 0.62])
+    off.stop_margin_db = 0.0
+    assert not off.should_stop()
+
+
+def test_verdict_and_summary_line():
+    assert verdict(Measurement(1, 1.0, 31.0, 30.0, 8, 10)) == "beats copy"
+    assert verdict(Measurement(1, 1.0, 31.0, 30.0, 4, 10)) == "ties copy"  # most pairs must be won
+    assert verdict(Measurement(1, 1.0, 29.0, 30.0, 0, 10)) == "loses to copy"
+    record = {"pairs": 5, "model_psnr": 31.234, "copy_psnr": 30.0, "gain_db": 1.234,
+              "pairs_won": 4, "verdict": "beats copy"}
+    assert summary_line(record) == ("next frame on 5 held-out pairs: model 31.23 dB vs copy "
+                                    "30.00 dB (+1.23, 4/5 won): beats copy")
+    assert "not measured" in summary_line({})
+
+
+@pytest.mark.parametrize("role", ["predictor", "interpolator"])
+def test_anchored_network_starts_at_copy_or_blend(role):
+    net = SinFusionNet(default_config(role, channels=8, blocks=2, anchored=True)).eval()
+    cond = torch.rand(2, net.config.cond_channels, 12, 16) * 2 - 1
+    x = torch.cat([cond, torch.randn(2, 3, 12, 16)], dim=1)
+    out = net(x, torch.tensor([3.0, 40.0]), torch.tensor([1.0, -1.0]) if net.config.use_k else None)
+    anchor = cond.unflatten(1, (-1, 3)).mean(dim=1)
+    assert torch.allclose(out, anchor, atol=1e-6)
+    with pytest.raises(ValueError, match="conditioning frames"):
+        default_config("projector", channels=8, blocks=2, anchored=True)
+
+
+def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
+    frames = tiny_clip(6, 16, 24)
+    net = SinFusionNet(default_config("predictor", channels=8, blocks=2, anchored=True))
+    from sinfusion.runtimes.torch_runtime import TorchDenoiser
+
+    denoiser = TorchDenoiser.from_networks({"predictor": net})
+    models = Models({"predictor": RoleSampling(make_schedule("cosine", 50), "x0")})
+    monitor = NextFrameMonitor(frames, [(0, 1), (2, 3)],
+                               options=SamplingOptions(steps=5, method="ddim", correction_steps=0))
+    m = monitor.measure_with(denoiser, models, step=0, elapsed_s=0.0)
+    copy = score_pairs(frames, [(0, 1), (2, 3)], np.stack([frames[0], frames[2]]).astype(np.float32)
+                       .transpose(0, 3, 1, 2) / 127.5 - 1.0)
+    assert m.copy_psnr == pytest.approx(copy["copy_psnr"], abs=1e-3)
+    assert m.model_psnr == pytest.approx(m.copy_psnr, abs=0.05)  # the anchor is the copy
+
+
+def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
+    clip = tiny_clip(14, 16, 24)
+    cfg = get_preset("tiny", channels=8, blocks=2, batch_size=1, checkpoint_every=0,
+                     preview_every=0, anchored=True, eval_every_s=0.01, stop_margin_db=0.0,
+                     ).with_steps(6)
+    bundle = train_bundle(clip, tmp_path / "b", cfg, progress=False, device="cpu")
+    q = Bundle.open(tmp_path / "b").manifest.quality
+    assert q["holdout_frames"] == [11, 14] and q["pairs"] == 2 and q["k"] == 1
+    assert q["predictor_steps"] == 6 and q["verdict"] in ("beats copy", "ties copy", "loses to copy")
+    assert q["gain_db"] == pytest.approx(q["model_psnr"] - q["copy_psnr"], abs=2e-3)
+    assert q["sampling"]["correction_steps"] == 3  # the served sampler, with the Projector
+    assert len(bundle.frames()) == 14  # the tail stays in the bundle for clients
+    assert bundle.role("predictor").settings["holdout_frames"] == 3
+    assert bundle.role("predictor").network.anchored
+    assert not bundle.role("projector").network.anchored
+
+
+def test_time_budget_ends_a_role_early_and_resume_does_not_redo_it(tmp_path):
+    clip = tiny_clip(8, 16, 24)
+    cfg = get_preset("tiny", channels=8, blocks=2, batch_size=1, checkpoint_every=0,
+                     preview_every=0, time_budget_s=0.3, holdout=0).with_steps(10**6)
+    bundle = train_bundle(clip, tmp_path / "b", cfg, roles=["predictor"], progress=False,
+                          device="cpu")
+    steps = bundle.role("predictor").trained_steps
+    assert 1 <= steps < 10**6
+    again = train_bundle(clip, tmp_path / "b", cfg, resume=True, progress=False, device="cpu")
+    assert again.role("predictor").trained_steps == steps
+    assert bundle.manifest.quality == {}  # no held-out frames, no report
