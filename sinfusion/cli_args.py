@@ -96,3 +96,13 @@ def non_negative_float(text: str) -> float:
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """'WxH' of frames to read or send: positive sides, at most pipes.MAX_FRAME_PIXELS pixels."""
+    from .pipes import parse_frame_size
+
+    try:
+        return parse_frame_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -18,6 +18,11 @@ progressive frames.
 
 Errors are `PipeError`s whose message names the stream, the frame number (from 0) and the byte offset
 where it broke, for one-line CLI reports. A stream that ends exactly at a frame boundary is a normal end.
+
+Frame sizes are bounded by MAX_FRAME_PIXELS (2^24, e.g. 4096x4096 or 5120x2880; 8K is refused): a y4m
+header or a raw size claiming more is refused before any frame buffer is allocated, so a hostile or
+mistyped size ends in a PipeError, not a MemoryError. Its RGB24 frame (48 MiB) still fits in one client
+message (64 MiB, clients/options.py).
 """
 
 from __future__ import annotations
@@ -43,10 +48,22 @@ CHROMA = {
     "mono": None,
 }
 DEFAULT_COLORSPACE = "420jpeg"  # the y4m specification's default when the header has no C parameter
+MAX_FRAME_PIXELS = 1 << 24  # width * height; see the module docstring
+MAX_DIGITS = 9  # of a header number: keeps int() cheap and a rate's float() finite
 
 
 class PipeError(ValueError):
     """A malformed or truncated frame stream; the message names the stream, frame and byte offset."""
+
+
+def frame_size_problem(width: int, height: int) -> str | None:
+    """Why a frame size cannot be read or written here, or None when it can."""
+    if width < 1 or height < 1:
+        return f"frame size must be positive, got {width}x{height}"
+    if width * height > MAX_FRAME_PIXELS:
+        return (f"frame size {width}x{height} is {width * height} pixels, over the limit of "
+                f"{MAX_FRAME_PIXELS} (2^24, e.g. 4096x4096)")
+    return None
 
 
 class ByteSource:
@@ -218,22 +235,39 @@ def parse_y4m_header(line: bytes, name: str = "stdin") -> Y4MHeader:
     size = {}
     for key in ("W", "H"):
         value = params.get(key)
-        if value is None or not value.isdigit() or int(value) < 1:
-            raise PipeError(f"{where}: {key} must be a positive integer, got {value!r}")
+        if value is None or not _number(value) or int(value) < 1:
+            raise PipeError(f"{where}: {key} must be a positive integer, got {_cut(value)}")
         size[key] = int(value)
+    problem = frame_size_problem(size["W"], size["H"])
+    if problem:
+        raise PipeError(f"{where}: {problem}")
     rate = None
     if "F" in params:
         num, _, den = params["F"].partition(":")
-        if not (num.isdigit() and den.isdigit()):
-            raise PipeError(f"{where}: F must be <num>:<den>, got {params['F']!r}")
+        if not (_number(num) and _number(den)):
+            raise PipeError(f"{where}: F must be <num>:<den> with at most {MAX_DIGITS} digits each, "
+                            f"got {_cut(params['F'])}")
         if int(num) > 0 and int(den) > 0:
             rate = Fraction(int(num), int(den))
     colorspace = params.get("C", DEFAULT_COLORSPACE)
     if colorspace not in CHROMA:
-        raise PipeError(f"{where}: colorspace C{colorspace} is not supported "
+        raise PipeError(f"{where}: colorspace C{_cut(colorspace, quote=False)} is not supported "
                         f"(use one of {', '.join('C' + c for c in CHROMA)}; 8 bits only)")
     full = "COLORRANGE=FULL" in extras
     return Y4MHeader(size["W"], size["H"], rate, colorspace, full, params)
+
+
+def _number(text: str) -> bool:
+    return text.isdigit() and len(text) <= MAX_DIGITS
+
+
+def _cut(text: str | None, limit: int = 32, quote: bool = True) -> str:
+    """A header value for a message (repr() unless quote=False), cut so that a 4 KiB header does not
+    make a 4 KiB error line."""
+    show = repr if quote else str
+    if text is None or len(text) <= limit:
+        return show(text)
+    return f"{show(text[:limit])}... ({len(text)} characters)"
 
 
 class Y4MReader:
@@ -349,8 +383,9 @@ class RawReader:
     """Iterate a raw RGB24 stream of known size as uint8 (H, W, 3) frames."""
 
     def __init__(self, source: ByteSource | BinaryIO, width: int, height: int, name: str = "stdin"):
-        if width < 1 or height < 1:
-            raise ValueError(f"raw frame size must be positive, got {width}x{height}")
+        problem = frame_size_problem(width, height)
+        if problem:
+            raise PipeError(f"{name}: raw RGB24 {problem}")
         self.source = source if isinstance(source, ByteSource) else ByteSource(source, name=name)
         self.name = self.source.name
         self.width, self.height = width, height
@@ -401,6 +436,15 @@ def _check_rgb(frame: np.ndarray) -> np.ndarray:
     if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) RGB frame, got {frame.dtype} {frame.shape}")
     return np.ascontiguousarray(frame)
+
+
+def parse_frame_size(text: str) -> tuple[int, int]:
+    """parse_size, also refusing sizes over MAX_FRAME_PIXELS (a frame size to read or send)."""
+    w, h = parse_size(text)
+    problem = frame_size_problem(w, h)
+    if problem:
+        raise ValueError(problem)
+    return w, h
 
 
 def parse_size(text: str) -> tuple[int, int]:

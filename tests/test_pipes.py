@@ -14,6 +14,7 @@ from sinfusion.pipes import (
     RawWriter,
     Y4MReader,
     Y4MWriter,
+    parse_frame_size,
     parse_size,
     parse_y4m_header,
     rgb_to_yuv,
@@ -163,6 +164,10 @@ def test_truncated_y4m_names_frame_and_byte():
     (b"YUV4MPEG2 W2 H2 F3x\n", "F must be"),
     (b"YUV4MPEG2 W2 H2 C444\nFRAMX\n" + bytes(12), "frame 0 at byte 21: expected a 'FRAME' line"),
     (b"RIFF1234" + bytes(10000), "must start with 'YUV4MPEG2 '"),
+    # sizes and rates a header only claims: refused before any buffer is allocated or float overflows
+    (b"YUV4MPEG2 W100000 H100000 F25:1\nFRAME\n", r"100000x100000 is 10000000000 pixels, over the limit"),
+    (b"YUV4MPEG2 W2 H2 F" + b"9" * 400 + b":1\n", r"at most 9 digits each, got '9999.*\.\.\. \(402 characters\)"),
+    (b"YUV4MPEG2 W" + b"9" * 4000 + b" H2\n", r"W must be a positive integer, got '9999.*\(4000 characters\)"),
 ])
 def test_malformed_y4m(data, match):
     with pytest.raises(PipeError, match=match):
@@ -202,3 +207,8 @@ def test_parse_size():
     for bad in ("256", "0x4", "ax4", "4x-1", ""):
         with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
             parse_size(bad)
+    assert parse_frame_size("4096x4096") == (4096, 4096)
+    with pytest.raises(ValueError, match="4097x4096 is 16781312 pixels, over the limit of 16777216"):
+        parse_frame_size("4097x4096")
+    with pytest.raises(PipeError, match="stdin: raw RGB24 frame size 100000x100000 .* over the limit"):
+        RawReader(io.BytesIO(b""), 100000, 100000)
