@@ -6,10 +6,10 @@
     ffmpeg -i in.mp4 -f yuv4mpegpipe - | sinfusion upsample --model clouds --factor 4 | ffmpeg -i - out.mp4
 
 Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/client.md):
-0 done (also when the downstream reader closed the pipe early), 2 bad usage, 3 bad input,
-4 output not writable, 5 the server broke the protocol, 6 `health` found the server not serving,
-100 + N a gRPC status N from the server (e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND, 114 UNAVAILABLE),
-130 interrupted.
+0 done (also when the downstream reader closed the pipe early), 1 a bug in the client, 2 bad usage,
+3 bad input, 4 output not writable, 5 the server broke the protocol, 6 `health` found the server not
+serving, 100 + N a gRPC status N from the server (e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND,
+114 UNAVAILABLE), 130 interrupted. Every failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -27,22 +27,24 @@ import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterable, Iterator  # noqa: E402
+from itertools import chain  # noqa: E402
 
 import grpc  # noqa: E402
 import numpy as np
 
-from sinfusion.cli_args import int_at_least, positive_float, size
-from sinfusion.pipes import PipeError
+from sinfusion.cli_args import frame_size, int_at_least, positive_float
+from sinfusion.pipes import PipeError, frame_size_problem
 from sinfusion.video import VideoError
 
-from .cli_io import InputError, OutputError, check_output, open_source, write_frames
+from . import cli_size
+from .cli_io import InputError, OutputError, Source, check_output, open_source, write_frames
 from .errors import ClientError
 from .messages import Frame, Sampling
 from .options import DEFAULT_ADDRESS, ConnectionOptions
 from .sync import Client
 
 PROG = "sinfusion"
-EXIT_OK, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_NOT_SERVING = 0, 2, 3, 4, 5, 6
+EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_NOT_SERVING = 0, 1, 2, 3, 4, 5, 6
 EXIT_INTERRUPTED = 130
 GRPC_EXIT_BASE = 100  # exit code = 100 + the gRPC status number
 
@@ -93,11 +95,15 @@ def _input_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input (stdin: y4m, recognised by its header, or raw RGB24 with --size)")
     g.add_argument("-i", "--input", metavar="FILE",
                    help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
-    g.add_argument("--size", type=size, metavar="WxH", help="frame size of raw RGB24 input")
+    g.add_argument("--size", type=frame_size, metavar="WxH",
+                   help="frame size of raw RGB24 input (at most 2^24 pixels)")
     g.add_argument("--input-fps", type=positive_float, metavar="FPS",
                    help="frame rate of raw input (default: the model's)")
     g.add_argument("--resize", choices=("resize", "refuse"), default="resize",
                    help="input frames not at the model's size: resized by the server, or refused")
+    g.add_argument("--output-size", choices=("model", "input"), default=None,
+                   help="when the input's size differs from the model's: output at the model's size, or "
+                        "resized back to the input's here (required for raw stdout output then)")
 
 
 def _output_args(p: argparse.ArgumentParser) -> None:
@@ -112,8 +118,8 @@ def _output_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Stream frames from a SinFusion server through pipes and files.",
-                     epilog="Exit codes: 0 ok or downstream closed, 2 usage, 3 input, 4 output, 5 protocol, "
-                            "6 not serving, 100+N gRPC status N, 130 interrupted.")
+                     epilog="Exit codes: 0 ok or downstream closed, 1 client bug, 2 usage, 3 input, 4 output, "
+                            "5 protocol, 6 not serving, 100+N gRPC status N, 130 interrupted.")
     _connection_args(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
 
@@ -162,11 +168,16 @@ def _say(args, text: str) -> None:
         print(f"{PROG}: {text}", file=sys.stderr, flush=True)
 
 
-def _progress(args, frames: Iterable[Frame], total: int | None) -> Iterator[np.ndarray]:
-    """Pass frames through, reporting progress on stderr (live on a terminal, a summary otherwise)."""
+def _progress(args, frames: Iterable[Frame], total: int | None, notices: list[str]) -> Iterator[np.ndarray]:
+    """Pass frames through, reporting progress on stderr (live on a terminal, a summary otherwise).
+
+    `notices` are said when the first frame arrives: a call refused before it ends in one line."""
     live = not args.quiet and sys.stderr.isatty()
     start, n, size = time.monotonic(), 0, ""
     for frame in frames:
+        if n == 0:
+            for line in notices:
+                _say(args, line)
         n += 1
         size = f"{frame.width}x{frame.height}"
         if live:
@@ -177,8 +188,8 @@ def _progress(args, frames: Iterable[Frame], total: int | None) -> Iterator[np.n
     if live:
         print(file=sys.stderr)
     elapsed = time.monotonic() - start
-    _say(args, f"{n} frames {size} in {elapsed:.1f} s ({n / max(elapsed, 1e-9):.2f} frames/s) "
-               f"-> {args.output or 'stdout'}")
+    _say(args, f"{n} frames{' ' + size if size else ''} in {elapsed:.1f} s "
+               f"({n / max(elapsed, 1e-9):.2f} frames/s) -> {args.output or 'stdout'}")
 
 
 def _sampling(args) -> Sampling:
@@ -216,35 +227,69 @@ def cmd_health(client: Client, args) -> int:
     return EXIT_OK if status == "SERVING" else EXIT_NOT_SERVING
 
 
-def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int | None]:
-    """Start the call a frame command asks for: (frames, output fps, expected count)."""
-    info = client.describe_model(args.model)  # fails fast (NOT_FOUND) and gives the clip's fps
-    if args.command == "generate":
-        return client.generate(args.model, args.frames, _sampling(args)), args.fps or info.fps, args.frames
-    if args.command == "extrapolate":
-        start_image = None
-        if args.start_from_input:
-            source = open_source(args.input, args.size, args.input_fps)
-            start_image = next(source.frames, None)
-            if start_image is None:
-                raise InputError(f"{source.description}: no frames; --start-from-input needs one")
-        elif args.input or args.size:
+def _takes_input(args) -> bool:
+    return args.command == "upsample" or (args.command == "extrapolate" and args.start_from_input)
+
+
+def _check_usage(args) -> None:
+    """Flag combinations argparse cannot express, refused before any input is read."""
+    if args.command == "extrapolate" and not args.start_from_input:
+        if args.input or args.size:
             raise UsageError("--input/--size are only used with --start-from-input")
-        frames = client.extrapolate(args.model, args.frames, step=args.step, start_frame=args.start_frame,
-                                    start_image=start_image, resize=args.resize, sampling=_sampling(args))
-        return frames, args.fps or info.fps, args.frames
+        if args.output_size:
+            raise UsageError("--output-size is only used with --start-from-input (there is no input size)")
+
+
+def _open_input(args) -> tuple[Source, np.ndarray]:
+    """The input and its first frame, read before the call: an empty input is an error, and the
+    first frame's size decides what is said about resizing."""
     source = open_source(args.input, args.size, args.input_fps)
-    fps = args.fps or (source.fps or info.fps) * args.factor
-    frames = client.upsample(args.model, source.frames, args.factor, resize=args.resize,
-                             sampling=_sampling(args))
-    return frames, fps, None
+    first = next(source.frames, None)
+    if first is None:
+        raise InputError(f"{source.description}: no frames (the input ends before its first frame); "
+                         f"{args.command} needs at least one")
+    problem = frame_size_problem(first.shape[1], first.shape[0])
+    if problem:
+        raise InputError(f"{source.description}: {problem}")
+    return source, first
+
+
+def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int | None, cli_size.SizePlan,
+                                                    list[str]]:
+    """Start the call a frame command asks for: (frames, output fps, expected count, size plan, notices)."""
+    _check_usage(args)
+    source, first = _open_input(args) if _takes_input(args) else (None, None)
+    info = client.describe_model(args.model)  # fails fast (NOT_FOUND), gives the clip's fps and size
+    input_size = None if first is None else (first.shape[1], first.shape[0])
+    raw_stdout = args.output in (None, "-") and args.format == "raw"
+    try:
+        sizes = cli_size.plan((info.width, info.height), input_size, getattr(args, "output_size", None),
+                              getattr(args, "resize", "resize"), raw_stdout, args.model)
+    except cli_size.SizeChoiceError as exc:
+        raise UsageError(str(exc)) from None
+    notices = [line] if (line := cli_size.notice(sizes, args.model)) else []
+    if args.command == "upsample":
+        fps, total = args.fps or (source.fps or info.fps) * args.factor, None
+        frames = client.upsample(args.model, chain([first], source.frames), args.factor, resize=args.resize,
+                                 sampling=_sampling(args))
+    else:
+        fps, total = args.fps or info.fps, args.frames
+        frames = (client.generate(args.model, args.frames, _sampling(args)) if args.command == "generate"
+                  else client.extrapolate(args.model, args.frames, step=args.step, start_frame=args.start_frame,
+                                          start_image=first, resize=args.resize, sampling=_sampling(args)))
+    if raw_stdout and first is None:  # no header, no input whose size the user gave: say the size
+        w, h = sizes.output
+        notices.append(f"stdout: raw RGB24 frames of {w}x{h} at {fps:g} fps (read with -f rawvideo "
+                       f"-pix_fmt rgb24 -s {w}x{h} -r {fps:g})")
+    return frames, fps, total, sizes, notices
 
 
 def cmd_frames(client: Client, args) -> int:
     check_output(args.output)
-    frames, fps, total = _stream_command(client, args)
+    frames, fps, total, sizes, notices = _stream_command(client, args)
+    shown = cli_size.resized(frames, sizes.output) if sizes.resize_back else frames
     try:
-        write_frames(_progress(args, frames, total), args.output, args.format, fps, args.chroma)
+        write_frames(_progress(args, shown, total, notices), args.output, args.format, fps, args.chroma)
     except BrokenPipeError:
         # The reader downstream (head, a player that was closed) wants no more: stop the stream on
         # the server and leave quietly. stdout is pointed at /dev/null so that Python's own flush at
@@ -268,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             command = {"models": cmd_models, "health": cmd_health}.get(args.command, cmd_frames)
             return command(client, args)
     except ClientError as exc:
-        where = f" ({args.address})" if exc.code == grpc.StatusCode.UNAVAILABLE else ""
-        return _fail(f"server error {exc}{where}", exit_code(exc.code))
+        return _fail(_server_error(exc, args), exit_code(exc.code))
     except (InputError, PipeError) as exc:
         return _fail(str(exc), EXIT_INPUT)
     except UsageError as exc:
@@ -283,6 +327,21 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("interrupted", EXIT_INTERRUPTED)
     except (ValueError, ImportError) as exc:  # a refused option (unreadable --tls-ca); no health package
         return _fail(str(exc), EXIT_USAGE)
+    except Exception as exc:  # noqa: BLE001 - a bug here still ends in one line, as the contract says
+        return _fail(f"internal error, a bug in the client: {type(exc).__name__}: {exc}", EXIT_BUG)
+
+
+def _server_error(exc: ClientError, args) -> str:
+    """The one-line report of a failed call; connection-level failures name the address."""
+    code = exc.code
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"server error {exc} ({args.address} did not answer within --timeout {args.timeout:g} s)"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"server error {exc} ({args.address})"
+    if code == grpc.StatusCode.NOT_FOUND and args.command == "health":
+        return (f"health: the server at {args.address} does not know service {cli_size.name(args.service)} "
+                f"(NOT_FOUND)")
+    return f"server error {exc}"
 
 
 def _fail(message: str, code: int) -> int:

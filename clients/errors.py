@@ -15,7 +15,11 @@ class ClientError(Exception):
 
     @classmethod
     def from_rpc(cls, exc: grpc.RpcError) -> ClientError:
-        """Wrap a grpc error (sync or aio); the message stays on one line."""
+        """Wrap a grpc error (sync or aio); the message stays on one line.
+
+        A status without details (grpc.health answers an unknown service with a bare NOT_FOUND) says
+        so, rather than falling back to str(exc), which is the call object's multi-field repr.
+        """
         code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
-        details = (exc.details() if hasattr(exc, "details") else None) or str(exc)
-        return cls(code, " ".join(str(details).split()))
+        details = exc.details() if hasattr(exc, "details") else None
+        return cls(code, " ".join(str(details).split()) if details else "(the server gave no details)")

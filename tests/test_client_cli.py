@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from clients import ConnectionOptions, Sampling
-from clients.cli import EXIT_OUTPUT, EXIT_USAGE, exit_code
+from clients import cli_size
+from clients.cli import EXIT_BUG, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, exit_code, main
 from clients.cli_io import InputError, open_source
 from clients.messages import extrapolate_request, frame_from_proto, raw_frame
 from clients.errors import ClientError
@@ -68,6 +69,10 @@ def test_server_down_is_one_line_with_the_unavailable_code():
     (["generate", "--model", "m", "--frames", "0"], "--frames: must be an integer >= 1, got '0'"),
     (["upsample", "--model", "m", "--factor", "3"], "invalid choice: 3"),
     (["upsample", "--model", "m", "--factor", "2", "--size", "12"], "WIDTHxHEIGHT"),
+    (["upsample", "--model", "m", "--factor", "2", "--size", "100000x100000"],
+     "--size: frame size 100000x100000 is 10000000000 pixels, over the limit of 16777216"),
+    (["extrapolate", "--model", "m", "--frames", "2", "--output-size", "input"],
+     "--output-size is only used with --start-from-input"),
     (["extrapolate", "--model", "m", "--frames", "2", "--start-frame", "1", "--start-from-input"],
      "not allowed with argument"),
     (["generate", "--model", "m", "--frames", "1", "--steps", "-1"], "--steps: must be an integer >= 0"),
@@ -135,3 +140,93 @@ def test_connection_options():
         ConnectionOptions(timeout=0)
     with pytest.raises(ValueError, match="tls_ca /nonexistent.pem: cannot read"):
         ConnectionOptions(tls_ca="/nonexistent.pem").channel()
+
+
+@pytest.mark.parametrize("stdin,match", [
+    (b"YUV4MPEG2 W100000 H100000 F25:1\nFRAME\n", "stdin: y4m header: frame size 100000x100000 is 10000000000 "
+                                                  "pixels, over the limit of 16777216"),
+    (b"YUV4MPEG2 W24 H16 F25:1\n", "stdin (y4m 24x16): no frames (the input ends before its first frame); "
+                                  "upsample needs at least one"),
+    (b"", "stdin is empty"),
+])
+def test_bad_input_is_one_line_exit_3_before_connecting(stdin, match):
+    port = free_port()  # nobody listens: the input is read, and refused, before the server is asked
+    proc = cli("--address", f"127.0.0.1:{port}", "upsample", "--model", "m", "--factor", "2", "--format", "raw",
+               stdin=stdin)
+    err = proc.stderr.decode()
+    assert proc.returncode == EXIT_INPUT, err
+    assert match in err and err.count("\n") == 1 and "Traceback" not in err and proc.stdout == b""
+
+
+def test_deadline_exceeded_names_the_address():
+    with socket.socket() as silent:  # accepts TCP connections (the backlog) but never speaks HTTP/2
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        proc = cli("--address", address, "--timeout", "0.5", "models")
+    err = proc.stderr.decode()
+    assert proc.returncode == 104, err
+    assert err.count("\n") == 1 and "DEADLINE_EXCEEDED" in err
+    assert f"{address} did not answer within --timeout 0.5 s" in err
+
+
+def test_a_status_without_details_is_not_a_repr():
+    import grpc
+
+    class Bare(grpc.RpcError):
+        def code(self):
+            return grpc.StatusCode.NOT_FOUND
+
+        def details(self):
+            return None
+
+        def __str__(self):
+            return "<_InactiveRpcError of RPC that terminated with:\n\tstatus = StatusCode.NOT_FOUND>"
+
+    err = ClientError.from_rpc(Bare())
+    assert str(err) == "NOT_FOUND: (the server gave no details)" and err.code == grpc.StatusCode.NOT_FOUND
+
+
+def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr("clients.cli.open_source", broken)
+    code = main(["--address", f"127.0.0.1:{free_port()}", "upsample", "--model", "m", "--factor", "2"])
+    err = capsys.readouterr().err
+    assert code == EXIT_BUG == 1
+    assert err == "sinfusion: internal error, a bug in the client: MemoryError: cannot allocate\n"
+
+
+def test_size_plan_and_its_notice():
+    model = (24, 16)
+    same = cli_size.plan(model, (24, 16), None, "resize", raw_stdout=True, model_name="m")
+    assert same.output == model and not same.stretched and cli_size.notice(same, "m") is None
+    assert cli_size.plan(model, None, None, "resize", True, "m").output == model  # generate: no input
+    refused = cli_size.plan(model, (48, 32), None, "refuse", True, "m")  # the server refuses it itself
+    assert not refused.stretched and cli_size.notice(refused, "m") is None
+    with pytest.raises(cli_size.SizeChoiceError, match=r"raw RGB24 output would be 24x16, the size of model "
+                                                       r"'m', but the input is 48x32.*--output-size input"):
+        cli_size.plan(model, (48, 32), None, "resize", raw_stdout=True, model_name="m")
+    y4m = cli_size.plan(model, (48, 32), None, "resize", raw_stdout=False, model_name="m")
+    assert y4m.output == model and y4m.stretched and not y4m.resize_back
+    assert cli_size.notice(y4m, "m") == (
+        "input is 48x32, model 'm' takes 24x16: the server resizes input frames from 48x32 to 24x16 by --resize "
+        "resize (Lanczos, aspect ratio not kept; --resize refuse refuses them); output is 24x16 "
+        "(--output-size input resizes it back to 48x32)")
+    back = cli_size.plan(model, (48, 32), "input", "resize", raw_stdout=True, model_name="m")
+    assert back.output == (48, 32) and back.resize_back
+    assert "output frames are resized back to 48x32 here" in cli_size.notice(back, "m")
+    kept = cli_size.plan(model, (48, 32), "model", "resize", raw_stdout=True, model_name="m")
+    assert kept.output == model and not kept.resize_back
+    assert "'" + "n" * 64 + "'... (300 characters)" in cli_size.notice(
+        cli_size.plan(model, (48, 32), None, "resize", False, "n" * 300), "n" * 300)
+
+
+def test_resized_frames_keep_their_index_and_flags():
+    from clients.messages import Frame
+
+    image = np.zeros((16, 24, 3), np.uint8)
+    frames = list(cli_size.resized([Frame(3, image, True, True), Frame(4, image[:8, :12], False, True)], (48, 32)))
+    assert [(f.index, f.synthesized, f.width, f.height) for f in frames] == [(3, True, 48, 32), (4, False, 48, 32)]
+    assert all(f.image.dtype == np.uint8 for f in frames)

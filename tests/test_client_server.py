@@ -116,7 +116,10 @@ def test_health_needs_no_token(server):
     assert proc.returncode == 0 and proc.stdout.decode().strip() == "SERVING", proc.stderr.decode()
     proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "health", "--service", "nope"],
                           capture_output=True, cwd=ROOT, timeout=60)
-    assert proc.returncode == 105, proc.stderr.decode()  # grpc health: NOT_FOUND for an unknown service
+    err = proc.stderr.decode()
+    assert proc.returncode == 105, err  # grpc health: NOT_FOUND for an unknown service
+    assert err == f"sinfusion: health: the server at {server} does not know service 'nope' (NOT_FOUND)\n"
+    assert proc.stdout == b""
 
 
 def test_token_is_required(server):
@@ -249,27 +252,62 @@ def test_cli_server_errors_have_distinct_codes(server):
     assert proc.returncode == 116 and "UNAUTHENTICATED" in proc.stderr.decode()
 
 
-def test_ffmpeg_raw_in_cli_raw_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
-    """ffmpeg -f rawvideo | sinfusion upsample --size | ffmpeg -f rawvideo -> mp4 of the right length."""
-    clip = tiny_clip(4, H, W)
-    mp4 = tmp_path / "up.mp4"
+def raw_pipeline(server: str, ffmpeg: str, clip: np.ndarray, mp4: Path, *flags: str) -> tuple[int, str]:
+    """The README's pipeline: ffmpeg -f rawvideo | sinfusion upsample --size WxH --format raw | ffmpeg
+    -f rawvideo -s WxH (the input's size on both sides) -> mp4; (the CLI's exit code, its stderr)."""
+    _, h, w, _ = clip.shape
     src = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-                            "-s", f"{W}x{H}", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                            "-s", f"{w}x{h}", "-i", "-", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    mid = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--size", f"{W}x{H}",
-                                   "--format", "raw", *FAST_ARGS),
+    mid = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--size", f"{w}x{h}",
+                                   "--format", "raw", *FAST_ARGS, *flags),
                            stdin=src.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=CLI_ENV)
     dst = subprocess.Popen([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo", "-pix_fmt",
-                            "rgb24", "-s", f"{W}x{H}", "-r", "24", "-i", "-", "-pix_fmt", "yuv420p", str(mp4)],
+                            "rgb24", "-s", f"{w}x{h}", "-r", "24", "-i", "-", "-pix_fmt", "yuv420p", str(mp4)],
                            stdin=mid.stdout, stderr=subprocess.PIPE)
     src.stdout.close()
     mid.stdout.close()  # the pipes now belong to the processes they connect
     src.communicate(clip.tobytes(), timeout=60)
     _, mid_err = mid.communicate(timeout=120)
     _, dst_err = dst.communicate(timeout=60)
-    assert mid.returncode == 0, mid_err.decode()
-    assert dst.returncode == 0, dst_err.decode()
+    if mid.returncode == 0:
+        assert dst.returncode == 0, dst_err.decode()
+    return mid.returncode, mid_err.decode()
+
+
+def test_ffmpeg_raw_in_cli_raw_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
+    """ffmpeg -f rawvideo | sinfusion upsample --size | ffmpeg -f rawvideo -> mp4 of the right length."""
+    mp4 = tmp_path / "up.mp4"
+    code, err = raw_pipeline(server, ffmpeg, tiny_clip(4, H, W), mp4)
+    assert code == 0, err
     assert probe(mp4)[:3] == (7, W, H)
+    assert "resizes" not in err and "stdout: raw" not in err  # the size is the input's, the user's --size
+
+
+def test_raw_pipeline_with_a_clip_of_another_size(server, ffmpeg, tmp_path):
+    """Raw output of another size than the input's would be misread downstream: refused until
+    --output-size says which; --output-size input gives frames of the input's size, as ffmpeg reads them."""
+    clip = tiny_clip(4, H * 2, W * 2)
+    code, err = raw_pipeline(server, ffmpeg, clip, tmp_path / "refused.mp4")
+    assert code == 2, err
+    assert err.count("\n") == 1 and "raw RGB24 output would be 24x16, the size of model 'tiny', but the input " \
+                                    "is 48x32" in err
+    mp4 = tmp_path / "up.mp4"
+    code, err = raw_pipeline(server, ffmpeg, clip, mp4, "--output-size", "input")
+    assert code == 0, err
+    assert probe(mp4)[:3] == (7, W * 2, H * 2)
+    assert "the server resizes input frames from 48x32 to 24x16 by --resize resize" in err
+    assert "output frames are resized back to 48x32 here" in err
+
+
+def test_y4m_of_another_size_is_announced(server, ffmpeg):
+    up = cli(server, "upsample", "--model", "tiny", "--factor", "2", *FAST_ARGS,
+             stdin=ffmpeg_y4m(ffmpeg, tiny_clip(2, H * 2, W * 2), pix_fmt="yuv444p"))
+    err = up.stderr.decode()
+    assert up.returncode == 0, err
+    assert up.stdout.startswith(b"YUV4MPEG2 W24 H16 ")  # the model's size, as the notice says
+    assert ("input is 48x32, model 'tiny' takes 24x16: the server resizes input frames from 48x32 to 24x16 by "
+            "--resize resize (Lanczos, aspect ratio not kept; --resize refuse refuses them); output is 24x16") in err
 
 
 def test_ffmpeg_y4m_in_cli_y4m_out_ffmpeg_mp4(server, ffmpeg, tmp_path):
@@ -304,6 +342,14 @@ def test_cli_files_in_and_out(server, ffmpeg, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert probe(ex)[:3] == (4, W, H)
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_raw_output_without_input_states_its_size(server):
+    proc = cli(server, "generate", "--model", "tiny", "--frames", "2", "--format", "raw", *FAST_ARGS)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0 and len(proc.stdout) == 2 * W * H * 3, err
+    assert err.splitlines()[0] == ("sinfusion: stdout: raw RGB24 frames of 24x16 at 12 fps (read with -f rawvideo "
+                                   "-pix_fmt rgb24 -s 24x16 -r 12)")
 
 
 def test_broken_downstream_pipe_ends_cleanly(server):
