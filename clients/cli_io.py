@@ -44,6 +44,8 @@ def open_source(path: str | None, size: tuple[int, int] | None, fps: float | Non
                 stdin: BinaryIO | None = None) -> Source:
     """Open the CLI's input: `path`, or stdin when path is None or '-'."""
     if path in (None, "-"):
+        if stdin is None and sys.stdin is None:  # started with stdin closed (`<&-`)
+            raise InputError("stdin is closed: pipe frames in or give --input FILE")
         stream = stdin if stdin is not None else sys.stdin.buffer
         if stream.isatty():
             raise InputError("stdin is a terminal: pipe frames in (e.g. ffmpeg -i in.mp4 -f yuv4mpegpipe - "
@@ -97,6 +99,8 @@ def _closing(frames: Iterable[np.ndarray], stream: BinaryIO) -> Iterator[np.ndar
 def check_output(path: str | None) -> None:
     """Refuse a bad output before any frame is asked for."""
     if path in (None, "-"):
+        if sys.stdout is None:  # started with stdout closed (`>&-`)
+            raise OutputError("stdout is closed: give --output FILE")
         if sys.stdout.isatty():
             raise OutputError("stdout is a terminal: pipe it (e.g. | ffplay -) or give --output FILE")
         return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -230,3 +231,17 @@ def test_resized_frames_keep_their_index_and_flags():
     frames = list(cli_size.resized([Frame(3, image, True, True), Frame(4, image[:8, :12], False, True)], (48, 32)))
     assert [(f.index, f.synthesized, f.width, f.height) for f in frames] == [(3, True, 48, 32), (4, False, 48, 32)]
     assert all(f.image.dtype == np.uint8 for f in frames)
+
+
+def test_closed_stdin_or_stdout_is_one_line():
+    port = free_port()
+    base = [sys.executable, "-m", "clients", "--address", f"127.0.0.1:{port}"]
+    closed_in = subprocess.run(base + ["upsample", "--model", "m", "--factor", "2", "--format", "raw"],
+                               stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60,
+                               preexec_fn=lambda: os.close(0))
+    assert closed_in.returncode == EXIT_INPUT and closed_in.stderr.decode() == (
+        "sinfusion: stdin is closed: pipe frames in or give --input FILE\n")
+    closed_out = subprocess.run(base + ["generate", "--model", "m", "--frames", "1"], stderr=subprocess.PIPE,
+                                cwd=ROOT, timeout=60, preexec_fn=lambda: os.close(1))
+    assert closed_out.returncode == EXIT_OUTPUT and closed_out.stderr.decode() == (
+        "sinfusion: output: stdout is closed: give --output FILE\n")
