@@ -409,8 +409,8 @@ def main() -> int:
               f"{st['computed']:.1f} frames, handed {st['sent']:.0f} to gRPC ({st['sent'] * frame_mb:.1f} MB, "
               f"what the client's flow-control window took), holds {st['held']:.1f} (run-ahead {RUNAHEAD}), "
               f"RSS {st['rss']:+.1f} MB; meanwhile another stream got {st['other']}/{args.frames} frames and "
-              f"the stalled one computed {st['extra']:.1f} more; reading on, {st['received']}/{st['asked']} frames in order; RSS "
-              f"{st['rss_after']:.1f} MB after it")
+              f"the stalled one computed {st['extra']:.1f} more; reading on, {st['received']}/{st['asked']} "
+              f"frames in order; RSS {st['rss_after']:.1f} MB after it")
     print(f"RSS: start {rss_start:.1f} MB, after the reference streams {rss_ref:.1f} MB, after the run "
           f"{rss_end:.1f} MB ({rss_end - rss_start:+.1f} MB from the start, {rss_end - rss_ref:+.1f} MB from "
           f"after the reference streams)")
