@@ -383,3 +383,139 @@ def run_to_value(loop: Loop, denoiser: Callable):
         except StopIteration as stop:
             return stop.value
         reply = run_requests(denoiser, [event])[0] if isinstance(event, StepRequest) else None
+
+
+# --- projection: the image applications of paper section 6.2 ---------------------------------------
+#
+# Editing, generation from a sketch and visual summary are one mechanism: noise the user's image to a
+# level t, then denoise it with the Projector, which pulls its patches onto the training image's patch
+# distribution. The steps are `denoise`'s; nothing below computes a step.
+
+DEFAULT_STRENGTH = 0.6  # noise std of a projection when the user names none (see strength_level)
+SUMMARY_AXES = ("both", "width", "height")
+MIN_SIDE = 8  # px: the smallest side a summary may shrink an image to
+
+
+def strength_level(schedule: Schedule, strength: float) -> int:
+    """Noise level t for a strength S in [0, 1]: the first level whose noise std reaches S.
+
+    S is the standard deviation of the noise the image is given, sqrt(1 - abar_t), on the [-1, 1]
+    pixel scale; the image keeps the weight sqrt(1 - S^2). Naming the noise rather than a fraction of
+    T keeps S meaning the same on the video (cosine) and single-image (linear) schedules. S = 0 is
+    t = 0 (the input unchanged); S = 1 is t = T (pure noise, the input forgotten).
+    """
+    if not 0.0 <= strength <= 1.0:  # also refuses NaN
+        raise ValueError(f"strength must be in [0, 1], got {strength}")
+    stds = np.sqrt(1.0 - schedule.alpha_bars)
+    return min(int(np.searchsorted(stds, strength, side="left")), schedule.steps)
+
+
+def projection_levels(schedule: Schedule, strength: float, steps: int = 0) -> list[int]:
+    """The noise levels a projection's image passes through, from t(strength) down to 0.
+
+    With intermediates, `project` yields one frame per entry (the last is the result); without, one.
+    """
+    t = strength_level(schedule, strength)
+    return [0] if t == 0 else timesteps(t, steps)
+
+
+def _observe_steps(loop: Loop, first_index: int) -> Loop:
+    """The same loop, also yielding a Frame of every step's output (its noisy state) as it arrives."""
+    index, reply = first_index, None
+    while True:
+        try:
+            event = loop.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        reply = yield event
+        if isinstance(event, StepRequest):
+            yield Frame(index, reply)
+            index += 1
+
+
+def project(models: Models, image: np.ndarray, strength: float, rng: np.random.Generator,
+            options: SamplingOptions, *, intermediates: bool = False, first_index: int = 0) -> Loop:
+    """Noise `image` to level t(strength) and denoise it to 0 with the Projector (paper 6.2).
+
+    Yields the result as Frame(first_index); with `intermediates`, first the noised image and the
+    state after every step (projection_levels says their levels), the result last. Strength 0
+    returns the image itself (synthesized=False) and draws nothing. `options.steps` caps the
+    denoising steps (0 = every level from t); correction does not apply, this is the correction.
+    """
+    rs = models["projector"]
+    t = strength_level(rs.schedule, strength)
+    if t == 0:
+        yield Frame(first_index, image, synthesized=False)
+        return image
+    x = noise_to_level(image, rs.schedule, t, rng)
+    loop = denoise("projector", rs, x, rng, start=t, steps=options.steps, method=options.method)
+    if intermediates:
+        yield Frame(first_index, x)
+        x = yield from _observe_steps(loop, first_index + 1)  # its last frame is the result
+    else:
+        x = yield from loop
+        yield Frame(first_index, x)
+    return x
+
+
+def summary_sizes(size: tuple[int, int], scales: Sequence[float], axes: str = "both"
+                  ) -> list[tuple[int, int]]:
+    """(height, width) of each summary step: `size` times each scale on the chosen axes, rounded."""
+    if axes not in SUMMARY_AXES:
+        raise ValueError(f"axes must be one of {', '.join(SUMMARY_AXES)}, got {axes!r}")
+    if not scales:
+        raise ValueError("scales must name at least one scale")
+    h, w = size
+    out = []
+    for i, s in enumerate(scales):
+        if not 0.0 < s <= 1.0:  # also refuses NaN
+            raise ValueError(f"scales[{i}] must be in (0, 1], got {s}")
+        sh = int(h * s + 0.5) if axes in ("both", "height") else h
+        sw = int(w * s + 0.5) if axes in ("both", "width") else w
+        if min(sh, sw) < MIN_SIDE:
+            raise ValueError(f"scales[{i}] = {s:g} makes {sw}x{sh} of {w}x{h}; each side must be at "
+                             f"least {MIN_SIDE} px")
+        out.append((sh, sw))
+    return out
+
+
+def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A model-layout image (3, H, W) float32 resized to (height, width): Lanczos, in float (no
+    rounding to 8 bits between summary steps)."""
+    if x.shape[1:] == tuple(size):
+        return x
+    from PIL import Image
+
+    h, w = size
+    channels = [np.asarray(Image.fromarray(c, mode="F").resize((w, h), Image.Resampling.LANCZOS))
+                for c in np.ascontiguousarray(x, dtype=np.float32)]
+    return np.clip(np.stack(channels), -1.0, 1.0).astype(np.float32)  # Lanczos overshoots edges
+
+
+def summarize(models: Models, image: np.ndarray, scales: Sequence[float], strength: float,
+              rng: np.random.Generator, options: SamplingOptions, axes: str = "both") -> Loop:
+    """Visual summary (paper 6.2): shrink step by step; project each step's image at its new size.
+
+    Step i resizes step i-1's result (the input for i = 0) to `image`'s size times scales[i] and
+    projects it, so the model puts its patches back at their own resolution as the image shrinks.
+    Yields one Frame per scale, at that scale's size (synthesized=False at strength 0: resized only).
+    """
+    sizes = summary_sizes(image.shape[1:], scales, axes)
+    made = strength_level(models["projector"].schedule, strength) > 0
+    x = image
+    for i, size in enumerate(sizes):
+        small = resize_image(x, size)
+        x = yield from run_quietly(project(models, small, strength, rng, options))
+        yield Frame(i, x, synthesized=made)
+    return x
+
+
+def run_quietly(loop: Loop) -> Loop:
+    """A loop's steps without its frames: for loops used as one part of a larger one."""
+    reply = None
+    while True:
+        try:
+            event = loop.send(reply)
+        except StopIteration as stop:
+            return stop.value
+        reply = (yield event) if isinstance(event, StepRequest) else None
