@@ -19,6 +19,8 @@ from pathlib import Path
 from sinfusion.bundle import BundleError
 from sinfusion.cli_args import (duration, int_at_least, non_negative_float, positive_float,
                                 size_within)
+from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
+from sinfusion.stills import scales_arg, strength_arg
 from sinfusion.video import VideoError
 
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 1, 130
@@ -93,14 +95,30 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="bundle name (default: the clip's file name)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    s = sub.add_parser("sample", help="render frames from a bundle to a video file")
+    s = sub.add_parser("sample", help="render frames from a bundle to a video file (or images)")
     s.add_argument("bundle", help="bundle folder written by `trainer train`")
-    s.add_argument("--out", required=True, help="video to write (.mp4, .mov, .mkv, .webm, .gif)")
+    s.add_argument("--out", required=True,
+                   help="video to write (.mp4, .mov, .mkv, .webm, .gif); with --project/--summary an "
+                        "image (.png, .jpg), or a numbered pattern such as step-%%03d.png")
     mode = s.add_mutually_exclusive_group(required=True)
     mode.add_argument("--extrapolate", type=int_at_least(1), metavar="N",
                       help="N frames forward (k>0) or backward (k<0) from frame --start")
     mode.add_argument("--generate", type=int_at_least(1), metavar="N", help="a new clip of N frames")
     mode.add_argument("--upsample", type=int, choices=(2, 4, 8), help="temporal upsampling factor")
+    mode.add_argument("--project", metavar="IMAGE",
+                      help="noise IMAGE to --strength and denoise it with the Projector: edits and "
+                           "sketches come back in the training image's detail (docs/applications.md)")
+    mode.add_argument("--summary", nargs="?", const="", metavar="IMAGE",
+                      help="visual summary of IMAGE (default: the bundle's frame --start, else 0): "
+                           "shrink by each of --scales, projecting every step")
+    s.add_argument("--strength", type=strength_arg, default=None,
+                   help=f"--project/--summary: noise std in [0, 1] (0 = unchanged, 1 = pure noise; "
+                        f"default {DEFAULT_STRENGTH})")
+    s.add_argument("--scales", type=scales_arg, default=None,
+                   help="--summary: comma-separated sizes relative to the image, in (0, 1] "
+                        "(default 0.9,0.8,0.7,0.6,0.5)")
+    s.add_argument("--axes", choices=SUMMARY_AXES, default="both",
+                   help="--summary: the sides that shrink (default both)")
     s.add_argument("--start", type=int_at_least(0),
                    help="start frame (default: the last frame for k>0, the first for k<0)")
     s.add_argument("--k", type=int, default=1, help="frame step, nonzero in [-3, 3] (default 1)")
@@ -197,6 +215,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     from .render import RenderRequest, make_denoiser, render, required_roles
 
+    if args.project is not None or args.summary is not None:
+        return cmd_project(args)
+    for flag, value in (("--strength", args.strength), ("--scales", args.scales)):
+        if value is not None:
+            raise UsageError(f"trainer sample: {flag} is only used with --project or --summary")
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
         raise UsageError(f"trainer sample: --out must end in .mp4, .mov, .mkv, .webm or .gif, got {out}")
@@ -233,6 +256,67 @@ def cmd_sample(args: argparse.Namespace) -> int:
         write_image(args.sheet, contact_sheet(frames, columns=args.sheet_columns))
     print(f"trainer: wrote {out} ({len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at "
           f"{fps:g} fps) in {time.monotonic() - began:.1f}s", file=sys.stderr)
+    return 0
+
+
+DEFAULT_SCALES = [0.9, 0.8, 0.7, 0.6, 0.5]
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    """--project IMAGE / --summary [IMAGE]: still images in --out (docs/applications.md)."""
+    from sinfusion.bundle import Bundle
+    from sinfusion.sampling import SamplingOptions, strength_level, summary_sizes
+    from sinfusion.stills import is_still, one_image_problem, sizes_sheet, write_stills
+    from sinfusion.video import write_image
+
+    from .render import make_denoiser, render_projection, still_input
+
+    summary = args.summary is not None
+    if not is_still(args.out):
+        raise UsageError(f"trainer sample: --out must end in .png, .jpg or .jpeg with "
+                         f"{'--summary' if summary else '--project'}, got {args.out}")
+    if args.scales is not None and not summary:
+        raise UsageError("trainer sample: --scales is only used with --summary")
+    scales = (args.scales or DEFAULT_SCALES) if summary else None
+    problem = one_image_problem(args.out, len(scales) if summary else 1)
+    if problem:
+        raise UsageError(f"trainer sample: --out {problem}")
+    strength = DEFAULT_STRENGTH if args.strength is None else args.strength
+    bundle = Bundle.open(args.bundle)
+    if "projector" not in bundle.roles:
+        raise BundleError(f"{bundle.path}: {'--summary' if summary else '--project'} needs a "
+                          f"trained projector; this bundle has {', '.join(bundle.roles) or 'no roles'}")
+    options = SamplingOptions(args.steps, args.method)
+    schedule = bundle.models()["projector"].schedule
+    m = bundle.manifest
+    try:
+        options.validate(schedule.steps)
+        t = strength_level(schedule, strength)
+        if summary:
+            summary_sizes((m.height, m.width), scales, args.axes)
+        image, notice = still_input(bundle, args.project or args.summary, args.start)
+    except ValueError as exc:
+        if isinstance(exc, (BundleError, VideoError)):
+            raise
+        raise UsageError(f"trainer sample: {exc}") from None
+    if notice:
+        print(f"trainer: {notice}", file=sys.stderr)
+    if args.runtime == "torch":
+        from .training import resolve_device
+
+        resolve_device(args.device)
+    denoiser = make_denoiser(bundle, args.runtime, args.device, ["projector"])
+    began = time.monotonic()
+    made = render_projection(bundle, image, strength, options, args.seed, denoiser, scales, args.axes)
+    written = list(write_stills(args.out, made))
+    if args.sheet:
+        write_image(args.sheet, sizes_sheet([image, *made]))
+    what = (f"a summary in {len(made)} steps, {made[0].shape[1]}x{made[0].shape[0]} to "
+            f"{made[-1].shape[1]}x{made[-1].shape[0]}" if summary
+            else f"a projection of {m.width}x{m.height}")
+    where = written[0] if len(written) == 1 else f"{written[0]} .. {written[-1].name}"
+    print(f"trainer: wrote {where} ({what}; strength {strength:g} = noise level {t} of "
+          f"{schedule.steps}) in {time.monotonic() - began:.1f}s", file=sys.stderr)
     return 0
 
 

@@ -99,3 +99,49 @@ def render(bundle: Bundle, request: RenderRequest, denoiser) -> tuple[np.ndarray
         fps = m.fps * request.factor
     made = [to_uint8(frame.image) for frame in sampling.run(loop, denoiser)]
     return np.stack(first + made), fps
+
+
+# --- image applications (paper 6.2): `trainer sample --project IMAGE` and `--summary` ---------------
+
+def still_input(bundle: Bundle, path: str | None, start: int | None) -> tuple[np.ndarray, str | None]:
+    """The image to project: a file (first frame, resized to the model's size) or a clip frame.
+
+    Returns uint8 (H, W, 3) at the model's size and a notice when the file had to be resized.
+    """
+    from sinfusion.video import VideoError, _resize, read_clip
+
+    m = bundle.manifest
+    if not path:
+        index = 0 if start is None else start
+        if not 0 <= index < m.frame_count:
+            raise ValueError(f"start must be in [0, {m.frame_count - 1}], got {index}")
+        return bundle.frames()[index], None
+    clip = read_clip(path, max_side=0)
+    if len(clip.frames) != 1:
+        raise VideoError(f"{path}: has {len(clip.frames)} frames; give one image")
+    image = clip.frames[0]
+    h, w = image.shape[:2]
+    if (h, w) == (m.height, m.width):
+        return image, None
+    return _resize(image, (m.width, m.height)), (f"{path} is {w}x{h}; the model's size is "
+                                                 f"{m.width}x{m.height}: resized (Lanczos)")
+
+
+def render_projection(bundle: Bundle, image: np.ndarray, strength: float,
+                      options: sampling.SamplingOptions, seed: int, denoiser,
+                      scales: list[float] | None = None, axes: str = "both") -> list[np.ndarray]:
+    """Project `image` (uint8, the model's size), or summarise it when `scales` are given.
+
+    Returns uint8 images: the projection's result, or one per scale.
+    """
+    if "projector" not in bundle.manifest.roles:
+        raise BundleError(f"{bundle.path}: projection needs a trained projector; this bundle has "
+                          f"{', '.join(bundle.manifest.roles) or 'no roles'}")
+    models = bundle.models()
+    rng = np.random.default_rng(seed)
+    x = to_model(image)
+    if scales is None:
+        loop = sampling.project(models, x, strength, rng, options)
+    else:
+        loop = sampling.summarize(models, x, scales, strength, rng, options, axes)
+    return [to_uint8(frame.image) for frame in sampling.run(loop, denoiser)]
