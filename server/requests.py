@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 
 from sinfusion.frames import to_model
-from sinfusion.sampling import SamplingOptions
+from sinfusion.sampling import DEFAULT_STRENGTH, SamplingOptions, summary_sizes
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.video import _resize as resize_lanczos  # PIL Lanczos, the clip reader's resize
 
@@ -124,6 +124,76 @@ def client_frame(raw: pb.RawFrame, model: ServedModel, policy: int,
         raise invalid(f"{field} is {w}x{h} but model {short(model.name)} takes {mw}x{mh} "
                       f"(resize policy RESIZE_POLICY_REFUSE)")
     return resize_lanczos(image, (mw, mh)), True
+
+
+# --- Project and Summarize (the image applications) ----------------------------------------------
+
+SUMMARY_AXES = {pb.SUMMARY_AXES_UNSPECIFIED: "both", pb.SUMMARY_AXES_BOTH: "both",
+                pb.SUMMARY_AXES_WIDTH: "width", pb.SUMMARY_AXES_HEIGHT: "height"}
+
+
+def require_projector(model: ServedModel, rpc: str) -> None:
+    if "projector" not in model.models.roles:
+        raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"model {short(model.name)} cannot {rpc}: it needs a Projector "
+                           f"(has: {', '.join(model.roles) or 'none'})")
+
+
+def required_image(request, model: ServedModel, field: str = "image") -> tuple[np.ndarray, bool]:
+    """The request's `image` RawFrame at the model's size (its resize policy applied), resized?"""
+    if not request.HasField(field):
+        raise invalid(f"{field} must be set: the RGB24 image to work on")
+    return client_frame(getattr(request, field), model, resize_policy(request.resize), field)
+
+
+def strength(request) -> float:
+    """ProjectRequest/SummarizeRequest.strength: unset = the default; else finite in [0, 1]."""
+    if not request.HasField("strength"):
+        return DEFAULT_STRENGTH
+    value = request.strength
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise invalid(f"strength must be in [0, 1] (unset = {DEFAULT_STRENGTH}), got {value}")
+    return value
+
+
+def summary_axes(axes: int) -> str:
+    if axes not in SUMMARY_AXES:
+        raise invalid(f"axes must be SUMMARY_AXES_BOTH (1), SUMMARY_AXES_WIDTH (2) or "
+                      f"SUMMARY_AXES_HEIGHT (3), got {axes}")
+    return SUMMARY_AXES[axes]
+
+
+def summary_plan(scales, model: ServedModel, axes: str, max_frames: int) -> list[tuple[int, int]]:
+    """Checked scales -> the (height, width) of every summary step, engines at each size included."""
+    if not 1 <= len(scales) <= max_frames:  # counted before any scale is read
+        raise invalid(f"scales must hold between 1 and {max_frames} scales (one frame each), "
+                      f"got {len(scales)}")
+    try:
+        sizes = summary_sizes(model.size, list(scales), axes)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+    engine_sizes(model, "projector", sizes)
+    return sizes
+
+
+def engine_sizes(model: ServedModel, role: str, sizes: list[tuple[int, int]]) -> None:
+    """Refuse sizes a fixed-shape runtime has no engine for (PyTorch takes any size)."""
+    denoiser = model.runtime.denoiser
+    engines = getattr(denoiser, "engines", None)  # FixedShapeDenoiser: (role, h, w) -> engines
+    if engines is None:
+        return
+    have = {(h, w) for r, h, w in engines if r == role}
+    missing = sorted({s for s in sizes if s not in have}, key=lambda s: (-s[0] * s[1], s))
+    if not missing:
+        return
+    listed = ", ".join(f"{w}x{h}" for h, w in missing[:5]) + (
+        f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                       f"model {short(model.name)} runs on {model.runtime.name}, whose {role} engines "
+                       f"have fixed sizes ({', '.join(f'{w}x{h}' for h, w in sorted(have)) or 'none'});"
+                       f" this summary needs {listed}: export engines at those sizes "
+                       f"(sinfusion-export --roles {role} --size WxH) or serve the model on a torch "
+                       f"runtime")
 
 
 @dataclass

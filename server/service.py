@@ -20,7 +20,8 @@ import time
 import grpc
 
 from sinfusion.frames import to_model
-from sinfusion.sampling import extrapolate, generate, interpolate_between
+from sinfusion.sampling import (extrapolate, generate, interpolate_between, project,
+                                projection_levels, summarize)
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
@@ -97,18 +98,21 @@ class StreamRun:
                  self.what, self.peer)
         return self
 
-    def frame(self, index: int, rgb: bytes, synthesized: bool, resized: bool) -> pb.Frame:
+    def frame(self, index: int, rgb: bytes, synthesized: bool, resized: bool,
+              size: tuple[int, int] | None = None, noise_level: int = 0) -> pb.Frame:
+        """A Frame message at the model's size, or at `size` (height, width): Summarize's."""
         if self.first is None:
             self.first = time.perf_counter() - self.start
             self.service.metrics.first_frame.labels(self.model.name, self.rpc).observe(self.first)
         self.count += 1
         self.service.metrics.frames.labels(self.model.name, self.rpc, str(synthesized).lower()).inc()
-        h, w = self.model.size
+        h, w = size or self.model.size
         return pb.Frame(index=index, width=w, height=h, rgb=rgb, synthesized=synthesized,
-                        resized=resized)
+                        resized=resized, noise_level=noise_level)
 
-    def wire(self, f: WireFrame, resized: bool) -> pb.Frame:
-        return self.frame(f.index, f.rgb, f.synthesized, resized)
+    def wire(self, f: WireFrame, resized: bool, size: tuple[int, int] | None = None,
+             noise_level: int = 0) -> pb.Frame:
+        return self.frame(f.index, f.rgb, f.synthesized, resized, size, noise_level)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.service.slots.release()
@@ -170,12 +174,18 @@ class SinFusionService(pb_grpc.SinFusionServicer):
     def _ok(self, rpc: str, start: float) -> None:
         self.metrics.rpc_seconds.labels(rpc, "OK").observe(time.perf_counter() - start)
 
-    async def _forward(self, run: StreamRun, model: ServedModel, loop, resized: bool):
-        """Submit a loop to the model's scheduler and yield its frames as Frame messages."""
+    async def _forward(self, run: StreamRun, model: ServedModel, loop, resized: bool,
+                       sizes: list | None = None, levels: list[int] | None = None):
+        """Submit a loop to the model's scheduler and yield its frames as Frame messages.
+
+        `sizes` and `levels`, indexed by frame index, give frames not at the model's size their size
+        (Summarize) and intermediate frames their noise level (Project); the scheduler carries bytes only.
+        """
         job = model.scheduler.submit(loop)
         try:
             async for f in job.frames():
-                yield run.wire(f, resized)
+                yield run.wire(f, resized, sizes[f.index] if sizes else None,
+                               levels[f.index] if levels else 0)
         finally:
             job.cancel()  # no-op when finished; else dropped at the scheduler's next step
 
@@ -255,6 +265,55 @@ class SinFusionService(pb_grpc.SinFusionServicer):
             self._fail(context, "Generate", start, exc)
             return
         self._ok("Generate", start)
+
+    # --- the image applications (paper section 6.2) --------------------------------------------------
+
+    async def Project(self, request, context):
+        start = time.perf_counter()
+        try:
+            model = self._find(request.model)
+            rq.require_projector(model, "project")
+            image, resized = rq.required_image(request, model)
+            strength = rq.strength(request)
+            s = rq.sampling(request.sampling, model, ("projector",))
+            schedule = model.models["projector"].schedule
+            levels = projection_levels(schedule, strength, s.options.steps)
+            steps = request.intermediate_steps
+            what = (f"strength={strength:g} (t={levels[0]}) intermediate_steps={str(steps).lower()} "
+                    f"steps={s.options.steps} {s.options.method} seed={s.seed}")
+            with StreamRun(self, "Project", model, what, context) as run:
+                loop = project(model.models, to_model(image), strength, s.rng(), s.options,
+                               intermediates=steps)
+                async for frame in self._forward(run, model, loop, resized,
+                                                 levels=levels if steps else None):
+                    yield frame
+        except Exception as exc:
+            self._fail(context, "Project", start, exc)
+            return
+        self._ok("Project", start)
+
+    async def Summarize(self, request, context):
+        start = time.perf_counter()
+        try:
+            model = self._find(request.model)
+            rq.require_projector(model, "summarize")
+            axes = rq.summary_axes(request.axes)
+            sizes = rq.summary_plan(request.scales, model, axes, self.config.max_frames)
+            image, resized = rq.required_image(request, model)
+            strength = rq.strength(request)
+            s = rq.sampling(request.sampling, model, ("projector",))
+            h, w = sizes[-1]
+            what = (f"scales={len(sizes)} to {w}x{h} axes={axes} strength={strength:g} "
+                    f"steps={s.options.steps} {s.options.method} seed={s.seed}")
+            with StreamRun(self, "Summarize", model, what, context) as run:
+                loop = summarize(model.models, to_model(image), list(request.scales), strength,
+                                 s.rng(), s.options, axes)
+                async for frame in self._forward(run, model, loop, resized, sizes=sizes):
+                    yield frame
+        except Exception as exc:
+            self._fail(context, "Summarize", start, exc)
+            return
+        self._ok("Summarize", start)
 
     # --- bidirectional streaming -------------------------------------------------------------------
 

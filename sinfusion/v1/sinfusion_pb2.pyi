@@ -18,12 +18,23 @@ class SamplingMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SAMPLING_METHOD_UNSPECIFIED: _ClassVar[SamplingMethod]
     SAMPLING_METHOD_DDPM: _ClassVar[SamplingMethod]
     SAMPLING_METHOD_DDIM: _ClassVar[SamplingMethod]
+
+class SummaryAxes(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUMMARY_AXES_UNSPECIFIED: _ClassVar[SummaryAxes]
+    SUMMARY_AXES_BOTH: _ClassVar[SummaryAxes]
+    SUMMARY_AXES_WIDTH: _ClassVar[SummaryAxes]
+    SUMMARY_AXES_HEIGHT: _ClassVar[SummaryAxes]
 RESIZE_POLICY_UNSPECIFIED: ResizePolicy
 RESIZE_POLICY_RESIZE: ResizePolicy
 RESIZE_POLICY_REFUSE: ResizePolicy
 SAMPLING_METHOD_UNSPECIFIED: SamplingMethod
 SAMPLING_METHOD_DDPM: SamplingMethod
 SAMPLING_METHOD_DDIM: SamplingMethod
+SUMMARY_AXES_UNSPECIFIED: SummaryAxes
+SUMMARY_AXES_BOTH: SummaryAxes
+SUMMARY_AXES_WIDTH: SummaryAxes
+SUMMARY_AXES_HEIGHT: SummaryAxes
 
 class RawFrame(_message.Message):
     __slots__ = ("width", "height", "rgb")
@@ -36,20 +47,22 @@ class RawFrame(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("index", "width", "height", "rgb", "synthesized", "resized")
+    __slots__ = ("index", "width", "height", "rgb", "synthesized", "resized", "noise_level")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     RGB_FIELD_NUMBER: _ClassVar[int]
     SYNTHESIZED_FIELD_NUMBER: _ClassVar[int]
     RESIZED_FIELD_NUMBER: _ClassVar[int]
+    NOISE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     index: int
     width: int
     height: int
     rgb: bytes
     synthesized: bool
     resized: bool
-    def __init__(self, index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ..., synthesized: _Optional[bool] = ..., resized: _Optional[bool] = ...) -> None: ...
+    noise_level: int
+    def __init__(self, index: _Optional[int] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., rgb: _Optional[bytes] = ..., synthesized: _Optional[bool] = ..., resized: _Optional[bool] = ..., noise_level: _Optional[int] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
     __slots__ = ("steps", "method", "correction_steps", "seed")
@@ -170,3 +183,37 @@ class UpsampleRequest(_message.Message):
     sampling: SamplingParams
     frame: RawFrame
     def __init__(self, model: _Optional[str] = ..., factor: _Optional[int] = ..., resize: _Optional[_Union[ResizePolicy, str]] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., frame: _Optional[_Union[RawFrame, _Mapping]] = ...) -> None: ...
+
+class ProjectRequest(_message.Message):
+    __slots__ = ("model", "image", "resize", "strength", "sampling", "intermediate_steps")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    INTERMEDIATE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    image: RawFrame
+    resize: ResizePolicy
+    strength: float
+    sampling: SamplingParams
+    intermediate_steps: bool
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[RawFrame, _Mapping]] = ..., resize: _Optional[_Union[ResizePolicy, str]] = ..., strength: _Optional[float] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ..., intermediate_steps: _Optional[bool] = ...) -> None: ...
+
+class SummarizeRequest(_message.Message):
+    __slots__ = ("model", "image", "resize", "scales", "axes", "strength", "sampling")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    AXES_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    image: RawFrame
+    resize: ResizePolicy
+    scales: _containers.RepeatedScalarFieldContainer[float]
+    axes: SummaryAxes
+    strength: float
+    sampling: SamplingParams
+    def __init__(self, model: _Optional[str] = ..., image: _Optional[_Union[RawFrame, _Mapping]] = ..., resize: _Optional[_Union[ResizePolicy, str]] = ..., scales: _Optional[_Iterable[float]] = ..., axes: _Optional[_Union[SummaryAxes, str]] = ..., strength: _Optional[float] = ..., sampling: _Optional[_Union[SamplingParams, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,16 @@ class SinFusionStub:
                 request_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.UpsampleRequest.SerializeToString,
                 response_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
                 _registered_method=True)
+        self.Project = channel.unary_stream(
+                '/sinfusion.v1.SinFusion/Project',
+                request_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.ProjectRequest.SerializeToString,
+                response_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
+                _registered_method=True)
+        self.Summarize = channel.unary_stream(
+                '/sinfusion.v1.SinFusion/Summarize',
+                request_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.SummarizeRequest.SerializeToString,
+                response_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
+                _registered_method=True)
 
 
 class SinFusionServicer:
@@ -107,6 +117,31 @@ class SinFusionServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Project(self, request, context):
+        """Server streaming. Projection (paper section 6.2): the client's image is noised to the level that
+        `strength` names, then denoised by the Projector, which pulls every patch toward the training
+        images' patches. Coarse edits (a crop moved) and coarse colour sketches come back in the model's
+        detail; with a video model, any frame comes back looking like the clip. One Frame: the result.
+        With intermediate_steps, one Frame per noise level the image passes, from t down to 0
+        (Frame.noise_level), the last being the result. Needs a Projector: every model whose capabilities
+        include "generate" has one (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Summarize(self, request, context):
+        """Server streaming. Visual summary (paper section 6.2): the image shrinks step by step. Step i resizes
+        step i-1's result (the image for i = 0) to the image's size times scales[i] and projects it as
+        Project does, so the model redraws its patches at their own resolution on a smaller canvas. One
+        Frame per scale, in order, each at its own size. Needs a Projector; on engine runtimes (tensorrt,
+        onnxruntime-*) also an engine exported at every size the scales make (FAILED_PRECONDITION naming
+        the sizes otherwise; the torch-* runtimes take any size).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SinFusionServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -133,6 +168,16 @@ def add_SinFusionServicer_to_server(servicer, server):
             'Upsample': grpc.stream_stream_rpc_method_handler(
                     servicer.Upsample,
                     request_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.UpsampleRequest.FromString,
+                    response_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.SerializeToString,
+            ),
+            'Project': grpc.unary_stream_rpc_method_handler(
+                    servicer.Project,
+                    request_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.ProjectRequest.FromString,
+                    response_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.SerializeToString,
+            ),
+            'Summarize': grpc.unary_stream_rpc_method_handler(
+                    servicer.Summarize,
+                    request_deserializer=sinfusion_dot_v1_dot_sinfusion__pb2.SummarizeRequest.FromString,
                     response_serializer=sinfusion_dot_v1_dot_sinfusion__pb2.Frame.SerializeToString,
             ),
     }
@@ -270,6 +315,60 @@ class SinFusion:
             target,
             '/sinfusion.v1.SinFusion/Upsample',
             sinfusion_dot_v1_dot_sinfusion__pb2.UpsampleRequest.SerializeToString,
+            sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Project(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sinfusion.v1.SinFusion/Project',
+            sinfusion_dot_v1_dot_sinfusion__pb2.ProjectRequest.SerializeToString,
+            sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Summarize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/sinfusion.v1.SinFusion/Summarize',
+            sinfusion_dot_v1_dot_sinfusion__pb2.SummarizeRequest.SerializeToString,
             sinfusion_dot_v1_dot_sinfusion__pb2.Frame.FromString,
             options,
             channel_credentials,
