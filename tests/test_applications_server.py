@@ -10,6 +10,8 @@ import time
 import grpc
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from server import ServerConfig
 from server.background import BackgroundServer
@@ -291,3 +293,55 @@ def test_onnx_engines_project_and_refuse_summary_sizes_they_lack(exported):
         assert error.code() == PRECONDITION
         assert ("model 'still' runs on onnxruntime-cpu, whose projector engines have fixed sizes "
                 "(24x16); this summary needs 18x12, 12x8: export engines") in error.details()
+
+
+# --- fuzz: well-formed, mutated and random bytes never get UNKNOWN or INTERNAL ---------------------
+
+NAMES = st.sampled_from(["still", "tiny", "nopro", "", "nope", "s" * 300])
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(0, 1))
+
+
+def requests_of(method: str) -> st.SearchStrategy:
+    image = st.one_of(st.none(), st.just(raw(IMAGE)), st.builds(
+        pb.RawFrame, width=st.integers(0, 30), height=st.integers(0, 20), rgb=st.binary(max_size=64)))
+    sampling = st.builds(pb.SamplingParams, steps=st.integers(0, 3), method=st.integers(0, 3),
+                         seed=st.integers(0, 2**64 - 1))
+    if method == "Project":
+        return st.builds(pb.ProjectRequest, model=NAMES, image=image, resize=st.integers(0, 3),
+                         strength=FLOATS, sampling=sampling, intermediate_steps=st.booleans())
+    return st.builds(pb.SummarizeRequest, model=NAMES, image=image, resize=st.integers(0, 3),
+                     scales=st.lists(FLOATS, max_size=8), axes=st.integers(0, 5), strength=FLOATS,
+                     sampling=sampling)
+
+
+@st.composite
+def fuzz_call(draw) -> tuple[str, bytes]:
+    method = draw(st.sampled_from(["Project", "Summarize"]))
+    how = draw(st.sampled_from(["valid", "cut", "flip", "random"]))
+    if how == "random":
+        return method, draw(st.binary(max_size=200))
+    data = draw(requests_of(method)).SerializeToString()
+    if how == "cut" and data:
+        return method, data[:draw(st.integers(0, len(data) - 1))]
+    if how == "flip" and data:
+        at = draw(st.integers(0, len(data) - 1))
+        return method, data[:at] + bytes([data[at] ^ draw(st.integers(1, 255))]) + data[at + 1:]
+    return method, data
+
+
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(call=fuzz_call())
+def test_fuzz_project_and_summarize_never_unknown_or_internal(running, call):
+    method, payload = call
+    with grpc.insecure_channel(running.target) as channel:
+        try:
+            replies = list(channel.unary_stream(SERVICE + method)(payload, timeout=30))
+        except grpc.RpcError as error:
+            assert error.code() not in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL), \
+                (method, payload, error.details())
+            assert len(error.details() or "") < 1000
+            return
+    frames = [pb.Frame.FromString(r) for r in replies]
+    assert frames and [f.index for f in frames] == list(range(len(frames)))
+    assert all(len(f.rgb) == f.width * f.height * 3 for f in frames)
