@@ -103,6 +103,24 @@ class AsyncClient:
         return self._stream(self.stub.Generate(req, timeout=self.options.stream_timeout,
                                                metadata=self.options.metadata))
 
+    def project(self, model: str, image: np.ndarray, strength: float | None = None, *,
+                resize: str = "resize", sampling: m.Sampling | None = None,
+                intermediate_steps: bool = False) -> AsyncIterator[m.Frame]:
+        """See Client.project."""
+        req = m.project_request(model, image, strength, resize=resize, sampling=sampling,
+                                intermediate_steps=intermediate_steps)
+        return self._stream(self.stub.Project(req, timeout=self.options.stream_timeout,
+                                              metadata=self.options.metadata))
+
+    def summarize(self, model: str, image: np.ndarray, scales: Iterable[float], *,
+                  strength: float | None = None, axes: str = "both", resize: str = "resize",
+                  sampling: m.Sampling | None = None) -> AsyncIterator[m.Frame]:
+        """See Client.summarize."""
+        req = m.summarize_request(model, image, scales, strength=strength, axes=axes, resize=resize,
+                                  sampling=sampling)
+        return self._stream(self.stub.Summarize(req, timeout=self.options.stream_timeout,
+                                                metadata=self.options.metadata))
+
     async def upsample(self, model: str, frames: AsyncIterable[np.ndarray] | Iterable[np.ndarray],
                        factor: int, *, resize: str = "resize",
                        sampling: m.Sampling | None = None) -> AsyncIterator[m.Frame]:

@@ -3,6 +3,8 @@
     sinfusion models
     sinfusion extrapolate --model clouds --frames 48 -o future.mp4
     sinfusion generate --model clouds --frames 48 | ffplay -
+    sinfusion project --model photo --strength 0.6 -i edit.png -o result.png
+    sinfusion summarize --model photo --scales 0.9,0.8,0.7 -i photo.png -o step-%02d.png
     ffmpeg -i in.mp4 -f yuv4mpegpipe - | sinfusion upsample --model clouds --factor 4 | ffmpeg -i - out.mp4
 
 Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/client.md):
@@ -34,6 +36,7 @@ import numpy as np
 
 from sinfusion.cli_args import frame_size, int_at_least, positive_float
 from sinfusion.pipes import PipeError, frame_size_problem
+from sinfusion.stills import StillsError, is_pattern, is_still, scales_arg, strength_arg, write_stills
 from sinfusion.video import VideoError
 
 from . import cli_size
@@ -82,16 +85,17 @@ def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
                    help="no progress or summary on stderr")
 
 
-def _sampling_args(p: argparse.ArgumentParser) -> None:
+def _sampling_args(p: argparse.ArgumentParser, correction: bool = True) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=int_at_least(0), default=0, help="denoising steps per frame (0 = the model's T)")
     g.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
-    g.add_argument("--correction-steps", type=int_at_least(0), default=None,
-                   help="Projector correction level T_corr (default: the model's; 0 = off)")
+    if correction:  # a projection is itself the correction: project and summarize have none
+        g.add_argument("--correction-steps", type=int_at_least(0), default=None,
+                       help="Projector correction level T_corr (default: the model's; 0 = off)")
     g.add_argument("--seed", type=int_at_least(0), default=None, help="random seed (default: random)")
 
 
-def _input_args(p: argparse.ArgumentParser) -> None:
+def _input_args(p: argparse.ArgumentParser, output_size: bool = True) -> None:
     g = p.add_argument_group("input (stdin: y4m, recognised by its header, or raw RGB24 with --size)")
     g.add_argument("-i", "--input", metavar="FILE",
                    help="read frames from FILE (any video, .y4m, .rgb) instead of stdin")
@@ -101,15 +105,18 @@ def _input_args(p: argparse.ArgumentParser) -> None:
                    help="frame rate of raw input (default: the model's)")
     g.add_argument("--resize", choices=("resize", "refuse"), default="resize",
                    help="input frames not at the model's size: resized by the server, or refused")
-    g.add_argument("--output-size", choices=("model", "input"), default=None,
-                   help="when the input's size differs from the model's: output at the model's size, or "
-                        "resized back to the input's here (required for raw stdout output then)")
+    if output_size:
+        g.add_argument("--output-size", choices=("model", "input"), default=None,
+                       help="when the input's size differs from the model's: output at the model's size, "
+                            "or resized back to the input's here (required for raw stdout output then)")
 
 
-def _output_args(p: argparse.ArgumentParser) -> None:
+def _output_args(p: argparse.ArgumentParser, stills: bool = False) -> None:
     g = p.add_argument_group("output (stdout unless --output)")
     g.add_argument("-o", "--output", metavar="FILE",
-                   help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb")
+                   help="write to FILE: .mp4 .mov .mkv .webm .gif .y4m .rgb"
+                        + (", or images: .png .jpg, a numbered pattern (step-%%03d.png) for several"
+                           if stills else ""))
     g.add_argument("--format", choices=("y4m", "raw"), default="y4m", help="stdout format (default y4m)")
     g.add_argument("--chroma", choices=("444", "422", "420"), default="444", help="y4m chroma subsampling")
     g.add_argument("--fps", type=positive_float,
@@ -158,6 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
     _sampling_args(p)
     _input_args(p)
     _output_args(p)
+
+    p = command("project", "noise every input image to --strength and denoise it with the model's "
+                           "Projector: edits and sketches come back in the model's detail")
+    p.add_argument("--model", required=True)
+    p.add_argument("--strength", type=strength_arg, default=None,
+                   help="noise std in [0, 1]: 0 = unchanged, 1 = pure noise (default: the server's, 0.6)")
+    p.add_argument("--intermediate-steps", action="store_true",
+                   help="also write the noised image and the image after every step, the result last")
+    _sampling_args(p, correction=False)
+    _input_args(p)
+    _output_args(p, stills=True)
+
+    p = command("summarize", "visual summary of the first input image: shrunk by each of --scales, "
+                             "every step projected")
+    p.add_argument("--model", required=True)
+    p.add_argument("--scales", type=scales_arg, default=[0.9, 0.8, 0.7, 0.6, 0.5],
+                   help="comma-separated sizes relative to the image at the model's size, in (0, 1] "
+                        "(default 0.9,0.8,0.7,0.6,0.5)")
+    p.add_argument("--axes", choices=("both", "width", "height"), default="both",
+                   help="the sides that shrink (default both)")
+    p.add_argument("--strength", type=strength_arg, default=None,
+                   help="noise std of every step, in [0, 1] (default: the server's, 0.6)")
+    _sampling_args(p, correction=False)
+    _input_args(p, output_size=False)
+    _output_args(p, stills=True)
     return parser
 
 
@@ -193,8 +225,8 @@ def _progress(args, frames: Iterable[Frame], total: int | None, notices: list[st
 
 
 def _sampling(args) -> Sampling:
-    return Sampling(steps=args.steps, method=args.method, correction_steps=args.correction_steps,
-                    seed=args.seed)
+    return Sampling(steps=args.steps, method=args.method,
+                    correction_steps=getattr(args, "correction_steps", None), seed=args.seed)
 
 
 def cmd_models(client: Client, args) -> int:
@@ -228,7 +260,8 @@ def cmd_health(client: Client, args) -> int:
 
 
 def _takes_input(args) -> bool:
-    return args.command == "upsample" or (args.command == "extrapolate" and args.start_from_input)
+    return args.command in ("upsample", "project", "summarize") or \
+        (args.command == "extrapolate" and args.start_from_input)
 
 
 def _check_usage(args) -> None:
@@ -263,7 +296,9 @@ def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int |
     input_size = None if first is None else (first.shape[1], first.shape[0])
     raw_stdout = args.output in (None, "-") and args.format == "raw"
     try:
-        sizes = cli_size.plan((info.width, info.height), input_size, getattr(args, "output_size", None),
+        # summarize: its frames go out on model-size canvases (or as images of their own sizes)
+        choice = "model" if args.command == "summarize" else getattr(args, "output_size", None)
+        sizes = cli_size.plan((info.width, info.height), input_size, choice,
                               getattr(args, "resize", "resize"), raw_stdout, args.model)
     except cli_size.SizeChoiceError as exc:
         raise UsageError(str(exc)) from None
@@ -272,23 +307,77 @@ def _stream_command(client: Client, args) -> tuple[Iterator[Frame], float, int |
         fps, total = args.fps or (source.fps or info.fps) * args.factor, None
         frames = client.upsample(args.model, chain([first], source.frames), args.factor, resize=args.resize,
                                  sampling=_sampling(args))
+    elif args.command == "project":
+        fps, total = args.fps or source.fps or info.fps, None
+        frames = _project_each(client, args, chain([first], source.frames))
+    elif args.command == "summarize":
+        fps, total = args.fps or source.fps or info.fps, len(args.scales)
+        frames = client.summarize(args.model, first, args.scales, strength=args.strength, axes=args.axes,
+                                  resize=args.resize, sampling=_sampling(args))
+        if not is_still(args.output or ""):  # videos and pipes hold one size
+            frames = _on_canvas(frames, (info.width, info.height))
+            notices.append(f"summary frames shrink; in {args.output or 'stdout'} each is centred on a black "
+                           f"{info.width}x{info.height} canvas (write images, e.g. -o step-%02d.png, to keep "
+                           f"their sizes)")
     else:
         fps, total = args.fps or info.fps, args.frames
         frames = (client.generate(args.model, args.frames, _sampling(args)) if args.command == "generate"
                   else client.extrapolate(args.model, args.frames, step=args.step, start_frame=args.start_frame,
                                           start_image=first, resize=args.resize, sampling=_sampling(args)))
-    if raw_stdout and first is None:  # no header, no input whose size the user gave: say the size
+    if raw_stdout and (first is None or args.command == "summarize"):  # no header: say the size
         w, h = sizes.output
         notices.append(f"stdout: raw RGB24 frames of {w}x{h} at {fps:g} fps (read with -f rawvideo "
                        f"-pix_fmt rgb24 -s {w}x{h} -r {fps:g})")
     return frames, fps, total, sizes, notices
 
 
+def _project_each(client: Client, args, images: Iterable[np.ndarray]) -> Iterator[Frame]:
+    """One Project call per input image, in order (each seeded alike when --seed is given)."""
+    for image in images:
+        yield from client.project(args.model, image, args.strength, resize=args.resize,
+                                  sampling=_sampling(args), intermediate_steps=args.intermediate_steps)
+
+
+def _on_canvas(frames: Iterable[Frame], size: tuple[int, int]) -> Iterator[Frame]:
+    """Frames centred on a black canvas of `size` (width, height): one size for videos and pipes."""
+    w, h = size
+    for frame in frames:
+        canvas = np.zeros((h, w, 3), np.uint8)
+        top, left = (h - frame.height) // 2, (w - frame.width) // 2
+        canvas[top:top + frame.height, left:left + frame.width] = frame.image
+        yield dataclasses.replace(frame, image=canvas)
+
+
+def _check_stills(args) -> None:
+    """Image output: one file holds one image, so several need a numbered pattern (refused up front
+    where the count is known; a second input image to a plain name fails when it comes)."""
+    folder = os.path.dirname(args.output)
+    if folder and not os.path.isdir(folder):
+        raise OutputError(f"{args.output}: folder {folder} does not exist")
+    if is_pattern(args.output):
+        return
+    several = (args.command == "summarize" and len(args.scales) > 1) or \
+        (args.command == "project" and args.intermediate_steps)
+    if several:
+        p = args.output
+        stem, dot, suffix = p.rpartition(".")
+        raise UsageError(f"{p} holds one image but {args.command} makes several here: give a numbered "
+                         f"pattern such as {stem}-%03d.{suffix}")
+
+
 def cmd_frames(client: Client, args) -> int:
-    check_output(args.output)
+    stills = args.command in ("project", "summarize") and is_still(args.output or "")
+    if stills:
+        _check_stills(args)
+    else:
+        check_output(args.output)
     frames, fps, total, sizes, notices = _stream_command(client, args)
     shown = cli_size.resized(frames, sizes.output) if sizes.resize_back else frames
     try:
+        if stills:
+            for _ in write_stills(args.output, _progress(args, shown, total, notices)):
+                pass
+            return EXIT_OK
         write_frames(_progress(args, shown, total, notices), args.output, args.format, fps, args.chroma)
     except BrokenPipeError:
         # The reader downstream (head, a player that was closed) wants no more: stop the stream on
@@ -316,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(_server_error(exc, args), exit_code(exc.code))
     except (InputError, PipeError) as exc:
         return _fail(str(exc), EXIT_INPUT)
+    except StillsError as exc:
+        return _fail(f"output: {exc}", EXIT_OUTPUT)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except BrokenPipeError:  # stdout closed by its reader while printing (e.g. `models | head -1`)

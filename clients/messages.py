@@ -16,6 +16,7 @@ from .errors import ClientError
 
 METHODS = {"ddpm": pb.SAMPLING_METHOD_DDPM, "ddim": pb.SAMPLING_METHOD_DDIM}
 RESIZE = {"resize": pb.RESIZE_POLICY_RESIZE, "refuse": pb.RESIZE_POLICY_REFUSE}
+AXES = {"both": pb.SUMMARY_AXES_BOTH, "width": pb.SUMMARY_AXES_WIDTH, "height": pb.SUMMARY_AXES_HEIGHT}
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class Frame:
     image: np.ndarray
     synthesized: bool  # made by the model (False: an original frame passed through by upsample)
     resized: bool  # derived from a client frame that was resized to the model's size
+    noise_level: int = 0  # project(intermediate_steps=True): this image's noise level; 0 = the result
 
     @property
     def width(self) -> int:
@@ -123,7 +125,7 @@ def frame_from_proto(msg: pb.Frame) -> Frame:
         raise ClientError(None, f"server sent frame {msg.index} of {msg.width}x{msg.height} with "
                                 f"{len(msg.rgb)} bytes, expected {expected}")
     image = np.frombuffer(msg.rgb, np.uint8).reshape(msg.height, msg.width, 3)
-    return Frame(msg.index, image, msg.synthesized, msg.resized)
+    return Frame(msg.index, image, msg.synthesized, msg.resized, msg.noise_level)
 
 
 def _resize(policy: str) -> int:
@@ -163,3 +165,27 @@ def upsample_requests(first: pb.UpsampleRequest,
     yield first
     for image in frames:
         yield pb.UpsampleRequest(frame=raw_frame(image))
+
+
+def project_request(model: str, image: np.ndarray, strength: float | None = None, *,
+                    resize: str = "resize", sampling: Sampling | None = None,
+                    intermediate_steps: bool = False) -> pb.ProjectRequest:
+    req = pb.ProjectRequest(model=model, image=raw_frame(image), resize=_resize(resize),
+                            sampling=(sampling or Sampling()).to_proto(),
+                            intermediate_steps=intermediate_steps)
+    if strength is not None:
+        req.strength = strength
+    return req
+
+
+def summarize_request(model: str, image: np.ndarray, scales: Iterable[float], *,
+                      strength: float | None = None, axes: str = "both", resize: str = "resize",
+                      sampling: Sampling | None = None) -> pb.SummarizeRequest:
+    if axes not in AXES:
+        raise ValueError(f"axes must be one of {', '.join(AXES)}, got {axes!r}")
+    req = pb.SummarizeRequest(model=model, image=raw_frame(image), scales=list(scales),
+                              axes=AXES[axes], resize=_resize(resize),
+                              sampling=(sampling or Sampling()).to_proto())
+    if strength is not None:
+        req.strength = strength
+    return req

@@ -129,6 +129,29 @@ class Client:
                 call.cancel()
         return self._stream(call, failure)
 
+    # ---- the image applications (docs/applications.md) ------------------------------------------
+
+    def project(self, model: str, image: np.ndarray, strength: float | None = None, *,
+                resize: str = "resize", sampling: m.Sampling | None = None,
+                intermediate_steps: bool = False) -> Iterator[m.Frame]:
+        """`image` noised to `strength` (noise std in [0, 1]; None = the server's 0.6) and denoised
+        by the model's Projector. One frame, the result; with `intermediate_steps`, one per noise
+        level (Frame.noise_level), the result last."""
+        req = m.project_request(model, image, strength, resize=resize, sampling=sampling,
+                                intermediate_steps=intermediate_steps)
+        return self._stream(self._stub.Project(req, timeout=self.options.stream_timeout,
+                                               metadata=self.options.metadata))
+
+    def summarize(self, model: str, image: np.ndarray, scales: Iterable[float], *,
+                  strength: float | None = None, axes: str = "both", resize: str = "resize",
+                  sampling: m.Sampling | None = None) -> Iterator[m.Frame]:
+        """Visual summary: one frame per scale (in (0, 1], of the image at the model's size), each
+        the previous one shrunk on `axes` ("both", "width", "height") and projected."""
+        req = m.summarize_request(model, image, scales, strength=strength, axes=axes, resize=resize,
+                                  sampling=sampling)
+        return self._stream(self._stub.Summarize(req, timeout=self.options.stream_timeout,
+                                                 metadata=self.options.metadata))
+
 
 def _health_modules():
     try:
