@@ -487,7 +487,7 @@ def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
     h, w = size
-    channels = [np.asarray(Image.fromarray(c, mode="F").resize((w, h), Image.Resampling.LANCZOS))
+    channels = [np.asarray(Image.fromarray(c).resize((w, h), Image.Resampling.LANCZOS))
                 for c in np.ascontiguousarray(x, dtype=np.float32)]
     return np.clip(np.stack(channels), -1.0, 1.0).astype(np.float32)  # Lanczos overshoots edges
 

@@ -1,5 +1,5 @@
-"""The `trainer` command: `trainer train CLIP --out DIR`, `trainer sample BUNDLE --out out.mp4`, and
-`trainer plot BUNDLE --out losses.png`.
+"""The `trainer` command: `trainer train CLIP --out DIR`, `trainer sample BUNDLE --out out.mp4` (or
+`--project IMAGE` / `--summary` to still images), and `trainer plot BUNDLE --out losses.png`.
 
 User mistakes (a missing or unreadable clip, a bad range or size, an unknown role or preset, a folder
 that is not a bundle) end with one line on stderr and exit code 2 (usage) or 1 (input); Ctrl-C during

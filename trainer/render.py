@@ -5,6 +5,8 @@ Three modes, each one of the core's loops driven by `sampling.run` over a runtim
   generate:    a new clip of `count` frames, the first from noise (Projector), then Predictor steps;
   upsample:    the clip itself with factor-1 Interpolator frames between each pair of its frames.
 The result starts with the given frame for extrapolation, so a viewer sees where it came from.
+The image applications (`--project IMAGE`, `--summary`: still images, docs/applications.md) are
+`still_input` and `render_projection` at the end.
 """
 
 from __future__ import annotations
