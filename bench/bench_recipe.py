@@ -2,6 +2,7 @@
 
     nice .venv/bin/python -m bench.bench_recipe [--clips tornado,ants,boat_race,fish] [--minutes 10]
         [--preset cpu] [--set field=value ...] [--threads 2] [--eval-every 60] [--out results.json]
+        [--plot curves.png]
 
 For each clip: the `sinfusion-quality nextframe` protocol (train the Predictor on frames 0-15, n=16,
 k=1, on nothing else; test every pair of unseen frames, at most 100), with the preset's sizes. While
@@ -51,7 +52,7 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
     chosen = np.linspace(0, len(split.pairs) - 1, min(16, len(split.pairs))).round().astype(int)
     monitor = NextFrameMonitor(frames, [split.pairs[c] for c in chosen],
                                options=SamplingOptions(**CHEAP), eval_every_s=eval_every,
-                               stop_margin_db=0.0)
+                               stop_margin_db=0.0, keep_best=False)  # test pairs: watch only
     started = time.monotonic()
     bundle = train_bundle(frames[split.train], work / name, config, roles=["predictor"],
                           overwrite=True, progress=False, device="cpu", monitor=monitor)
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds between scores")
     parser.add_argument("--work", default="out/bench_recipe")
     parser.add_argument("--out", help="JSON file for every measurement")
+    parser.add_argument("--plot", help="PNG of the curves (quality.plots.plot_time_to_beat)")
     args = parser.parse_args(argv)
 
     import torch
@@ -109,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).write_text(json.dumps({"config": config.to_dict(), "argv": sys.argv[1:],
                                               "threads": args.threads, "cpus": os.cpu_count(),
                                               "rows": rows}, indent=1))
+    if args.plot and rows:
+        from quality.plots import plot_time_to_beat
+
+        plot_time_to_beat(rows, args.plot, title=f"preset {args.preset}, {args.threads} threads")
     print(f"command: python -m bench.bench_recipe {' '.join(sys.argv[1:])}")
     return 0
 

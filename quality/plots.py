@@ -157,3 +157,35 @@ def plot_nnf_maps(fields: dict[str, NNFResult], clips: dict[str, np.ndarray],
         for ax in axes[:, c]:
             ax.axis("off")
     return _save(fig, path)
+
+
+def plot_time_to_beat(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    """bench_recipe's curves: next-frame PSNR gain over copy against Predictor training time.
+
+    One line per clip (gain in dB on the watched unseen pairs), the 0.5 dB goal dashed, and beside
+    it the share of pairs won; a falling curve after a peak is a model starting to memorise.
+    """
+    if not rows:
+        raise ValueError("no clips to plot")
+    plt = _pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in rows:
+        curve = row["curve"]
+        minutes = [m["seconds"] / 60 for m in curve]
+        ax.plot(minutes, [m["model_psnr"] - m["copy_psnr"] for m in curve], "o-", ms=3,
+                label=row["clip"])
+        ax2.plot(minutes, [m["pairs_won"] / m["pairs"] for m in curve], "o-", ms=3,
+                 label=row["clip"])
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="goal: +0.5 dB")
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_ylim(bottom=max(-3.0, ax.get_ylim()[0]))
+    ax.set_xlabel("Predictor training, minutes")
+    ax.set_ylabel("next-frame PSNR - copy PSNR (dB)")
+    ax.legend(fontsize=8)
+    ax2.axhline(0.5, color="grey", ls="--", lw=1)
+    ax2.set_ylim(0, 1.02)
+    ax2.set_xlabel("Predictor training, minutes")
+    ax2.set_ylabel("share of unseen pairs the model wins")
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)

@@ -79,6 +79,21 @@ def test_pairs_share_the_window_and_are_k_apart():
     assert (m >= 0).all() and (m < 6).all()
 
 
+def test_hflip_mirrors_whole_samples_and_keeps_their_window():
+    frames = coded_clip(n=6)
+    plain = sampler(frames).pair(64, k_max=3)
+    mirrored = ClipSampler(frames, 0.75, "cpu", torch.Generator().manual_seed(0), hflip=True)
+    cond, target, k = mirrored.pair(64, k_max=3)
+    cc, tc = decode(cond), decode(target)
+    np.testing.assert_array_equal(cc[:, 1:], tc[:, 1:])  # both frames: same window, same mirroring
+    np.testing.assert_array_equal(tc[:, 0, 0, 0] - cc[:, 0, 0, 0], k.numpy())
+    # a mirrored crop is a crop of the frame read right to left: columns descend
+    cols = cc[:, 2, 0, :]  # channel 2 codes the column
+    flipped = (np.diff(cols, axis=1) < 0).all(axis=1)
+    assert flipped.any() and (~flipped).any() and (np.diff(cols[~flipped], axis=1) > 0).all()
+    assert plain[0].shape == cond.shape
+
+
 def test_triplets_are_n_n_plus_2_and_the_middle():
     s = sampler(coded_clip(n=5))
     before, after, middle = s.triplet(16)

@@ -118,3 +118,47 @@ def test_time_budget_ends_a_role_early_and_resume_does_not_redo_it(tmp_path):
     again = train_bundle(clip, tmp_path / "b", cfg, resume=True, progress=False, device="cpu")
     assert again.role("predictor").trained_steps == steps
     assert bundle.manifest.quality == {}  # no held-out frames, no report
+
+
+class _Scripted(NextFrameMonitor):
+    """A monitor whose scores are given: tests the keep-best bookkeeping alone."""
+
+    def __init__(self, scores: list[float]) -> None:
+        super().__init__(np.zeros((2, 4, 4, 3), np.uint8), [(0, 1)], min_gain_db=0.05)
+        self.scores = iter(scores)
+
+    def score(self, run, bundle) -> Measurement:
+        m = Measurement(run.state.step, float(run.state.step), next(self.scores), 30.0, 1, 1)
+        self.history.append(m)
+        return m
+
+
+class _Run:
+    def __init__(self) -> None:
+        self.ema = torch.nn.Linear(2, 2).requires_grad_(False)
+        self.state = type("State", (), {"step": 0})()
+
+
+class _Bundle:
+    manifest = type("Manifest", (), {"quality": {}})()
+
+
+@pytest.mark.parametrize("scores, served_step", [([29.0, 31.0, 30.5], 2), ([29.0, 31.0, 30.99], 3),
+                                                 ([29.0, 30.0, 31.0], 3)])
+def test_the_best_weights_are_served_when_the_last_score_worse(scores, served_step):
+    monitor, run, bundle = _Scripted(scores), _Run(), _Bundle()
+    weights = {}
+    for step in (1, 2):
+        run.state.step = step
+        with torch.no_grad():
+            run.ema.weight.fill_(step)
+        weights[step] = run.ema.weight.clone()
+        monitor.measure(run, bundle)
+    run.state.step = 3
+    with torch.no_grad():
+        run.ema.weight.fill_(3)
+    monitor.finish(run, bundle)
+    q = bundle.manifest.quality
+    assert q["predictor_steps"] == served_step and q["trained_steps"] == 3
+    assert q["model_psnr"] == scores[served_step - 1] and q["measurements"] == 3
+    assert float(run.ema.weight[0, 0]) == served_step  # the served weights are those measured

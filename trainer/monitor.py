@@ -14,7 +14,14 @@ score under "quality":
 
     {"holdout_frames": [first, end), "pairs": P, "k": 1, "sampling": {...},
      "model_psnr": dB, "copy_psnr": dB, "gain_db": model - copy, "pairs_won": W,
-     "predictor_steps": S, "predictor_seconds": s, "verdict": "beats copy" | "ties copy" | ...}
+     "predictor_steps": S, "predictor_seconds": s, "verdict": "beats copy" | "ties copy" | ...,
+     "trained_steps": S_end, "measurements": M}
+
+Early stopping: the weights served are those of the best measurement, not the last, when the last
+scored worse (small networks trained long on few frames start to memorise them; measured on the ants
+clip in docs/training.md). The record then names the step they come from (predictor_steps) and how
+long training went on (trained_steps); the score is of the weights served, chosen on these same pairs,
+so it is slightly optimistic.
 
 Stop rule: the Predictor stops early once it beats copy by `stop_margin_db` and its best score has not
 improved by `min_gain_db` over the last `patience` measurements (the plateau guard: it never stops a
@@ -85,13 +92,24 @@ class NextFrameMonitor:
     _last_eval: float = field(default=-1.0, repr=False)
 
     holdout: tuple[int, int] = (0, 0)  # [first, end) of the held-out frames, for the record
+    keep_best: bool = True  # serve the best-scoring EMA weights, not the last ones
+    served: Measurement | None = None  # the measurement of the weights that end up served
     _projector: object = field(default=None, repr=False)
+    _best_state: dict | None = field(default=None, repr=False)
 
     def due(self, elapsed_s: float) -> bool:
         return self._last_eval < 0 or elapsed_s - self._last_eval >= self.eval_every_s
 
     def measure(self, run, bundle) -> str:
-        """Score the run's EMA Predictor (with the bundle's Projector, when trained); short text."""
+        """Score the run's EMA Predictor and remember its weights if they are the best; short text."""
+        m = self.score(run, bundle)
+        if self.keep_best and (self.served is None or m.model_psnr > self.served.model_psnr):
+            self.served = m
+            self._best_state = {k: v.detach().clone() for k, v in run.ema.state_dict().items()}
+        return short_text(m)
+
+    def score(self, run, bundle) -> Measurement:
+        """Score the run's EMA Predictor (with the bundle's Projector, when trained)."""
         from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
 
         roles = {"predictor": RoleSampling(run.schedule, run.target)}
@@ -102,17 +120,25 @@ class NextFrameMonitor:
             roles["projector"] = bundle.models()["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        m = self.measure_with(denoiser, Models(roles), run.state.step, run.state.elapsed_s)
-        return short_text(m)
+        return self.measure_with(denoiser, Models(roles), run.state.step, run.state.elapsed_s)
 
     def finish(self, run, bundle) -> None:
-        """Measure the final weights (unless just measured) and record the score in the manifest."""
+        """Measure the final weights (unless just measured), put back the best ones if they scored
+        better by more than min_gain_db (early stopping: a small network trained long on few frames
+        starts to memorise them), and record the served weights' score in the manifest."""
         if not self.history or self.history[-1].step != run.state.step:
             self.measure(run, bundle)
+        last = self.history[-1]
+        if (self.keep_best and self.served is not None and self._best_state is not None
+                and self.served.model_psnr > last.model_psnr + self.min_gain_db):
+            run.ema.load_state_dict(self._best_state)
+        else:
+            self.served = last
         bundle.manifest.quality = self.record()
 
     def latest_text(self) -> str:
-        return short_text(self.history[-1]) if self.history else ""
+        m = self.served or (self.history[-1] if self.history else None)
+        return short_text(m) if m else ""
 
     def measure_with(self, denoiser, models: Models, step: int, elapsed_s: float) -> Measurement:
         """Predict and score every pair with the given runtime; appends to the history."""
@@ -140,12 +166,13 @@ class NextFrameMonitor:
         """The manifest's "quality" entry for the latest measurement ({} when none was made)."""
         if not self.history:
             return {}
-        m = self.history[-1]
+        m = self.served or self.history[-1]
         return {
             "holdout_frames": list(self.holdout), "pairs": m.pairs, "k": self.k,
             "sampling": asdict(self.options), "model_psnr": m.model_psnr,
             "copy_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "pairs_won": m.pairs_won,
             "predictor_steps": m.step, "predictor_seconds": m.seconds, "verdict": verdict(m),
+            "trained_steps": self.history[-1].step, "measurements": len(self.history),
         }
 
 

@@ -42,6 +42,8 @@ class TrainConfig:
     # "patches" for a fully convolutional net).
     batch_size: int = 1
     crop_fraction: float = 0.95
+    # Mirror half the samples left-right (trainer/samplers.py); the paper does not.
+    hflip: bool = False
     # Predictor's frame step curriculum: |k| starts at 1 and reaches k_max over the first
     # k_ramp fraction of its steps; both signs (negative k = predict the previous frame).
     k_max: int = 3
@@ -161,6 +163,7 @@ class TinyPreset(TrainConfig):
     predictor_target: str = "x0"
     projector_target: str = "eps"
     anchored: bool = True  # start at copy / blend: measured in docs/training.md
+    hflip: bool = True  # mirrored samples: stops the Predictor memorising its frames (measured there)
     batch_size: int = 2
     lr: float = 2e-3  # a tiny net on few steps tolerates (and needs) a larger step size
     lr_min: float = 2e-4

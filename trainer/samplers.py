@@ -6,7 +6,9 @@ one torch.Generator, so a run is reproducible and its state can be checkpointed.
 advanced-indexing gather: no per-sample Python transforms, no DataLoader.
 
 All frames of one sample (conditioning and target) share the same crop window, because the Predictor
-and Interpolator learn motion between aligned pixels.
+and Interpolator learn motion between aligned pixels. With `hflip`, half the samples are mirrored
+left-right, every frame of a sample alike: a mirrored clip is a physically plausible clip (motion
+mirrors with the appearance), so the model sees twice the distinct examples and memorises less.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class ClipSampler:
     """Random aligned crops of 1, 2 or 3 frames of a clip held on the device as uint8."""
 
     def __init__(self, frames: np.ndarray, crop_fraction: float, device: torch.device | str,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, hflip: bool = False) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
         self.device = torch.device(device)
@@ -48,6 +50,7 @@ class ClipSampler:
         self.count, _, self.height, self.width = self.frames.shape
         self.crop = crop_size(self.height, self.width, crop_fraction)
         self.generator = generator
+        self.hflip = hflip
 
     # --- random draws ---------------------------------------------------------------------------
 
@@ -69,11 +72,18 @@ class ClipSampler:
 
     # --- gathering -----------------------------------------------------------------------------
 
-    def gather(self, indices: torch.Tensor, top: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
-        """Crops of frames[indices] at (top, left): (B, 3, h, w) float32 in [-1, 1]."""
+    def _mirrors(self, batch: int) -> torch.Tensor | None:
+        """Which samples are mirrored left-right (hflip), the same for all frames of a sample."""
+        return self._randint(2, batch) == 1 if self.hflip else None
+
+    def gather(self, indices: torch.Tensor, top: torch.Tensor, left: torch.Tensor,
+               mirror: torch.Tensor | None = None) -> torch.Tensor:
+        """Crops of frames[indices] at (top, left), mirrored where `mirror`: (B, 3, h, w) in [-1, 1]."""
         ch, cw = self.crop
         rows = top[:, None] + torch.arange(ch, device=self.device)  # (B, h)
         cols = left[:, None] + torch.arange(cw, device=self.device)  # (B, w)
+        if mirror is not None:  # read the columns right to left: a mirrored crop, same window
+            cols = torch.where(mirror[:, None], cols.flip(1), cols)
         chans = torch.arange(3, device=self.device)
         crops = self.frames[indices[:, None, None, None], chans[None, :, None, None],
                             rows[:, None, :, None], cols[:, None, None, :]]
@@ -82,7 +92,7 @@ class ClipSampler:
     def single(self, batch: int) -> torch.Tensor:
         """Projector batch: crops of frames drawn from the whole clip, (B, 3, h, w)."""
         top, left = self._offsets(batch)
-        return self.gather(self._randint(self.count, batch), top, left)
+        return self.gather(self._randint(self.count, batch), top, left, self._mirrors(batch))
 
     def pair(self, batch: int, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Predictor batch: (frame n, frame n+k, k) with the same crop; k in +-[1, k_max]."""
@@ -93,7 +103,8 @@ class ClipSampler:
         low = torch.clamp(-k, min=0)
         n = low + self._randint(self.count - k.abs(), batch)
         top, left = self._offsets(batch)
-        return self.gather(n, top, left), self.gather(n + k, top, left), k
+        mirror = self._mirrors(batch)
+        return self.gather(n, top, left, mirror), self.gather(n + k, top, left, mirror), k
 
     def triplet(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interpolator batch: (frame n, frame n+2, frame n+1) with the same crop."""
@@ -101,4 +112,6 @@ class ClipSampler:
             raise ValueError("the Interpolator needs a clip of at least 3 frames")
         n = self._randint(self.count - 2, batch)
         top, left = self._offsets(batch)
-        return self.gather(n, top, left), self.gather(n + 2, top, left), self.gather(n + 1, top, left)
+        m = self._mirrors(batch)
+        return (self.gather(n, top, left, m), self.gather(n + 2, top, left, m),
+                self.gather(n + 1, top, left, m))
