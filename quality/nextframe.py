@@ -13,7 +13,7 @@ does not depend on how many pairs are batched together.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import numpy as np
 
 from sinfusion import nextframe
 from sinfusion.nextframe import mse_to_psnr  # noqa: F401  (part of this module's API)
-from sinfusion.sampling import Models, SamplingOptions, validate_k
+from sinfusion.sampling import Denoiser, Models, SamplingOptions, validate_k
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int =
                  [(sub[i], sub[i + k]) for i in inside])
 
 
-def predict_pairs(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
+def predict_pairs(denoiser: Denoiser, models: Models, frames: np.ndarray, split: Split,
                   options: SamplingOptions, seed: int = 0, batch: int = 16) -> np.ndarray:
     """The model's prediction of each test pair's target: float32 (P, 3, H, W) in [-1, 1]."""
     return nextframe.predict_pairs(denoiser, models, frames, split.pairs, split.k, options, seed,
@@ -87,7 +87,7 @@ def score_pairs(frames: np.ndarray, split: Split, predictions: np.ndarray) -> di
     return nextframe.score_pairs(frames, split.pairs, predictions)
 
 
-def evaluate(denoiser: Callable, models: Models, frames: np.ndarray, split: Split,
+def evaluate(denoiser: Denoiser, models: Models, frames: np.ndarray, split: Split,
              options: SamplingOptions, seed: int = 0, sheet: str | Path | None = None,
              sheet_pairs: int = 6) -> dict:
     """Predict every test pair and score it against the truth and the copy baseline.

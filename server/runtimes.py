@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.engines import has_engines
+from sinfusion.sampling import Denoiser
 
 from .config import RUNTIME_ORDER, ConfigError
 
@@ -41,7 +41,7 @@ class LoadedRuntime:
     """A runtime with its engines loaded for one bundle."""
 
     name: str  # one of RUNTIME_ORDER
-    denoiser: Callable  # a sinfusion.sampling.Denoiser
+    denoiser: Denoiser
     batch_sizes: dict[str, tuple[int, ...]]  # per served role: engine batch sizes, ascending
 
 

@@ -40,8 +40,10 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from sinfusion.frames import to_uint8
-from sinfusion.sampling import Frame, Loop, StepRequest, run_requests
+from sinfusion.sampling import Loop, Stepper, run_requests
 
 from .runtimes import LoadedRuntime
 
@@ -80,21 +82,19 @@ def plan_batches(count: int, sizes: tuple[int, ...], fixed: bool = False) -> lis
     return calls
 
 
-class Job:
+class Job(Stepper):
     """One stream's loop inside the scheduler. The consumer iterates `frames()`; `cancel()` drops it."""
 
     _ids = itertools.count(1)
 
     def __init__(self, loop: Loop, runahead: int = RUNAHEAD,
                  on_room: Callable[[], None] | None = None) -> None:
+        super().__init__(loop)
         self.id = next(self._ids)
-        self.loop = loop
         self.runahead = runahead
         self.unread = 0  # finished frames queued or being handed over, not yet taken by the consumer
         self._on_room = on_room  # wakes the scheduler: a paused job may run again, or must be dropped
-        self.pending: StepRequest | None = None
         self.started = False
-        self.finished = False  # loop ended or failed: nothing left to schedule
         self.cancelled = False
         self.steps = 0
         self.waited = 0  # rounds this job's pending request was passed over
@@ -127,23 +127,11 @@ class Job:
 
     # --- worker-thread side ---------------------------------------------------------------------
 
-    def advance(self, reply) -> list[WireFrame]:
-        """Send one step's output into the loop; run it to its next request. Worker thread only."""
+    def advance_wire(self, reply: np.ndarray | None) -> list[WireFrame]:
+        """Stepper.advance, with the frames converted to the wire layout. Worker thread only."""
         self.started = True
-        frames = []
-        while True:
-            try:
-                event = self.loop.send(reply)
-            except StopIteration:
-                self.pending, self.finished = None, True
-                return frames
-            if isinstance(event, StepRequest):
-                self.pending = event
-                return frames
-            if not isinstance(event, Frame):
-                raise TypeError(f"sampling loop yielded {type(event).__name__}")
-            frames.append(WireFrame(event.index, to_uint8(event.image).tobytes(), event.synthesized))
-            reply = None
+        return [WireFrame(f.index, to_uint8(f.image).tobytes(), f.synthesized)
+                for f in self.advance(reply)]
 
 
 BatchHook = Callable[[str, int, int, float], None]  # (role, live requests, engine batch, seconds)
@@ -271,7 +259,7 @@ class Scheduler:
         results = []
         for job in jobs:
             try:
-                results.append((job, job.advance(None)))
+                results.append((job, job.advance_wire(None)))
             except Exception as exc:  # a loop that refuses its arguments fails alone
                 job.finished = True
                 results.append((job, exc))
@@ -297,7 +285,7 @@ class Scheduler:
         for job, out in zip(chunk, outputs):
             job.steps += 1
             try:
-                results.append((job, job.advance(out)))
+                results.append((job, job.advance_wire(out)))
             except Exception as exc:
                 job.finished = True
                 results.append((job, exc))

@@ -11,12 +11,12 @@ draws from its own Generator seeded by (seed, pair index), so a score does not d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from .frames import to_model
-from .sampling import Models, SamplingOptions, predict_frame, run_lockstep
+from .sampling import Denoiser, Models, SamplingOptions, predict_frame, run_lockstep
 
 Pair = tuple[int, int]
 
@@ -30,7 +30,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def predict_pairs(denoiser: Callable, models: Models, frames: np.ndarray, pairs: Sequence[Pair],
+def predict_pairs(denoiser: Denoiser, models: Models, frames: np.ndarray, pairs: Sequence[Pair],
                   k: int, options: SamplingOptions, seed: int = 0,
                   batch: int = 16) -> np.ndarray:
     """The model's prediction of each pair's second frame: float32 (P, 3, H, W) in [-1, 1]."""

@@ -3,8 +3,9 @@
 A loop is a Python generator. It yields `StepRequest`s (one diffusion step of one sample: arrays without
 a batch axis) and receives each step's output back through `send`; it yields `Frame`s when a frame is
 final. Whoever drives it decides how requests reach an engine: `run` executes them one by one (the
-trainer's `sample` command), the server's scheduler stacks the pending requests of many streams into one
-batched engine call. The loop owns every random draw, from the numpy Generator it is given, so a seeded
+trainer's `sample` command), `lockstep` batches the requests of several loops (quality measurements),
+the server's scheduler stacks the pending requests of many streams into one batched engine call; all
+of them advance loops through one `Stepper`. The loop owns every random draw, from the numpy Generator it is given, so a seeded
 stream produces the same frames on any runtime, alone or batched.
 
 Frames inside the loops are float32 (3, H, W) in [-1, 1] (see sinfusion.frames).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -25,15 +27,15 @@ from .schedule import Schedule
 METHODS = ("ddpm", "ddim")
 
 
-class Denoiser:
-    """Protocol of a runtime: one batched diffusion step of a role's network.
+class Denoiser(Protocol):
+    """A runtime: one batched diffusion step of a role's network.
 
     Arguments are batched: x (B,3,H,W), cond (B,Cc,H,W) or None, t (B,), k (B,), coef (B,5),
     noise (B,3,H,W), all float32. Returns x_next (B,3,H,W) float32.
     """
 
-    def __call__(self, role: str, x, cond, t, k, coef, noise) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
+    def __call__(self, role: str, x: np.ndarray, cond: np.ndarray | None, t: np.ndarray,
+                 k: np.ndarray, coef: np.ndarray, noise: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -309,8 +311,11 @@ def validate_factor(factor: int) -> None:
 
 
 # --- driving loops -------------------------------------------------------------------------------
+#
+# Every driver is built on Stepper (the generator protocol, written once) and the lock-step driver
+# below; the server's scheduler drives Steppers with its own choice of which requests share a call.
 
-def run_requests(denoiser: Callable, requests: Sequence[StepRequest]) -> list[np.ndarray]:
+def run_requests(denoiser: Denoiser, requests: Sequence[StepRequest]) -> list[np.ndarray]:
     """Execute same-key requests as one batched call; returns each request's x_next."""
     first = requests[0]
     if any(r.batch_key != first.batch_key for r in requests):
@@ -328,61 +333,81 @@ def run_requests(denoiser: Callable, requests: Sequence[StepRequest]) -> list[np
     return [np.asarray(o, dtype=np.float32) for o in out]
 
 
-def run(loop: Loop, denoiser: Callable) -> Iterator[Frame]:
-    """Drive one loop to the end with batch-1 engine calls, yielding its frames as they finish."""
-    reply = None
-    while True:
-        try:
-            event = loop.send(reply)
-        except StopIteration:
-            return
-        if isinstance(event, StepRequest):
-            reply = run_requests(denoiser, [event])[0]
-        else:
-            reply = None
-            yield event
+class Stepper:
+    """One loop being driven: `advance` sends a step's output in and runs the loop to its next
+    StepRequest (`pending`) or its end (`finished`, with its return value in `value`), returning the
+    frames it finished on the way."""
 
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.pending: StepRequest | None = None
+        self.finished = False
+        self.value = None
 
-def run_lockstep(loops: Sequence[Loop], denoiser: Callable,
-                 on_frame: Callable[[int, Frame], None] | None = None) -> list:
-    """Drive several loops in lock-step, one batched engine call per batch key and round.
-
-    Returns each loop's return value, in order. Frames a loop yields go to `on_frame(index, frame)`
-    as soon as they are final. Each loop owns its random Generator, so its frames are the same as
-    when it runs alone.
-    """
-    values: list = [None] * len(loops)
-    replies: dict[int, np.ndarray | None] = {i: None for i in range(len(loops))}
-    while replies:
-        pending: dict[tuple, list[tuple[int, StepRequest]]] = {}
-        for i in list(replies):
-            reply = replies.pop(i)
+    def advance(self, reply: np.ndarray | None = None) -> list[Frame]:
+        frames = []
+        while True:
             try:
-                event = loops[i].send(reply)
-                while isinstance(event, Frame):  # frames need no engine call: advance at once
-                    if on_frame is not None:
-                        on_frame(i, event)
-                    event = loops[i].send(None)
+                event = self.loop.send(reply)
             except StopIteration as stop:
-                values[i] = stop.value
-                continue
-            pending.setdefault(event.batch_key, []).append((i, event))
-        for group in pending.values():
-            outs = run_requests(denoiser, [req for _, req in group])
-            for (i, _), out in zip(group, outs):
-                replies[i] = out
-    return values
+                self.pending, self.finished, self.value = None, True, stop.value
+                return frames
+            if isinstance(event, StepRequest):
+                self.pending = event
+                return frames
+            if not isinstance(event, Frame):
+                raise TypeError(f"sampling loop yielded {type(event).__name__}")
+            frames.append(event)
+            reply = None  # a frame needs no engine call: go on at once
 
 
-def run_to_value(loop: Loop, denoiser: Callable):
-    """Drive a loop that yields no frames (e.g. predict_frame) and return its value."""
-    reply = None
+def lockstep(loops: Sequence[Loop], denoiser: Denoiser
+             ) -> Generator[tuple[int, Frame], None, list]:
+    """Drive loops in lock-step: each round, one batched engine call per batch key.
+
+    Yields (loop index, frame) as frames become final and returns each loop's return value, in
+    order. Each loop owns its random Generator, so its frames are the same as when it runs alone.
+    """
+    steppers = [Stepper(loop) for loop in loops]
+    for i, stepper in enumerate(steppers):
+        for frame in stepper.advance():
+            yield i, frame
+    while True:
+        groups: dict[tuple, list[int]] = {}
+        for i, stepper in enumerate(steppers):
+            if stepper.pending is not None:
+                groups.setdefault(stepper.pending.batch_key, []).append(i)
+        if not groups:
+            return [stepper.value for stepper in steppers]
+        for group in groups.values():
+            outs = run_requests(denoiser, [steppers[i].pending for i in group])
+            for i, out in zip(group, outs):
+                for frame in steppers[i].advance(out):
+                    yield i, frame
+
+
+def run(loop: Loop, denoiser: Denoiser) -> Iterator[Frame]:
+    """Drive one loop to the end with batch-1 engine calls, yielding its frames as they finish."""
+    for _, frame in lockstep([loop], denoiser):
+        yield frame
+
+
+def run_lockstep(loops: Sequence[Loop], denoiser: Denoiser,
+                 on_frame: Callable[[int, Frame], None] | None = None) -> list:
+    """`lockstep` to the end: frames go to `on_frame(index, frame)`; returns the loops' values."""
+    driver = lockstep(loops, denoiser)
     while True:
         try:
-            event = loop.send(reply)
+            i, frame = next(driver)
         except StopIteration as stop:
             return stop.value
-        reply = run_requests(denoiser, [event])[0] if isinstance(event, StepRequest) else None
+        if on_frame is not None:
+            on_frame(i, frame)
+
+
+def run_to_value(loop: Loop, denoiser: Denoiser):
+    """Drive one loop to the end and return its value (its frames, if any, are dropped)."""
+    return run_lockstep([loop], denoiser)[0]
 
 
 # --- projection: the image applications of paper section 6.2 ---------------------------------------

@@ -109,26 +109,14 @@ def test_same_seed_same_frames_and_batched_equals_alone():
         return S.extrapolate(models(), x0, 2, 1, np.random.default_rng(seed), opts)
 
     alone = [[f.image for f in S.run(loop(seed), den)] for seed in (1, 2)]
-    loops, replies, got = [loop(1), loop(2)], [None, None], [[], []]
-    live = [0, 1]
-    while live:
-        pending = {}
-        for i in list(live):
-            while True:
-                try:
-                    ev = loops[i].send(replies[i])
-                except StopIteration:
-                    live.remove(i)
-                    break
-                if isinstance(ev, S.StepRequest):
-                    pending[i] = ev
-                    break
-                got[i].append(ev.image)
-                replies[i] = None
-        if pending:
-            outs = S.run_requests(den, list(pending.values()))
-            for i, out in zip(pending, outs):
-                replies[i] = out
+    got, batches = [[], []], []
+
+    def batched(role, x, *rest):
+        batches.append(len(x))
+        return den(role, x, *rest)
+
+    S.run_lockstep([loop(1), loop(2)], batched, lambda i, f: got[i].append(f.image))
+    assert set(batches) == {2}  # every engine call carried both streams
     for a, b in zip(alone, got):
         np.testing.assert_array_equal(np.stack(a), np.stack(b))
 

@@ -40,7 +40,7 @@ def required_roles(mode: str) -> tuple[str, ...]:
             "upsample": ("interpolator",)}[mode]
 
 
-def make_denoiser(bundle: Bundle, runtime: str, device: str, roles: list[str]):
+def make_denoiser(bundle: Bundle, runtime: str, device: str, roles: list[str]) -> sampling.Denoiser:
     """The runtime that executes the loop's steps for these roles."""
     if runtime == "torch":
         from sinfusion.runtimes.torch_runtime import TorchDenoiser
@@ -77,7 +77,8 @@ def check_request(bundle: Bundle, request: RenderRequest) -> None:
     request.options.validate(schedule_steps)
 
 
-def render(bundle: Bundle, request: RenderRequest, denoiser) -> tuple[np.ndarray, float]:
+def render(bundle: Bundle, request: RenderRequest,
+           denoiser: sampling.Denoiser) -> tuple[np.ndarray, float]:
     """Run the request's loop; returns uint8 frames (N, H, W, 3) and their frame rate."""
     check_request(bundle, request)
     models = bundle.models()
@@ -130,7 +131,7 @@ def still_input(bundle: Bundle, path: str | None, start: int | None) -> tuple[np
 
 
 def render_projection(bundle: Bundle, image: np.ndarray, strength: float,
-                      options: sampling.SamplingOptions, seed: int, denoiser,
+                      options: sampling.SamplingOptions, seed: int, denoiser: sampling.Denoiser,
                       scales: list[float] | None = None, axes: str = "both") -> list[np.ndarray]:
     """Project `image` (uint8, the model's size), or summarise it when `scales` are given.
 
