@@ -14,6 +14,7 @@ from sinfusion.sampling import Models
 
 from .config import ConfigError
 from .runtimes import LoadedRuntime, select_runtime
+from .scheduler import Scheduler
 
 log = logging.getLogger("sinfusion.server")
 
@@ -28,7 +29,7 @@ class ServedModel:
     runtime: LoadedRuntime
     models: Models  # only the roles the runtime has engines for
     clip: np.ndarray  # the training clip, uint8 (N, H, W, 3): start frames of Extrapolate
-    scheduler: object = field(default=None, repr=False)  # server.scheduler.Scheduler, set by serve()
+    scheduler: Scheduler | None = field(default=None, repr=False)  # set by server.app.serve
 
     @property
     def name(self) -> str:

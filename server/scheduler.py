@@ -3,7 +3,8 @@
 Each stream is a loop from sinfusion.sampling (a generator of StepRequests and Frames) with its own
 random generator, wrapped in a `Job`. One scheduler per served model runs as an asyncio task:
 
-    round: prime new jobs (run them to their first StepRequest)
+    round: prime new jobs (run them to their first StepRequest) and hand jobs that asked for their
+           next input frame (a streamed Upsample) the frame their RPC has read meanwhile
            group the pending request of every live, unpaused job by StepRequest.batch_key (role, shape)
            pick one group: the largest (on a tie, not the Projector's), or the group of a job
            passed over MAX_WAIT rounds
@@ -50,6 +51,7 @@ from .runtimes import LoadedRuntime
 log = logging.getLogger("sinfusion.server")
 
 _END = object()  # queue marker: the job's loop finished
+_NONE_YET = object()  # a job waits for an input frame that has not arrived
 MAX_WAIT = 4  # rounds a pending request may be passed over before its group goes next
 RUNAHEAD = 2  # finished frames a job may hold before its consumer takes them; then it pauses
 
@@ -88,10 +90,12 @@ class Job(Stepper):
     _ids = itertools.count(1)
 
     def __init__(self, loop: Loop, runahead: int = RUNAHEAD,
-                 on_room: Callable[[], None] | None = None) -> None:
+                 on_room: Callable[[], None] | None = None, readahead: int = 0) -> None:
         super().__init__(loop)
         self.id = next(self._ids)
         self.runahead = runahead
+        # A streamed-input loop's frames, read ahead of it up to `readahead` (then gRPC flow control).
+        self._inputs: asyncio.Queue | None = asyncio.Queue(readahead) if readahead else None
         self.unread = 0  # finished frames queued or being handed over, not yet taken by the consumer
         self._on_room = on_room  # wakes the scheduler: a paused job may run again, or must be dropped
         self.started = False
@@ -105,6 +109,19 @@ class Job(Stepper):
         if not self.cancelled and not self.finished and self._on_room is not None:
             self._on_room()  # a paused job's scheduler may be idle: wake it to drop this one
         self.cancelled = True
+
+    async def feed(self, item: np.ndarray | BaseException | None) -> None:
+        """The loop's next input frame (model layout), None at the end of the input, or the error
+        that ended reading it (raised to the consumer in its turn, after the frames before it)."""
+        await self._inputs.put(item)
+        if self._on_room is not None:
+            self._on_room()
+
+    def next_input(self) -> object:
+        """The input to hand the loop now, or _NONE_YET while the RPC has read none."""
+        if self._inputs is None or self._inputs.empty():
+            return _NONE_YET
+        return self._inputs.get_nowait()
 
     @property
     def paused(self) -> bool:
@@ -170,9 +187,10 @@ class Scheduler:
             job.loop.close()
         self._jobs.clear()
 
-    def submit(self, loop: Loop) -> Job:
-        """Add a stream's loop; its frames arrive through the returned job."""
-        job = Job(loop, on_room=self._wake.set)
+    def submit(self, loop: Loop, readahead: int = 0) -> Job:
+        """Add a stream's loop; its frames arrive through the returned job. A streamed-input loop
+        (sinfusion.sampling.NEXT_INPUT) gets its input through Job.feed, `readahead` frames ahead."""
+        job = Job(loop, on_room=self._wake.set, readahead=readahead)
         self._jobs.append(job)
         self._wake.set()
         return job
@@ -235,14 +253,14 @@ class Scheduler:
         """One step for one group of jobs; False when there was nothing to do."""
         loop = asyncio.get_running_loop()
         self._drop_dead()
-        fresh = [j for j in self._jobs if not j.started]
-        if fresh:
-            results = await loop.run_in_executor(self._executor, self._prime, fresh)
+        ready = self._ready()
+        if ready:
+            results = await loop.run_in_executor(self._executor, self._feed, ready)
             self._deliver(results)
             self._drop_dead()
         jobs = self._choose()
         if not jobs:
-            return False
+            return bool(ready)  # a fed job may want its next input, which may be waiting already
         sizes = self.runtime.batch_sizes[jobs[0].pending.role]
         for take, size in plan_batches(len(jobs), sizes, self.fixed_batch):
             chunk, jobs = jobs[:take], jobs[take:]
@@ -255,11 +273,29 @@ class Scheduler:
             self._deliver(results)
         return True
 
-    def _prime(self, jobs: list[Job]) -> list[tuple[Job, list | BaseException]]:
+    def _ready(self) -> list[tuple[Job, np.ndarray | None]]:
+        """Jobs to advance without an engine call: new ones, and unpaused ones whose input came."""
+        ready = []
+        for job in self._jobs:
+            if not job.started:
+                ready.append((job, None))
+            elif job.needs_input and not job.paused:
+                item = job.next_input()
+                if isinstance(item, BaseException):  # reading the input failed: end with that error
+                    job.loop.close()
+                    job.finished = True
+                    self._deliver([(job, item)])
+                elif item is not _NONE_YET:
+                    ready.append((job, item))
+        return ready
+
+    def _feed(self, ready: list[tuple[Job, np.ndarray | None]]
+              ) -> list[tuple[Job, list | BaseException]]:
+        """Advance jobs to their next request with what they wait for. Worker thread."""
         results = []
-        for job in jobs:
+        for job, item in ready:
             try:
-                results.append((job, job.advance_wire(None)))
+                results.append((job, job.advance_wire(item)))
             except Exception as exc:  # a loop that refuses its arguments fails alone
                 job.finished = True
                 results.append((job, exc))

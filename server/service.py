@@ -16,12 +16,15 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
 
 import grpc
 
 from sinfusion.frames import to_model
-from sinfusion.sampling import (extrapolate, generate, interpolate_between, project,
-                                projection_levels, summarize)
+from sinfusion.sampling import (Loop, extrapolate, generate, project, projection_levels, summarize,
+                                upsample)
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
@@ -30,7 +33,7 @@ from .config import ServerConfig
 from .metrics import Metrics
 from .models import MAX_STEP, RefusedBundle, ServedModel, short
 from .requests import RequestError
-from .scheduler import WireFrame
+from .scheduler import Job, WireFrame
 
 log = logging.getLogger("sinfusion.server")
 
@@ -76,6 +79,25 @@ class StreamSlots:
         self.live -= 1
 
 
+@dataclass
+class Stream:
+    """A validated streaming request: the loop to run and what its frames carry.
+
+    `sizes` and `levels`, indexed by frame index, give frames not at the model's size their size
+    (Summarize) and intermediate frames their noise level (Project); the scheduler carries bytes
+    only. `feed`, for a streamed-input loop (Upsample), reads the client's frames into the job.
+    """
+
+    model: ServedModel
+    what: str  # the request in the log's words
+    loop: Loop
+    resized: Callable[[int], bool] = lambda index: False
+    sizes: list[tuple[int, int]] | None = None
+    levels: list[int] | None = None
+    feed: Callable[[Job], Awaitable[None]] | None = None
+    readahead: int = 0  # input frames read ahead of the loop; beyond it gRPC flow control
+
+
 class StreamRun:
     """Bookkeeping of one streaming RPC: its slot, metrics, and the log line saying what it did."""
 
@@ -98,21 +120,17 @@ class StreamRun:
                  self.what, self.peer)
         return self
 
-    def frame(self, index: int, rgb: bytes, synthesized: bool, resized: bool,
-              size: tuple[int, int] | None = None, noise_level: int = 0) -> pb.Frame:
+    def frame(self, f: WireFrame, resized: bool, size: tuple[int, int] | None = None,
+              noise_level: int = 0) -> pb.Frame:
         """A Frame message at the model's size, or at `size` (height, width): Summarize's."""
         if self.first is None:
             self.first = time.perf_counter() - self.start
             self.service.metrics.first_frame.labels(self.model.name, self.rpc).observe(self.first)
         self.count += 1
-        self.service.metrics.frames.labels(self.model.name, self.rpc, str(synthesized).lower()).inc()
+        self.service.metrics.frames.labels(self.model.name, self.rpc, str(f.synthesized).lower()).inc()
         h, w = size or self.model.size
-        return pb.Frame(index=index, width=w, height=h, rgb=rgb, synthesized=synthesized,
+        return pb.Frame(index=f.index, width=w, height=h, rgb=f.rgb, synthesized=f.synthesized,
                         resized=resized, noise_level=noise_level)
-
-    def wire(self, f: WireFrame, resized: bool, size: tuple[int, int] | None = None,
-             noise_level: int = 0) -> pb.Frame:
-        return self.frame(f.index, f.rgb, f.synthesized, resized, size, noise_level)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self.service.slots.release()
@@ -174,20 +192,34 @@ class SinFusionService(pb_grpc.SinFusionServicer):
     def _ok(self, rpc: str, start: float) -> None:
         self.metrics.rpc_seconds.labels(rpc, "OK").observe(time.perf_counter() - start)
 
-    async def _forward(self, run: StreamRun, model: ServedModel, loop, resized: bool,
-                       sizes: list | None = None, levels: list[int] | None = None):
-        """Submit a loop to the model's scheduler and yield its frames as Frame messages.
-
-        `sizes` and `levels`, indexed by frame index, give frames not at the model's size their size
-        (Summarize) and intermediate frames their noise level (Project); the scheduler carries bytes only.
-        """
-        job = model.scheduler.submit(loop)
+    async def _serve(self, rpc: str, context, prepare: Callable[[], Awaitable[Stream | None]]
+                     ) -> AsyncIterator[pb.Frame]:
+        """What every streaming RPC shares: `prepare` validates the request into a Stream (None: no
+        request, nothing to do); StreamRun holds its slot and metrics; the model's scheduler runs its
+        loop, whose frames go out as Frame messages as soon as they are final; a RequestError or a
+        failure becomes the RPC's status."""
+        start = time.perf_counter()
         try:
-            async for f in job.frames():
-                yield run.wire(f, resized, sizes[f.index] if sizes else None,
-                               levels[f.index] if levels else 0)
-        finally:
-            job.cancel()  # no-op when finished; else dropped at the scheduler's next step
+            stream = await prepare()
+            if stream is None:
+                self._ok(rpc, start)
+                return
+            with StreamRun(self, rpc, stream.model, stream.what, context) as run:
+                job = stream.model.scheduler.submit(stream.loop, stream.readahead)
+                reader = None if stream.feed is None else asyncio.create_task(stream.feed(job))
+                try:
+                    async for f in job.frames():
+                        yield run.frame(f, stream.resized(f.index),
+                                        stream.sizes[f.index] if stream.sizes else None,
+                                        stream.levels[f.index] if stream.levels else 0)
+                finally:
+                    job.cancel()  # no-op when finished; else dropped at the scheduler's next step
+                    if reader is not None:
+                        reader.cancel()
+        except Exception as exc:
+            self._fail(context, rpc, start, exc)
+            return
+        self._ok(rpc, start)
 
     # --- unary -------------------------------------------------------------------------------------
 
@@ -212,171 +244,145 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         self._ok("DescribeModel", start)
         return model_info(model)
 
-    # --- server streaming -------------------------------------------------------------------------
+    # --- streaming: each handler validates its request into a Stream; _serve does the rest -----------
 
     async def Extrapolate(self, request, context):
-        start = time.perf_counter()
-        try:
-            model = self._find(request.model)
-            rq.require(model, "extrapolate", "a Predictor and mode video")
-            count = rq.frame_count(request.frames, self.config.max_frames)
-            k = rq.frame_step(request.step)
-            resized = False
-            if request.WhichOneof("start") == "start_image":
-                policy = rq.resize_policy(request.resize)
-                image, resized = rq.client_frame(request.start_image, model, policy, "start_image")
-                first, origin = to_model(image), "start=client image"
-            else:
-                first = rq.start_frame(request.start_frame, model)
-                origin = f"start=frame {request.start_frame}"
-            s = rq.sampling(request.sampling, model, ("predictor",))
-            what = (f"frames={count} step={k} {origin} steps={s.options.steps} {s.options.method} "
-                    f"correction={s.options.correction_steps} seed={s.seed}")
-            with StreamRun(self, "Extrapolate", model, what, context) as run:
-                loop = extrapolate(model.models, first, count, k, s.rng(), s.options)
-                async for frame in self._forward(run, model, loop, resized):
-                    yield frame
-        except Exception as exc:
-            self._fail(context, "Extrapolate", start, exc)
-            return
-        self._ok("Extrapolate", start)
+        async with aclosing(self._serve("Extrapolate", context, lambda: self._extrapolate(request))) as out:
+            async for frame in out:
+                yield frame
 
     async def Generate(self, request, context):
-        start = time.perf_counter()
-        try:
-            model = self._find(request.model)
-            rq.require(model, "generate", "a Projector")
-            count = rq.frame_count(request.frames, self.config.max_frames)
-            roles = ("projector",)
-            if count > 1:
-                if "predictor" not in model.models.roles:
-                    raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
-                                       f"model {short(model.name)} has no Predictor: frames must be 1, "
-                                       f"got {count}")
-                roles = ("projector", "predictor")
-            s = rq.sampling(request.sampling, model, roles)
-            what = (f"frames={count} steps={s.options.steps} {s.options.method} "
-                    f"correction={s.options.correction_steps} seed={s.seed}")
-            with StreamRun(self, "Generate", model, what, context) as run:
-                loop = generate(model.models, model.size, count, s.rng(), s.options)
-                async for frame in self._forward(run, model, loop, False):
-                    yield frame
-        except Exception as exc:
-            self._fail(context, "Generate", start, exc)
-            return
-        self._ok("Generate", start)
-
-    # --- the image applications (paper section 6.2) --------------------------------------------------
+        async with aclosing(self._serve("Generate", context, lambda: self._generate(request))) as out:
+            async for frame in out:
+                yield frame
 
     async def Project(self, request, context):
-        start = time.perf_counter()
-        try:
-            model = self._find(request.model)
-            rq.require_projector(model, "project")
-            image, resized = rq.required_image(request, model)
-            strength = rq.strength(request)
-            s = rq.sampling(request.sampling, model, ("projector",))
-            schedule = model.models["projector"].schedule
-            levels = projection_levels(schedule, strength, s.options.steps)
-            steps = request.intermediate_steps
-            what = (f"strength={strength:g} (t={levels[0]}) intermediate_steps={str(steps).lower()} "
-                    f"steps={s.options.steps} {s.options.method} seed={s.seed}")
-            with StreamRun(self, "Project", model, what, context) as run:
-                loop = project(model.models, to_model(image), strength, s.rng(), s.options,
-                               intermediates=steps)
-                async for frame in self._forward(run, model, loop, resized,
-                                                 levels=levels if steps else None):
-                    yield frame
-        except Exception as exc:
-            self._fail(context, "Project", start, exc)
-            return
-        self._ok("Project", start)
+        async with aclosing(self._serve("Project", context, lambda: self._project(request))) as out:
+            async for frame in out:
+                yield frame
 
     async def Summarize(self, request, context):
-        start = time.perf_counter()
-        try:
-            model = self._find(request.model)
-            rq.require_projector(model, "summarize")
-            axes = rq.summary_axes(request.axes)
-            sizes = rq.summary_plan(request.scales, model, axes, self.config.max_frames)
-            image, resized = rq.required_image(request, model)
-            strength = rq.strength(request)
-            s = rq.sampling(request.sampling, model, ("projector",))
-            h, w = sizes[-1]
-            what = (f"scales={len(sizes)} to {w}x{h} axes={axes} strength={strength:g} "
-                    f"steps={s.options.steps} {s.options.method} seed={s.seed}")
-            with StreamRun(self, "Summarize", model, what, context) as run:
-                loop = summarize(model.models, to_model(image), list(request.scales), strength,
-                                 s.rng(), s.options, axes)
-                async for frame in self._forward(run, model, loop, resized, sizes=sizes):
-                    yield frame
-        except Exception as exc:
-            self._fail(context, "Summarize", start, exc)
-            return
-        self._ok("Summarize", start)
-
-    # --- bidirectional streaming -------------------------------------------------------------------
+        async with aclosing(self._serve("Summarize", context, lambda: self._summarize(request))) as out:
+            async for frame in out:
+                yield frame
 
     async def Upsample(self, request_iterator, context):
-        start = time.perf_counter()
-        reader = None
-        try:
-            first = await anext(request_iterator, None)
-            if first is None:  # the client closed without a request: nothing to do
-                self._ok("Upsample", start)
-                return
-            model = self._find(first.model)
-            rq.require(model, "upsample", "an Interpolator")
-            factor = rq.upsample_factor(first.factor)
-            policy = rq.resize_policy(first.resize)
-            s = rq.sampling(first.sampling, model, ("interpolator",))
-            what = (f"factor={factor} steps={s.options.steps} {s.options.method} "
-                    f"correction={s.options.correction_steps} seed={s.seed}")
-            with StreamRun(self, "Upsample", model, what, context) as run:
-                inputs: asyncio.Queue = asyncio.Queue(UPSAMPLE_READAHEAD)
-                reader = asyncio.create_task(self._read_frames(first, request_iterator, model,
-                                                               policy, inputs))
-                rng = s.rng()  # one generator for the whole stream, as in sinfusion.sampling.upsample
-                prev, index = None, 0
-                while (item := await inputs.get()) is not None:
-                    if isinstance(item, Exception):
-                        raise item
-                    image, resized = item
-                    current = to_model(image)
-                    if prev is not None:
-                        loop = interpolate_between(model.models, prev[0], current, factor, rng,
-                                                   s.options, index)
-                        async for frame in self._forward(run, model, loop, prev[1] or resized):
-                            yield frame
-                        index += factor - 1
-                    yield run.frame(index, image.tobytes(), False, resized)
-                    index += 1
-                    prev = (current, resized)
-        except Exception as exc:
-            self._fail(context, "Upsample", start, exc)
-            return
-        finally:
-            if reader is not None:
-                reader.cancel()
-        self._ok("Upsample", start)
+        async with aclosing(self._serve("Upsample", context,
+                                        lambda: self._upsample(request_iterator))) as out:
+            async for frame in out:
+                yield frame
 
-    async def _read_frames(self, first, request_iterator, model: ServedModel, policy: int,
-                           inputs: asyncio.Queue) -> None:
-        """Client frames -> (uint8 image, resized) on `inputs`, then None; an error ends the queue."""
-        n = 0
-        try:
-            if first.HasField("frame"):
-                await inputs.put(rq.client_frame(first.frame, model, policy, "frame"))
-                n += 1
-            async for request in request_iterator:  # malformed ones raise RequestError (wire)
-                if not request.HasField("frame"):
-                    continue
-                await inputs.put(rq.client_frame(request.frame, model, policy, f"frame (input {n})"))
-                n += 1
-            await inputs.put(None)
-        except RequestError as exc:
-            await inputs.put(exc)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # e.g. the client went away mid-read
-            await inputs.put(RuntimeError(f"reading client frames failed: {exc}"))
+    async def _extrapolate(self, request) -> Stream:
+        model = self._find(request.model)
+        rq.require(model, "extrapolate", "a Predictor and mode video")
+        count = rq.frame_count(request.frames, self.config.max_frames)
+        k = rq.frame_step(request.step)
+        resized = False
+        if request.WhichOneof("start") == "start_image":
+            policy = rq.resize_policy(request.resize)
+            image, resized = rq.client_frame(request.start_image, model, policy, "start_image")
+            first, origin = to_model(image), "start=client image"
+        else:
+            first = rq.start_frame(request.start_frame, model)
+            origin = f"start=frame {request.start_frame}"
+        s = rq.sampling(request.sampling, model, ("predictor",))
+        what = (f"frames={count} step={k} {origin} steps={s.options.steps} {s.options.method} "
+                f"correction={s.options.correction_steps} seed={s.seed}")
+        return Stream(model, what, extrapolate(model.models, first, count, k, s.rng(), s.options),
+                      resized=lambda _: resized)
+
+    async def _generate(self, request) -> Stream:
+        model = self._find(request.model)
+        rq.require(model, "generate", "a Projector")
+        count = rq.frame_count(request.frames, self.config.max_frames)
+        roles = ("projector",)
+        if count > 1:
+            if "predictor" not in model.models.roles:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"model {short(model.name)} has no Predictor: frames must be 1, "
+                                   f"got {count}")
+            roles = ("projector", "predictor")
+        s = rq.sampling(request.sampling, model, roles)
+        what = (f"frames={count} steps={s.options.steps} {s.options.method} "
+                f"correction={s.options.correction_steps} seed={s.seed}")
+        return Stream(model, what, generate(model.models, model.size, count, s.rng(), s.options))
+
+    # The image applications (paper section 6.2).
+
+    async def _project(self, request) -> Stream:
+        model = self._find(request.model)
+        rq.require_projector(model, "project")
+        image, resized = rq.required_image(request, model)
+        strength = rq.strength(request)
+        s = rq.sampling(request.sampling, model, ("projector",))
+        schedule = model.models["projector"].schedule
+        levels = projection_levels(schedule, strength, s.options.steps)
+        steps = request.intermediate_steps
+        what = (f"strength={strength:g} (t={levels[0]}) intermediate_steps={str(steps).lower()} "
+                f"steps={s.options.steps} {s.options.method} seed={s.seed}")
+        loop = project(model.models, to_model(image), strength, s.rng(), s.options, intermediates=steps)
+        return Stream(model, what, loop, resized=lambda _: resized, levels=levels if steps else None)
+
+    async def _summarize(self, request) -> Stream:
+        model = self._find(request.model)
+        rq.require_projector(model, "summarize")
+        axes = rq.summary_axes(request.axes)
+        sizes = rq.summary_plan(request.scales, model, axes, self.config.max_frames)
+        image, resized = rq.required_image(request, model)
+        strength = rq.strength(request)
+        s = rq.sampling(request.sampling, model, ("projector",))
+        h, w = sizes[-1]
+        what = (f"scales={len(sizes)} to {w}x{h} axes={axes} strength={strength:g} "
+                f"steps={s.options.steps} {s.options.method} seed={s.seed}")
+        loop = summarize(model.models, to_model(image), list(request.scales), strength, s.rng(),
+                         s.options, axes)
+        return Stream(model, what, loop, resized=lambda _: resized, sizes=sizes)
+
+    async def _upsample(self, requests) -> Stream | None:
+        """The first message names the model; frames may come with it and in every later one. They
+        reach the loop (sinfusion.sampling.upsample with a streamed input) while it interpolates."""
+        first = await anext(requests, None)
+        if first is None:  # the client closed without a request: nothing to do
+            return None
+        model = self._find(first.model)
+        rq.require(model, "upsample", "an Interpolator")
+        factor = rq.upsample_factor(first.factor)
+        policy = rq.resize_policy(first.resize)
+        s = rq.sampling(first.sampling, model, ("interpolator",))
+        what = (f"factor={factor} steps={s.options.steps} {s.options.method} "
+                f"correction={s.options.correction_steps} seed={s.seed}")
+        resized: list[bool] = []  # per input frame, appended as the frames are read
+
+        def frame_resized(index: int) -> bool:  # an in-between is resized when a neighbour was
+            i, between = divmod(index, factor)
+            return resized[i] or (between > 0 and resized[i + 1])
+
+        async def feed(job: Job) -> None:
+            """Client frames -> the job's input, then None; an error ends the input in its place."""
+            try:
+                messages = [first] if first.HasField("frame") else []
+                async for message in _chain(messages, requests):  # malformed: RequestError (wire)
+                    if not message.HasField("frame"):
+                        continue
+                    where = "frame" if message is first else f"frame (input {len(resized)})"
+                    image, was_resized = rq.client_frame(message.frame, model, policy, where)
+                    resized.append(was_resized)
+                    await job.feed(to_model(image))
+                await job.feed(None)
+            except RequestError as exc:
+                await job.feed(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # e.g. the client went away mid-read
+                await job.feed(RuntimeError(f"reading client frames failed: {exc}"))
+
+        loop = upsample(model.models, None, factor, s.rng(), s.options)
+        return Stream(model, what, loop, resized=frame_resized, feed=feed,
+                      readahead=UPSAMPLE_READAHEAD)
+
+
+async def _chain(first: list, rest: AsyncIterator) -> AsyncIterator:
+    for item in first:
+        yield item
+    async for item in rest:
+        yield item

@@ -2,7 +2,8 @@
 
 A loop is a Python generator. It yields `StepRequest`s (one diffusion step of one sample: arrays without
 a batch axis) and receives each step's output back through `send`; it yields `Frame`s when a frame is
-final. Whoever drives it decides how requests reach an engine: `run` executes them one by one (the
+final. A loop over a streamed input (`upsample` without its frames) yields NEXT_INPUT and receives
+its next input frame the same way. Whoever drives it decides how requests reach an engine: `run` executes them one by one (the
 trainer's `sample` command), `lockstep` batches the requests of several loops (quality measurements),
 the server's scheduler stacks the pending requests of many streams into one batched engine call; all
 of them advance loops through one `Stepper`. The loop owns every random draw, from the numpy Generator it is given, so a seeded
@@ -54,6 +55,14 @@ class StepRequest:
     def batch_key(self) -> tuple:
         """Requests with equal keys can share one engine call."""
         return (self.role, self.x.shape)
+
+
+class NextInput:
+    """A streamed-input loop's request for its next input frame: its driver sends the frame (model
+    layout), or None when the input has ended."""
+
+
+NEXT_INPUT = NextInput()
 
 
 @dataclass
@@ -164,7 +173,7 @@ def noise_to_level(x0: np.ndarray, schedule: Schedule, t: int, rng: np.random.Ge
 
 # --- the loops ---------------------------------------------------------------------------------------
 
-Loop = Generator["StepRequest | Frame", "np.ndarray | None", "np.ndarray"]
+Loop = Generator["StepRequest | Frame | NextInput", "np.ndarray | None", "np.ndarray"]
 
 
 def denoise(
@@ -284,20 +293,28 @@ def interpolate_between(models: Models, before: np.ndarray, after: np.ndarray, f
     return None
 
 
-def upsample(models: Models, frames: Iterable[np.ndarray], factor: int,
+def upsample(models: Models, frames: Iterable[np.ndarray] | None, factor: int,
              rng: np.random.Generator, options: SamplingOptions) -> Loop:
-    """Temporal upsampling of a frame sequence: originals (synthesized=False) with the in-betweens."""
+    """Temporal upsampling of a frame sequence: originals (synthesized=False) with the in-betweens.
+
+    `frames` None: a streamed input. The loop yields NEXT_INPUT whenever it needs the next frame and
+    its driver sends it (None: the input ended), so frames may still be arriving while the earlier
+    ones are interpolated (the server's Upsample).
+    """
     validate_factor(factor)
+    source = None if frames is None else iter(frames)
     index = 0
     prev = None
-    for frame in frames:
+    while True:
+        frame = (yield NEXT_INPUT) if source is None else next(source, None)
+        if frame is None:
+            return None
         if prev is not None:
             yield from interpolate_between(models, prev, frame, factor, rng, options, index)
             index += factor - 1
         yield Frame(index, frame, synthesized=False)
         index += 1
         prev = frame
-    return None
 
 
 def validate_k(k: int) -> None:
@@ -334,18 +351,20 @@ def run_requests(denoiser: Denoiser, requests: Sequence[StepRequest]) -> list[np
 
 
 class Stepper:
-    """One loop being driven: `advance` sends a step's output in and runs the loop to its next
-    StepRequest (`pending`) or its end (`finished`, with its return value in `value`), returning the
-    frames it finished on the way."""
+    """One loop being driven: `advance` sends a step's output (or the input frame it asked for) in
+    and runs the loop to its next StepRequest (`pending`), its next NextInput (`needs_input`) or its
+    end (`finished`, with its return value in `value`), returning the frames it finished on the way."""
 
     def __init__(self, loop: Loop) -> None:
         self.loop = loop
         self.pending: StepRequest | None = None
+        self.needs_input = False
         self.finished = False
         self.value = None
 
     def advance(self, reply: np.ndarray | None = None) -> list[Frame]:
         frames = []
+        self.pending, self.needs_input = None, False
         while True:
             try:
                 event = self.loop.send(reply)
@@ -354,6 +373,9 @@ class Stepper:
                 return frames
             if isinstance(event, StepRequest):
                 self.pending = event
+                return frames
+            if isinstance(event, NextInput):
+                self.needs_input = True
                 return frames
             if not isinstance(event, Frame):
                 raise TypeError(f"sampling loop yielded {type(event).__name__}")
@@ -375,6 +397,9 @@ def lockstep(loops: Sequence[Loop], denoiser: Denoiser
     while True:
         groups: dict[tuple, list[int]] = {}
         for i, stepper in enumerate(steppers):
+            if stepper.needs_input:
+                raise ValueError("a streamed-input loop needs a driver that feeds it (give upsample "
+                                 "its frames to run it here)")
             if stepper.pending is not None:
                 groups.setdefault(stepper.pending.batch_key, []).append(i)
         if not groups:

@@ -124,6 +124,24 @@ def test_upsample_interleaves_originals_and_new_frames(stub, factor):
     assert all(f.synthesized for f in frames if f.index % factor)
 
 
+def test_upsample_is_the_core_loop(stub, running):
+    """The servicer has no upsampling of its own: its frames are sinfusion.sampling.upsample's."""
+    from sinfusion import sampling
+    from sinfusion.frames import to_model, to_uint8
+
+    clip = tiny_clip(3, H, W)
+    requests = [pb.UpsampleRequest(model="tiny", factor=2, sampling=fast(seed=8), frame=raw(clip[0]))]
+    requests += [pb.UpsampleRequest(frame=raw(c)) for c in clip[1:]]
+    served = [image(f) for f in stub.Upsample(iter(requests))]
+    model = running.models["tiny"]
+    loop = sampling.upsample(model.models, list(to_model(clip)), 2, np.random.default_rng(8),
+                             sampling.SamplingOptions(2, "ddim", 1))
+    local = [to_uint8(f.image) for f in sampling.run(loop, model.runtime.denoiser)]
+    assert len(served) == len(local) == 5
+    for a, b in zip(served, local):
+        assert np.abs(a.astype(int) - b).max() <= 1  # one stream: the same steps, batch 1
+
+
 def test_upsample_output_starts_before_input_ends(stub):
     clip = tiny_clip(3, H, W)
     first_new = threading.Event()
