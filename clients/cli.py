@@ -34,10 +34,10 @@ from itertools import chain  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np
 
-from sinfusion.cli_args import frame_size, int_at_least, positive_float
-from sinfusion.pipes import PipeError, frame_size_problem
-from sinfusion.stills import StillsError, is_pattern, is_still, scales_arg, strength_arg, write_stills
-from sinfusion.video import VideoError
+from sinfusion.io.cli import frame_size, int_at_least, positive_float
+from sinfusion.io.files import VideoError
+from sinfusion.io.pipes import PipeError, frame_size_problem
+from sinfusion.io.stills import StillsError, is_pattern, is_still, scales_arg, strength_arg, write_stills
 
 from . import cli_size
 from .cli_io import InputError, OutputError, Source, check_output, open_source, write_frames

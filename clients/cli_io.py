@@ -1,9 +1,9 @@
 """Frame sources and sinks of the `sinfusion` CLI: stdin/stdout pipes and files.
 
 Sources: stdin as y4m (recognised by its `YUV4MPEG2 ` header) or raw RGB24 (size from --size), or a
-file: .y4m and .rgb/.raw read with sinfusion.pipes, anything else decoded by PyAV (sinfusion.video).
+file: .y4m and .rgb/.raw read with sinfusion.io.pipes, anything else decoded by PyAV (sinfusion.io.files).
 Sinks: stdout as y4m or raw RGB24, flushed frame by frame; or a file chosen by suffix: .y4m, .rgb/.raw,
-or a video (.mp4 .mov .mkv .webm .gif) encoded by sinfusion.video.write_video. Files are written under
+or a video (.mp4 .mov .mkv .webm .gif) encoded by sinfusion.io.files.write_video. Files are written under
 a temporary name and renamed when complete, so a failed call never leaves a half file behind.
 """
 
@@ -18,7 +18,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from sinfusion.pipes import PipeError, RawReader, RawWriter, Y4MReader, Y4MWriter, sniff
+from sinfusion.io.files import VIDEO_CODECS, VideoError, read_frames, write_video
+from sinfusion.io.pipes import PipeError, RawReader, RawWriter, Y4MReader, Y4MWriter, sniff
 
 RAW_SUFFIXES = {".rgb", ".raw"}
 Y4M_SUFFIXES = {".y4m"}
@@ -82,13 +83,11 @@ def open_source(path: str | None, size: tuple[int, int] | None, fps: float | Non
         rate = fps or getattr(reader, "fps", None)
         return Source(_closing(reader, stream), rate, str(p))
 
-    from sinfusion.video import VideoError, read_clip
-
     try:
-        clip = read_clip(p, max_side=0)  # keep the file's size: the server resizes if it must
+        frames, rate = read_frames(p)  # at the file's size: the server resizes if it must
     except VideoError as exc:
         raise InputError(str(exc)) from None
-    return Source(iter(clip.frames), fps or clip.fps, str(p))
+    return Source(iter(frames), fps or rate, str(p))
 
 
 def _closing(frames: Iterable[np.ndarray], stream: BinaryIO) -> Iterator[np.ndarray]:
@@ -104,8 +103,6 @@ def check_output(path: str | None) -> None:
         if sys.stdout.isatty():
             raise OutputError("stdout is a terminal: pipe it (e.g. | ffplay -) or give --output FILE")
         return
-    from sinfusion.video import VIDEO_CODECS
-
     p = Path(path)
     suffix = p.suffix.lower()
     allowed = sorted(VIDEO_CODECS) + sorted(Y4M_SUFFIXES) + sorted(RAW_SUFFIXES)
@@ -129,8 +126,6 @@ def write_frames(frames: Iterable[np.ndarray], path: str | None, fmt: str, fps: 
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in Y4M_SUFFIXES and suffix not in RAW_SUFFIXES:
-        from sinfusion.video import write_video
-
         write_video(p, frames, fps or 24.0)  # atomic: temporary name, renamed when complete
         return
     tmp = p.with_name(f".{p.name}.tmp")

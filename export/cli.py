@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from sinfusion.bundle import Bundle, BundleError
-from sinfusion.cli_args import int_list, size
+from sinfusion.io.cli import int_list, size
 from sinfusion.config import ROLES
 from sinfusion.engines import KINDS, PRECISIONS
 

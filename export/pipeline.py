@@ -19,10 +19,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sinfusion.bundle import Bundle, atomic_write_bytes
+from sinfusion.bundle import Bundle
 from sinfusion.engines import (DEFAULT_PRECISION, ENGINES_DIR, KINDS, PARITY_BOUND, PRECISIONS,
                                SUFFIX, EngineEntry, engine_entries, engine_file, merge_entries,
                                validate_shape)
+from sinfusion.io.atomic import atomic_write_bytes
 
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, OPSETS, onnx_parity, step_for, to_onnx

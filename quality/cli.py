@@ -18,8 +18,8 @@ import json
 import sys
 from pathlib import Path
 
-from sinfusion.bundle import atomic_write_json
-from sinfusion.cli_args import duration
+from sinfusion.io.atomic import atomic_write_json
+from sinfusion.io.cli import duration
 
 PROG = "sinfusion-quality"
 
@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from sinfusion.bundle import BundleError
-    from sinfusion.video import VideoError
+    from sinfusion.io.files import VideoError
 
     try:
         args.func(args)

@@ -21,7 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
-from sinfusion.bundle import atomic_write_bytes
+from sinfusion.io.atomic import atomic_write_bytes
 
 from .app import serve
 from .config import RUNTIME_CHOICES, ConfigError, ServerConfig, probe_port

@@ -14,9 +14,9 @@ import grpc
 import numpy as np
 
 from sinfusion.frames import to_model
+from sinfusion.io.files import resize as resize_lanczos
 from sinfusion.sampling import DEFAULT_STRENGTH, SamplingOptions, summary_sizes
 from sinfusion.v1 import sinfusion_pb2 as pb
-from sinfusion.video import _resize as resize_lanczos  # PIL Lanczos, the clip reader's resize
 
 from .models import MAX_STEP, RefusedBundle, ServedModel, short
 

@@ -1,4 +1,5 @@
-"""SinFusion core: the network, noise schedules, sampling loops, bundles and video I/O.
+"""SinFusion core: the network, noise schedules, sampling loops, bundles and clip reading; frame I/O
+and the command-line convention in the torch-free `sinfusion.io`, the client's only door into the core.
 
 Nothing here imports the trainer, the exporter, the server or the clients. Importing the package
 itself is cheap: torch is only imported by the modules that need it (network, runtimes).

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +30,7 @@ import numpy as np
 
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
+from .io.atomic import atomic_write_bytes, atomic_write_json
 from .sampling import Models, RoleSampling
 from .schedule import SCHEDULES, Schedule, make_schedule
 
@@ -47,30 +47,6 @@ class BundleError(ValueError):
 
 class IntegrityError(BundleError):
     """A file of the bundle is missing or its bytes do not match the checksum in the manifest."""
-
-
-# --- atomic file writes ---------------------------------------------------------------------------
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes 0600 files; a bundle must stay readable by a server running as another user.
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, np.ndarray],

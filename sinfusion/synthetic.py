@@ -79,7 +79,7 @@ def make_sample_clip(frames: int = 48, height: int = 64, width: int = 96, seed: 
 
 def write_sample_clip(path: str | os.PathLike, frames: int = 48, height: int = 64, width: int = 96,
                       seed: int = 0, fps: float = SAMPLE_FPS) -> Path:
-    """Write the sample clip as a video (H.264 for .mp4; any suffix sinfusion.video.write_video takes)."""
-    from .video import write_video
+    """Write the sample clip as a video (H.264 for .mp4; any suffix sinfusion.io.files.write_video takes)."""
+    from .io.files import write_video
 
     return write_video(path, make_sample_clip(frames, height, width, seed), fps)

@@ -1,4 +1,4 @@
-"""Reading clips for training and writing rendered frames.
+"""Reading clips for training (and contact sheets of rendered frames).
 
 Inputs: any container PyAV opens (mp4, mov, mkv, webm, avi, gif, ...), a folder of numbered frames, or
 one image (single-image mode). Frames come out as uint8 RGB (N, H, W, 3).
@@ -12,27 +12,22 @@ All errors are `VideoError`s whose message names the file and the reason, for on
 
 from __future__ import annotations
 
-import io
 import os
 import re
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
-from .bundle import atomic_write_bytes
+# The frame-file layer lives in the torch-free sinfusion.io (the client reads and writes files too);
+# its writers are named here as well because the tools that read clips also write them.
+from .io.files import (DEFAULT_FPS, IMAGE_SUFFIXES, VideoError, open_frames, read_image, resize,
+                       size_change, write_image, write_video)
+
+__all__ = ["DEFAULT_FPS", "DEFAULT_MAX_SIDE", "Clip", "VideoError", "contact_sheet", "read_clip",
+           "target_size", "write_image", "write_video"]
 
 DEFAULT_MAX_SIDE = 256
-DEFAULT_FPS = 24.0
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-# Output suffix -> encoder of write_video; clients check a suffix against it before starting a stream.
-VIDEO_CODECS = {".mp4": "libx264", ".mov": "libx264", ".mkv": "libx264", ".webm": "libvpx-vp9",
-                ".gif": "gif"}
-
-
-class VideoError(ValueError):
-    """An input that cannot be read as a clip; the message names the file and the reason."""
 
 
 @dataclass
@@ -66,14 +61,6 @@ def target_size(width: int, height: int, max_side: int = DEFAULT_MAX_SIDE,
     return w, h
 
 
-def _resize(frame: np.ndarray, wh: tuple[int, int]) -> np.ndarray:
-    if (frame.shape[1], frame.shape[0]) == wh:
-        return frame
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(frame).resize(wh, Image.Resampling.LANCZOS))
-
-
 def _numbered(paths: list[Path]) -> list[Path]:
     """Sort frame files by the last number in their names (frame2 before frame10)."""
 
@@ -82,37 +69,6 @@ def _numbered(paths: list[Path]) -> list[Path]:
         return (int(nums[-1]) if nums else -1, p.name)
 
     return sorted(paths, key=key)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise VideoError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
-
-
-def _iter_container(path: Path):
-    """Yield (rgb frame, fps) from a container PyAV opens."""
-    import av
-
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        raise VideoError(f"{path}: not a video PyAV can open ({exc})") from None
-    with container:
-        if not container.streams.video:
-            raise VideoError(f"{path}: has no video stream")
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else DEFAULT_FPS
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24"), fps
-        except av.error.FFmpegError as exc:
-            raise VideoError(f"{path}: decoding failed ({exc})") from None
 
 
 def read_clip(
@@ -144,25 +100,10 @@ def read_clip(
         if not files:
             raise VideoError(f"{path}: folder holds no frames ({', '.join(sorted(IMAGE_SUFFIXES))})")
         source_fps = DEFAULT_FPS
-        raw = (_read_image(p) for p in files)
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        kind = "image"
-        source_fps = DEFAULT_FPS
-        raw = iter([_read_image(path)])
+        raw = (read_image(p) for p in files)
     else:
-        kind = "container"
-        pairs = _iter_container(path)
-        first = next(pairs, None)
-        if first is None:
-            raise VideoError(f"{path}: contains no frames")
-        source_fps = first[1]
-
-        def frames_of(first=first, pairs=pairs):
-            yield first[0]
-            for f, _ in pairs:
-                yield f
-
-        raw = frames_of()
+        kind = "image" if path.suffix.lower() in IMAGE_SUFFIXES else "container"
+        raw, source_fps = open_frames(path)
 
     selected, wh, original = [], None, None
     for i, frame in enumerate(raw):
@@ -174,9 +115,8 @@ def read_clip(
             original = (frame.shape[1], frame.shape[0])
             wh = target_size(*original, max_side=max_side, size=size)
         elif (frame.shape[1], frame.shape[0]) != original:
-            raise VideoError(f"{path}: frame {i} is {frame.shape[1]}x{frame.shape[0]}, "
-                             f"the first is {original[0]}x{original[1]}")
-        selected.append(_resize(frame, wh))
+            raise size_change(path, i, frame, original)
+        selected.append(resize(frame, wh))
     if not selected:
         raise VideoError(f"{path}: no frames in the selected range start={start} end={end}")
     frames = np.stack(selected)
@@ -193,45 +133,6 @@ def read_clip(
     return Clip(frames, float(out_fps), kind, source)
 
 
-def write_video(path: str | os.PathLike, frames, fps: float) -> Path:
-    """Encode uint8 RGB frames (iterable of (H, W, 3)) to a file; codec chosen by suffix.
-
-    .mp4/.mov/.mkv: H.264 (yuv420p, plays everywhere); .webm: VP9; .gif: GIF. Written to a temporary
-    name and renamed, so a crash never leaves a half-written file under the final name.
-    """
-    import av
-
-    path = Path(path)
-    codecs = VIDEO_CODECS
-    codec = codecs.get(path.suffix.lower())
-    if codec is None:
-        raise VideoError(f"{path}: unsupported output suffix (use one of {', '.join(codecs)})")
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rate = Fraction(fps).limit_denominator(1001)
-    stream = None
-    try:
-        with av.open(str(tmp), "w") as container:
-            for frame in frames:
-                if stream is None:
-                    stream = container.add_stream(codec, rate=rate)
-                    stream.width, stream.height = frame.shape[1], frame.shape[0]
-                    stream.pix_fmt = "rgb8" if codec == "gif" else "yuv420p"
-                    if codec == "libx264":
-                        stream.options = {"crf": "18", "preset": "fast"}
-                vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
-                for packet in stream.encode(vf):
-                    container.mux(packet)
-            if stream is None:
-                raise VideoError(f"{path}: no frames to write")
-            for packet in stream.encode():
-                container.mux(packet)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def contact_sheet(frames: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndarray:
     """Tile uint8 (N, H, W, 3) frames into one image, row by row, with a white gap."""
     n, h, w, _ = frames.shape
@@ -242,14 +143,3 @@ def contact_sheet(frames: np.ndarray, columns: int = 8, gap: int = 2) -> np.ndar
         r, c = divmod(i, columns)
         sheet[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = frame
     return sheet
-
-
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Atomically write an uint8 (H, W, 3) image; the format follows the suffix (.png, .jpg)."""
-    from PIL import Image
-
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(Path(path).suffix.lower(), "PNG")
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format=fmt)
-    atomic_write_bytes(path, buf.getvalue())
-    return Path(path)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sinfusion.stills import is_pattern, numbered, one_image_problem, sizes_sheet
-from sinfusion.video import read_clip, write_image
+from sinfusion.io.files import write_image
+from sinfusion.io.stills import is_pattern, numbered, one_image_problem, sizes_sheet
+from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
 from trainer.cli import main
 

@@ -17,8 +17,9 @@ from clients import AsyncClient, Client, ClientError, Sampling
 from clients.cli import main
 from server import ServerConfig
 from server.background import BackgroundServer
-from sinfusion.pipes import RawWriter, Y4MReader, Y4MWriter
-from sinfusion.video import read_clip, write_image
+from sinfusion.io.files import write_image
+from sinfusion.io.pipes import RawWriter, Y4MReader, Y4MWriter
+from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
 
 H, W = 16, 24

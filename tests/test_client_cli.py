@@ -44,10 +44,15 @@ def test_client_imports_and_runs_without_torch():
                 if name == "torch" or name.startswith("torch."):
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, NoTorch())
-        import clients, clients.cli, clients.cli_io, sinfusion.pipes, sinfusion.video
+        import clients, clients.cli, clients.cli_io
         from clients import AsyncClient, Client, Sampling
         code = clients.cli.main(["--address", "127.0.0.1:1", "models"])
         assert code == 114, code
+        # The client's boundary: the wire stubs and sinfusion.io, nothing else of the core.
+        core = [m for m in sys.modules if m.split(".")[0] == "sinfusion"]
+        beyond = [m for m in core if m != "sinfusion" and m.split(".")[1] not in ("v1", "io")]
+        assert core and not beyond, beyond
+        import sinfusion.video  # the clip reader stays torch-free as well
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         print("ok")
     """)

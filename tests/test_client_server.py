@@ -425,7 +425,7 @@ def test_cli_upsample_answers_before_its_input_ends(server):
     """Frames come out while stdin is still open: nothing waits for the end of the input."""
     import threading
 
-    from sinfusion.pipes import Y4MWriter
+    from sinfusion.io.pipes import Y4MWriter
 
     proc = subprocess.Popen(cli_cmd(server, "upsample", "--model", "tiny", "--factor", "2", "--format", "raw",
                                     *FAST_ARGS),

@@ -1,4 +1,4 @@
-"""sinfusion.pipes: raw RGB24 and y4m readers/writers, checked against a real ffmpeg binary."""
+"""sinfusion.io.pipes: raw RGB24 and y4m readers/writers, checked against a real ffmpeg binary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from sinfusion.pipes import (
+from sinfusion.io.pipes import (
     PipeError,
     RawReader,
     RawWriter,

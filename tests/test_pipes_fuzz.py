@@ -1,4 +1,4 @@
-"""A hypothesis fuzz of the y4m and raw RGB24 readers (sinfusion.pipes) and of the CLI's stdin sniffing.
+"""A hypothesis fuzz of the y4m and raw RGB24 readers (sinfusion.io.pipes) and of the CLI's stdin sniffing.
 
 Any bytes must give frames of the announced size or one PipeError/InputError whose message is a single
 bounded line; never another exception, never an allocation a header merely claims. Valid streams
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clients.cli_io import InputError, open_source
-from sinfusion.pipes import (
+from sinfusion.io.pipes import (
     CHROMA,
     MAX_FRAME_PIXELS,
     PipeError,

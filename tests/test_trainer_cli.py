@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sinfusion.bundle import Bundle
-from sinfusion.video import read_clip, write_image, write_video
+from sinfusion.io.files import write_image, write_video
+from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
 from trainer.cli import main
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from sinfusion.io.files import VideoError, write_image, write_video
 from sinfusion.synthetic import make_sample_clip, write_sample_clip
-from sinfusion.video import VideoError, read_clip, target_size, write_image, write_video
+from sinfusion.video import read_clip, target_size
 
 
 def indexed_frames(n: int, h: int = 16, w: int = 24) -> np.ndarray:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sinfusion.bundle import BundleError, atomic_write_json, load_tensors, save_tensors
+from sinfusion.bundle import BundleError, load_tensors, save_tensors
+from sinfusion.io.atomic import atomic_write_json
 
 TRAINING_DIR = "training"
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 from sinfusion.bundle import BundleError
-from sinfusion.cli_args import (duration, int_at_least, non_negative_float, positive_float,
-                                size_within)
+from sinfusion.io.cli import (duration, int_at_least, non_negative_float, positive_float,
+                              size_within)
+from sinfusion.io.files import VideoError
+from sinfusion.io.stills import scales_arg, strength_arg
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
-from sinfusion.stills import scales_arg, strength_arg
-from sinfusion.video import VideoError
 
 EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 1, 130
 
@@ -210,8 +210,9 @@ def quality_report(record: dict) -> str:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from sinfusion.bundle import Bundle
+    from sinfusion.io.files import write_image, write_video
     from sinfusion.sampling import SamplingOptions
-    from sinfusion.video import contact_sheet, write_image, write_video
+    from sinfusion.video import contact_sheet
 
     from .render import RenderRequest, make_denoiser, render, required_roles
 
@@ -265,9 +266,9 @@ DEFAULT_SCALES = [0.9, 0.8, 0.7, 0.6, 0.5]
 def cmd_project(args: argparse.Namespace) -> int:
     """--project IMAGE / --summary [IMAGE]: still images in --out (docs/applications.md)."""
     from sinfusion.bundle import Bundle
+    from sinfusion.io.files import write_image
+    from sinfusion.io.stills import is_still, one_image_problem, sizes_sheet, write_stills
     from sinfusion.sampling import SamplingOptions, strength_level, summary_sizes
-    from sinfusion.stills import is_still, one_image_problem, sizes_sheet, write_stills
-    from sinfusion.video import write_image
 
     from .render import make_denoiser, render_projection, still_input
 

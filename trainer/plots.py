@@ -6,8 +6,9 @@ import io
 import os
 from pathlib import Path
 
-from sinfusion.bundle import BundleError, atomic_write_bytes
+from sinfusion.bundle import BundleError
 from sinfusion.config import ROLES
+from sinfusion.io.atomic import atomic_write_bytes
 
 from .checkpoint import load_state
 

@@ -17,9 +17,10 @@ import torch
 
 from sinfusion import sampling
 from sinfusion.frames import to_model, to_uint8
+from sinfusion.io.files import write_image
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
 from sinfusion.schedule import Schedule
-from sinfusion.video import contact_sheet, write_image
+from sinfusion.video import contact_sheet
 
 PREVIEW_SEED = 1234
 

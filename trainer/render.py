@@ -111,7 +111,8 @@ def still_input(bundle: Bundle, path: str | None, start: int | None) -> tuple[np
 
     Returns uint8 (H, W, 3) at the model's size and a notice when the file had to be resized.
     """
-    from sinfusion.video import VideoError, _resize, read_clip
+    from sinfusion.io.files import VideoError, resize
+    from sinfusion.video import read_clip
 
     m = bundle.manifest
     if not path:
@@ -126,7 +127,7 @@ def still_input(bundle: Bundle, path: str | None, start: int | None) -> tuple[np
     h, w = image.shape[:2]
     if (h, w) == (m.height, m.width):
         return image, None
-    return _resize(image, (m.width, m.height)), (f"{path} is {w}x{h}; the model's size is "
+    return resize(image, (m.width, m.height)), (f"{path} is {w}x{h}; the model's size is "
                                                  f"{m.width}x{m.height}: resized (Lanczos)")
 
 

@@ -1,4 +1,6 @@
-"""argparse value types shared by every command-line tool (torch-free: the client uses them too).
+"""The command-line convention shared by every tool (torch-free: the client uses it too).
+
+argparse value types:
 
 Each raises argparse.ArgumentTypeError with a message that names what was expected, so the tools'
 one-line error reports say what is wrong with the value.

@@ -53,7 +53,7 @@ def write_stills(path: str | Path, images: Iterable[np.ndarray]) -> Iterator[Pat
 
     Without a pattern a second image raises StillsError (the first stays written).
     """
-    from .video import write_image
+    from .files import write_image
 
     for i, image in enumerate(images):
         if is_pattern(path):
