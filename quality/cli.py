@@ -171,6 +171,7 @@ def cmd_stability(args) -> None:
     from .stability import stability_report
 
     result = stability_report(args.bundle, frames=_positive("frames", args.frames, 3),
+                              generated=args.generate,
                               start=args.start_frame, k=args.k,
                               sampling=_sampling_options(args, args.correction_steps),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
@@ -270,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--frames", type=int, default=300, help="frames to extrapolate (300)")
             p.add_argument("--start-frame", type=int, default=0, help="clip frame to start from")
             p.add_argument("--k", type=int, default=1, help="frame step (default 1)")
+            p.add_argument("--generate", action="store_true",
+                           help="a generated clip (Generate) instead of extrapolating a real frame")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--figures", default="docs/quality", help="folder for PNG figures")
         p.add_argument("--prefix", default="", help="prefix of the figure file names")

@@ -41,6 +41,28 @@ def test_stability_report_scores_every_frame_and_draws(tiny_bundle, tmp_path):
     assert min(report["per_frame_nnfdist"]) > 1e-3
     assert len(report["colour"]["extrapolated"]["mean"]) == 8
     assert is_png(tmp_path / "t-stability.png") and is_png(tmp_path / "t-stability-sheet.png")
+    checks = report["checks"]
+    assert checks["early_frames"] == [1, 1] and checks["late_frames"] == [6, 6]  # a quarter each
+    assert checks["ratio"] == pytest.approx(report["per_frame_nnfdist"][-1]
+                                            / report["per_frame_nnfdist"][0])
+    assert 0.0 <= checks["std"]["inside"] <= 1.0 and len(checks["mean"]["band"]) == 2
+    generated = stability_report(tiny_bundle.path, frames=7, sampling=FAST_SAMPLING,
+                                 patchmatch=FAST_PM, generated=True)
+    assert generated["mode"] == "generate" and len(generated["per_frame_nnfdist"]) == 6
+
+
+def test_stability_checks_flag_drift_and_colour_leaving_its_band():
+    from quality.stability import stability_checks
+
+    per_frame = [1.0] * 10 + [1.2] * 140 + [2.0] * 50  # 200 frames, the last 50 at twice the start
+    colour = {"original": {"mean": [0.4, 0.5], "std": [0.2, 0.3], "saturation": [0.1, 0.1]},
+              "extrapolated": {"mean": [0.45] * 151 + [0.6] * 50, "std": [0.25] * 201,
+                               "saturation": [0.1] * 201}}
+    checks = stability_checks(per_frame, colour)
+    assert checks["early_frames"] == [1, 10] and checks["late_frames"] == [151, 200]
+    assert checks["ratio"] == pytest.approx(2.0)
+    assert checks["mean"]["inside"] == 0.0 and checks["std"]["inside"] == 1.0
+    assert checks["saturation"]["inside"] == 1.0 and checks["mean"]["late_range"] == [0.6, 0.6]
 
 
 def test_diversity_report_orders_the_references(tiny_bundle, tmp_path):
@@ -152,3 +174,27 @@ def test_cli_argparse_mistakes_are_one_line(capsys):
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err.count("\n") == 0
     assert err.startswith("sinfusion-quality: error:") and "--n" in err
+
+
+def test_upsampling_is_scored_against_the_blend_on_held_out_or_every_other_triplet(tiny_bundle,
+                                                                                    tmp_path):
+    from quality.upsampling import upsampling_report
+    from sinfusion.bundle import Bundle
+
+    frames = tiny_bundle.frames()
+    report = upsampling_report(tiny_bundle, FAST_SAMPLING, sheet=tmp_path / "u.png")
+    assert not report["held_out"] and [r["frame"] for r in report["rows"]] == [1, 3, 5]
+    blend = (frames[0].astype(float) + frames[2]) / 2 / 255.0
+    assert report["rows"][0]["blend_mse"] == pytest.approx(
+        np.mean((blend - frames[1] / 255.0) ** 2))
+    assert report["model_wins"] <= report["triplets"] == 3 and is_png(tmp_path / "u.png")
+    assert report["sharpness"]["blend"] < report["sharpness"]["truth"]  # a blend blurs the blob
+    # With held-out frames recorded by the trainer, only triplets inside the tail are scored.
+    tiny_bundle.manifest.quality = {"holdout_frames": [4, 8]}
+    tiny_bundle.save_manifest()
+    held = upsampling_report(Bundle.open(tiny_bundle.path), FAST_SAMPLING)
+    assert held["held_out"] and [r["frame"] for r in held["rows"]] == [5, 6]
+    out = tmp_path / "u.json"
+    assert cli.main(["upsample", str(tiny_bundle.path), "--sampling-steps", "3",
+                     "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["triplets"] == 2
