@@ -7,7 +7,7 @@
     sinfusion summarize --model photo --scales 0.9,0.8,0.7 -i photo.png -o step-%02d.png
     ffmpeg -i in.mp4 -f yuv4mpegpipe - | sinfusion upsample --model clouds --factor 4 | ffmpeg -i - out.mp4
 
-Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/client.md):
+Frames go to stdout (or --output) only; progress and errors go to stderr. Exit codes (docs/cli.md):
 0 done (also when the downstream reader closed the pipe early), 1 a bug in the client, 2 bad usage,
 3 bad input, 4 output not writable, 5 the server broke the protocol, 6 `health` found the server not
 serving, 100 + N a gRPC status N from the server (e.g. 103 INVALID_ARGUMENT, 105 NOT_FOUND,
@@ -34,38 +34,30 @@ from itertools import chain  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np
 
-from sinfusion.io.cli import frame_size, int_at_least, positive_float
+from sinfusion.io.cli import (EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE,
+                              InputError, Parser, UsageError, fail, frame_size, int_at_least,
+                              positive_float, usage_failed)
 from sinfusion.io.files import VideoError
 from sinfusion.io.pipes import PipeError, frame_size_problem
 from sinfusion.io.stills import StillsError, is_pattern, is_still, scales_arg, strength_arg, write_stills
 
 from . import cli_size
-from .cli_io import InputError, OutputError, Source, check_output, open_source, write_frames
+from .cli_io import OutputError, Source, check_output, open_source, write_frames
 from .errors import ClientError
 from .messages import Frame, Sampling
 from .options import DEFAULT_ADDRESS, ConnectionOptions
 from .sync import Client
 
 PROG = "sinfusion"
-EXIT_OK, EXIT_BUG, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_PROTOCOL, EXIT_NOT_SERVING = 0, 1, 2, 3, 4, 5, 6
-EXIT_INTERRUPTED = 130
+# The shared codes (sinfusion.io.cli) and the client's own; one table for every tool: docs/cli.md.
+EXIT_BUG = EXIT_FAILED  # the client runs no checks of its own that could fail: 1 is a bug
+EXIT_PROTOCOL, EXIT_NOT_SERVING = 5, 6
 GRPC_EXIT_BASE = 100  # exit code = 100 + the gRPC status number
 
 
 def exit_code(code: grpc.StatusCode | None) -> int:
     """The process exit code for a server status (None: a reply that broke the contract)."""
     return EXIT_PROTOCOL if code is None else GRPC_EXIT_BASE + code.value[0]
-
-
-class UsageError(ValueError):
-    """A flag combination argparse cannot express; exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error on one line (plus a pointer to --help), exit code 2."""
-
-    def error(self, message: str):
-        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
@@ -124,11 +116,11 @@ def _output_args(p: argparse.ArgumentParser, stills: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Stream frames from a SinFusion server through pipes and files.",
+    parser = Parser(prog=PROG, description="Stream frames from a SinFusion server through pipes and files.",
                      epilog="Exit codes: 0 ok or downstream closed, 1 client bug, 2 usage, 3 input, 4 output, "
                             "5 protocol, 6 not serving, 100+N gRPC status N, 130 interrupted.")
     _connection_args(parser, defaults=True)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
@@ -394,7 +386,10 @@ def cmd_frames(client: Client, args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return usage_failed(PROG, exc)
     try:
         options = ConnectionOptions(address=args.address, tls=args.tls, tls_ca=args.tls_ca, token=args.token,
                                     timeout=args.timeout)
@@ -402,24 +397,24 @@ def main(argv: list[str] | None = None) -> int:
             command = {"models": cmd_models, "health": cmd_health}.get(args.command, cmd_frames)
             return command(client, args)
     except ClientError as exc:
-        return _fail(_server_error(exc, args), exit_code(exc.code))
+        return fail(PROG, _server_error(exc, args), exit_code(exc.code))
     except (InputError, PipeError) as exc:
-        return _fail(str(exc), EXIT_INPUT)
+        return fail(PROG, str(exc), EXIT_INPUT)
     except StillsError as exc:
-        return _fail(f"output: {exc}", EXIT_OUTPUT)
+        return fail(PROG, f"output: {exc}", EXIT_OUTPUT)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return usage_failed(PROG, exc)
     except BrokenPipeError:  # stdout closed by its reader while printing (e.g. `models | head -1`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     except (OutputError, VideoError, OSError) as exc:  # input-side failures arrive as InputError
-        return _fail(f"output: {exc}", EXIT_OUTPUT)
+        return fail(PROG, f"output: {exc}", EXIT_OUTPUT)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
+        return fail(PROG, "interrupted", EXIT_INTERRUPTED)
     except (ValueError, ImportError) as exc:  # a refused option (unreadable --tls-ca); no health package
-        return _fail(str(exc), EXIT_USAGE)
+        return fail(PROG, str(exc), EXIT_USAGE)
     except Exception as exc:  # noqa: BLE001 - a bug here still ends in one line, as the contract says
-        return _fail(f"internal error, a bug in the client: {type(exc).__name__}: {exc}", EXIT_BUG)
+        return fail(PROG, f"internal error, a bug in the client: {type(exc).__name__}: {exc}", EXIT_BUG)
 
 
 def _server_error(exc: ClientError, args) -> str:
@@ -433,11 +428,6 @@ def _server_error(exc: ClientError, args) -> str:
         return (f"health: the server at {args.address} does not know service {cli_size.name(args.service)} "
                 f"(NOT_FOUND)")
     return f"server error {exc}"
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: {' '.join(message.split())}", file=sys.stderr, flush=True)
-    return code
 
 
 def run() -> None:

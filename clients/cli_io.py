@@ -18,16 +18,13 @@ from typing import BinaryIO
 
 import numpy as np
 
+from sinfusion.io.cli import InputError
 from sinfusion.io.files import VIDEO_CODECS, VideoError, read_frames, write_video
-from sinfusion.io.pipes import PipeError, RawReader, RawWriter, Y4MReader, Y4MWriter, sniff
+from sinfusion.io.pipes import RawReader, RawWriter, Y4MReader, Y4MWriter, sniff
 
 RAW_SUFFIXES = {".rgb", ".raw"}
 Y4M_SUFFIXES = {".y4m"}
 CHROMA = {"444": "444", "422": "422", "420": "420jpeg"}  # --chroma -> y4m colorspace
-
-
-class InputError(ValueError):
-    """Input that cannot be read (a missing file, a malformed stream, a missing --size)."""
 
 
 class OutputError(ValueError):
@@ -140,4 +137,4 @@ def write_frames(frames: Iterable[np.ndarray], path: str | None, fmt: str, fps: 
         tmp.unlink(missing_ok=True)
 
 
-__all__ = ["InputError", "OutputError", "PipeError", "Source", "check_output", "open_source", "write_frames"]
+__all__ = ["OutputError", "Source", "check_output", "open_source", "write_frames"]

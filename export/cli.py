@@ -4,8 +4,9 @@
     sinfusion-export clip.bundle --kind tensorrt         # TensorRT fp16 plans (NVIDIA GPU)
     sinfusion-export clip.bundle --roles projector --batch 1,2,8 --size 256x144
 
-Exit status: 0 done; 1 the export could not be done (bad bundle, parity over its bound, no TensorRT);
-2 bad command line. Every error is one line on stderr.
+Exit status (sinfusion.io.cli, docs/cli.md): 0 done; 1 the export could not be done (parity over its
+bound, no TensorRT); 2 bad command line; 3 the bundle is missing, damaged or lacks a role; 4 the
+engines cannot be written; 130 interrupted. Every error is one line on stderr.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import argparse
 import sys
 
 from sinfusion.bundle import Bundle, BundleError
-from sinfusion.io.cli import int_list, size
 from sinfusion.config import ROLES
 from sinfusion.engines import KINDS, PRECISIONS
+from sinfusion.io.cli import (EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser,
+                              UsageError, fail, int_list, size, usage_failed)
 
 from .errors import ExportError
 from .onnx_export import DEFAULT_OPSET, OPSETS
@@ -25,22 +27,12 @@ from .pipeline import ExportOptions, export_bundle
 PROG = "sinfusion-export"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        print(f"{PROG}: error: {message} (see {PROG} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _roles(values: list[str]) -> tuple[str, ...]:
-    roles = tuple(r for v in values for r in v.split(",") if r)
-    for role in roles:
-        if role not in ROLES:
-            raise ExportError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
-    return roles
+    return tuple(r for v in values for r in v.split(",") if r)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Export a SinFusion bundle to fixed-shape engines "
+    p = Parser(prog=PROG, description="Export a SinFusion bundle to fixed-shape engines "
                 "(ONNX for ONNX Runtime, TensorRT plans), parity-checked against PyTorch.")
     p.add_argument("bundle", help="bundle folder (written by `trainer train`)")
     p.add_argument("--kind", choices=[*KINDS, "all"], default="onnx",
@@ -65,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         options = ExportOptions(
             kinds=KINDS if args.kind == "all" else (args.kind,),
             roles=_roles(args.roles),
@@ -79,19 +71,23 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
         )
         bundle = Bundle.open(args.bundle)
+        try:
+            options.check(*options.engine_size(bundle))
+        except ExportError as exc:  # the options' own rules: the command line's mistake
+            raise UsageError(str(exc)) from None
         entries = export_bundle(bundle, options, log=print)
-    except (ExportError, BundleError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+    except UsageError as exc:
+        return usage_failed(PROG, exc)
+    except BundleError as exc:
+        return fail(PROG, exc, EXIT_INPUT)
+    except ExportError as exc:
+        return fail(PROG, exc, EXIT_FAILED)
     except OSError as exc:  # e.g. a read-only bundle folder or a full disk
-        print(f"{PROG}: error: cannot write the engines: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, f"cannot write the engines: {exc}", EXIT_OUTPUT)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; the bundle keeps its previous engines", file=sys.stderr)
-        return 130
+        return fail(PROG, "interrupted; the bundle keeps its previous engines", EXIT_INTERRUPTED)
     print(f"{len(entries)} engine(s) written to {bundle.path / 'engines'}; manifest updated")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sinfusion.bundle import Bundle
+from sinfusion.config import ROLES
 from sinfusion.engines import (DEFAULT_PRECISION, ENGINES_DIR, KINDS, PARITY_BOUND, PRECISIONS,
                                SUFFIX, EngineEntry, engine_entries, engine_file, merge_entries,
                                validate_shape)
@@ -44,33 +45,44 @@ class ExportOptions:
     max_error: float | None = None  # parity bound; None = sinfusion.engines.PARITY_BOUND
     seed: int = 0  # of the parity inputs
 
+    def check(self, width: int, height: int) -> None:
+        """The options' own rules, for engines of width x height; ExportError names the broken one."""
+        for kind in self.kinds:
+            if kind not in KINDS:
+                raise ExportError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if not self.kinds:
+            raise ExportError("no engine kind requested")
+        for role in self.roles:
+            if role not in ROLES:
+                raise ExportError(f"unknown role {role!r}; valid roles: {', '.join(ROLES)}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got {self.precision!r}")
+        if self.opset not in OPSETS:
+            raise ExportError(f"opset must be in [{OPSETS.start}, {OPSETS.stop - 1}], got {self.opset}")
+        if self.max_error is not None and not self.max_error > 0:
+            raise ExportError(f"max error must be > 0, got {self.max_error}")
+        if not self.batches:
+            raise ExportError("no batch size requested")
+        try:
+            for batch in self.batches:
+                validate_shape(batch, height, width)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
+
+    def engine_size(self, bundle: Bundle) -> tuple[int, int]:
+        """(width, height) of the engines: the options' size, else the bundle's frames'."""
+        return self.size or (bundle.manifest.width, bundle.manifest.height)
+
 
 def _validate(bundle: Bundle, options: ExportOptions) -> tuple[list[str], int, int]:
-    for kind in options.kinds:
-        if kind not in KINDS:
-            raise ExportError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
-    if not options.kinds:
-        raise ExportError("no engine kind requested")
-    if options.precision is not None and options.precision not in PRECISIONS:
-        raise ExportError(f"precision must be one of {', '.join(PRECISIONS)}, "
-                          f"got {options.precision!r}")
-    if options.opset not in OPSETS:
-        raise ExportError(f"opset must be in [{OPSETS.start}, {OPSETS.stop - 1}], got {options.opset}")
-    if options.max_error is not None and not options.max_error > 0:
-        raise ExportError(f"max error must be > 0, got {options.max_error}")
+    width, height = options.engine_size(bundle)
+    options.check(width, height)
     roles = list(dict.fromkeys(options.roles)) or bundle.roles
     if not roles:
         raise ExportError(f"{bundle.path}: bundle has no trained roles to export")
     for role in roles:
         bundle.role(role)  # BundleError naming the valid or trained roles
-    width, height = options.size or (bundle.manifest.width, bundle.manifest.height)
-    if not options.batches:
-        raise ExportError("no batch size requested")
-    try:
-        for batch in options.batches:
-            validate_shape(batch, height, width)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from None
     if "tensorrt" in options.kinds:
         from sinfusion.runtimes.tensorrt_runtime import unavailable_reason
 

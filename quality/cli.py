@@ -7,8 +7,10 @@
     sinfusion-quality stability BUNDLE --frames 300  extrapolate far, NNFDIST per frame, plot
     sinfusion-quality upsample BUNDLE                rebuild every other frame vs the 50/50 blend
 
-Results are JSON (written atomically); figures are PNG. User mistakes end with exit code 2 and one line
-on stderr, without a traceback.
+Results are JSON (written atomically); figures are PNG. Mistakes end with one line on stderr and the
+exit codes of sinfusion.io.cli (docs/cli.md): 2 a bad argument, 3 an input that cannot be used (a
+missing clip, a folder that is not a bundle, a bundle without the role), 4 an output that cannot be
+written. Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -19,13 +21,10 @@ import sys
 from pathlib import Path
 
 from sinfusion.io.atomic import atomic_write_json
-from sinfusion.io.cli import duration
+from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, InputError, Parser, UsageError,
+                              duration, fail, usage_failed)
 
 PROG = "sinfusion-quality"
-
-
-class UsageError(ValueError):
-    """A bad argument: reported as one line with exit code 2."""
 
 
 def _positive(name: str, value: int, low: int = 1) -> int:
@@ -45,16 +44,38 @@ def _patchmatch_options(args):
 
     options = PatchMatchOptions(iterations=args.iterations, search_dims=args.search_dims,
                                 seed=args.seed)
-    options.validate()
+    try:
+        options.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return options
 
 
-def _sampling_options(args, correction: int):
+def _sampling_options(args, correction: int, bundle=None):
+    """The sampling flags; with a bundle, checked against its schedules."""
     from sinfusion.sampling import SamplingOptions
 
     options = SamplingOptions(steps=args.sampling_steps, method=args.method,
                               correction_steps=correction)
+    if bundle is not None:
+        try:
+            options.validate(min(rs.schedule.steps for rs in bundle.models().roles.values()))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return options
+
+
+def _bundle(path: str, roles: tuple[str, ...], min_frames: int = 1):
+    """The bundle a command measures, refused (exit 3) without the roles and frames it needs."""
+    from sinfusion.bundle import Bundle
+
+    bundle = Bundle.open(path)
+    for role in roles:
+        bundle.role(role)  # BundleError naming the roles it has
+    if bundle.manifest.frame_count < min_frames:
+        raise InputError(f"{path}: has {bundle.manifest.frame_count} frames; this needs at least "
+                         f"{min_frames}")
+    return bundle
 
 
 def _emit(result: dict, out: str | None) -> None:
@@ -68,9 +89,14 @@ def _emit(result: dict, out: str | None) -> None:
 # --- commands ------------------------------------------------------------------------------------
 
 def cmd_nnf(args) -> None:
-    from .nnf import nearest_neighbour_field
+    from .nnf import check_clip, nearest_neighbour_field
 
     query, reference = _read(args.query, args.max_side), _read(args.reference, args.max_side)
+    for name, path, clip in (("query", args.query, query), ("reference", args.reference, reference)):
+        try:
+            check_clip(name, clip)
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
     result = nearest_neighbour_field(query, reference, _patchmatch_options(args))
     _emit({"query": args.query, "reference": args.reference, **result.summary(),
            "per_frame_nnfdist": result.per_frame_distance().tolist()}, args.out)
@@ -86,7 +112,10 @@ def cmd_nextframe(args) -> None:
 
     # The Predictor trains for the preset's steps or its share of the preset's time budget (the cpu
     # preset: 9 of 15 minutes), whichever ends first; --train-steps / --time replace either.
-    config = get_preset(args.preset, preview_every=0, seed=args.seed, holdout=0)
+    try:
+        config = get_preset(args.preset, preview_every=0, seed=args.seed, holdout=0)
+    except ValueError as exc:  # an unknown preset; the message lists the valid ones
+        raise UsageError(str(exc)) from None
     steps = config.predictor_steps if args.train_steps is None else args.train_steps
     budget = (config.time_budget_s * TIME_SHARES["predictor"] if args.time is None else args.time)
     config = get_preset(args.preset, predictor_steps=_positive("train-steps", steps),
@@ -97,7 +126,11 @@ def cmd_nextframe(args) -> None:
         ks = [int(k) for k in args.k.split(",")]
     except ValueError:
         raise UsageError(f"--k must be comma-separated integers in [1, 3], got {args.k!r}") from None
-    splits = [make_split(len(frames), args.n, args.speed, k, args.start, args.max_pairs) for k in ks]
+    try:
+        splits = [make_split(len(frames), args.n, args.speed, k, args.start, args.max_pairs)
+                  for k in ks]
+    except ValueError as exc:  # --n, --speed, --k, --start or --max-pairs do not fit the clip
+        raise UsageError(str(exc)) from None
     work = Path(args.work) / f"n{args.n}-s{args.speed}-p{args.start}"
     started = time.monotonic()
     bundle = train_split(frames, splits[0], work, config, progress=not args.quiet)
@@ -149,9 +182,11 @@ def cmd_plot_nextframe(args) -> None:
         try:
             runs.append(json.loads(Path(path).read_text()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UsageError(f"{path}: not a readable result file ({exc})") from None
+            raise InputError(f"{path}: not a readable result file ({exc})") from None
         if not isinstance(runs[-1], dict) or not {"n", "speed", "results"} <= set(runs[-1]):
-            raise UsageError(f"{path}: not a `nextframe` result (needs n, speed and results)")
+            raise InputError(f"{path}: not a `nextframe` result (needs n, speed and results)")
+    if args.by == "n" and not any(r["speed"] == 1 for r in runs):
+        raise UsageError("--by n plots speed-1 runs; these files hold none (use --by speed)")
     plot_nextframe(runs, args.out, by=args.by, title=args.title)
     print(f"{PROG}: wrote {args.out}", file=sys.stderr)
 
@@ -159,37 +194,47 @@ def cmd_plot_nextframe(args) -> None:
 def cmd_diversity(args) -> None:
     from .stability import diversity_report
 
-    result = diversity_report(args.bundle, clips=_positive("clips", args.clips),
-                              frames=_positive("frames", args.frames, 3),
-                              sampling=_sampling_options(args, args.correction_steps),
+    clips, frames = _positive("clips", args.clips), _positive("frames", args.frames, 3)
+    bundle = _bundle(args.bundle, ("projector", "predictor"))
+    result = diversity_report(args.bundle, clips=clips, frames=frames,
+                              sampling=_sampling_options(args, args.correction_steps, bundle),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
 
 
 def cmd_stability(args) -> None:
+    from sinfusion.sampling import validate_k
+
     from .stability import stability_report
 
-    result = stability_report(args.bundle, frames=_positive("frames", args.frames, 3),
-                              generated=args.generate,
+    frames = _positive("frames", args.frames, 3)
+    bundle = _bundle(args.bundle, ("projector", "predictor") if args.generate else ("predictor",))
+    if not 0 <= args.start_frame < bundle.manifest.frame_count:
+        raise UsageError(f"--start-frame must be in [0, {bundle.manifest.frame_count - 1}], "
+                         f"got {args.start_frame}")
+    try:
+        validate_k(args.k)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    result = stability_report(args.bundle, frames=frames, generated=args.generate,
                               start=args.start_frame, k=args.k,
-                              sampling=_sampling_options(args, args.correction_steps),
+                              sampling=_sampling_options(args, args.correction_steps, bundle),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
 
 
 def cmd_upsample(args) -> None:
-    from sinfusion.bundle import Bundle
-
     from .upsampling import upsampling_report
 
+    bundle = _bundle(args.bundle, ("interpolator",), min_frames=3)
+    options = _sampling_options(args, args.correction_steps, bundle)
     sheet = None
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
         sheet = Path(args.figures) / f"{args.prefix}upsample-sheet.png"
-    r = upsampling_report(Bundle.open(args.bundle), _sampling_options(args, args.correction_steps),
-                          args.seed, sheet=sheet)
+    r = upsampling_report(bundle, options, args.seed, sheet=sheet)
     where = "held-out" if r["held_out"] else "seen-in-training"
     print(f"{PROG}: upsample x2 on {r['triplets']} {where} triplets: model {r['model_psnr']:.2f} dB, "
           f"blend {r['blend_psnr']:.2f} dB, model better on {r['model_wins']}/{r['triplets']}",
@@ -207,20 +252,13 @@ def _add_patchmatch(p: argparse.ArgumentParser) -> None:
 
 def _add_sampling(p: argparse.ArgumentParser, correction: bool) -> None:
     p.add_argument("--sampling-steps", type=int, default=0, help="denoising steps, 0 = all T")
-    p.add_argument("--method", default="ddpm", help="ddpm (paper) or ddim")
+    p.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (paper) or ddim")
     if correction:
         p.add_argument("--correction-steps", type=int, default=3, help="Projector T_corr (default 3)")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line on stderr (no usage dump), exit code 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="SinFusion quality instruments")
+    parser = Parser(prog=PROG, description="SinFusion quality instruments")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("nnf", help="NNFDIV / NNFDIST of a clip against a reference clip")
@@ -293,18 +331,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     from sinfusion.bundle import BundleError
     from sinfusion.io.files import VideoError
 
     try:
+        args = build_parser().parse_args(argv)
         args.func(args)
-    except (UsageError, VideoError, BundleError, ValueError, KeyError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"{PROG}: error: {message}", file=sys.stderr)
-        return 2
+    except UsageError as exc:
+        return usage_failed(PROG, exc)
+    except (InputError, VideoError, BundleError) as exc:
+        return fail(PROG, exc, EXIT_INPUT)
+    except OSError as exc:  # inputs are read above as VideoError/BundleError: this is a write
+        return fail(PROG, exc, EXIT_OUTPUT)
+    except KeyboardInterrupt:
+        return fail(PROG, "interrupted", EXIT_INTERRUPTED)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -111,7 +111,8 @@ def nnf_div(offsets: np.ndarray) -> float:
 
 # --- patches -------------------------------------------------------------------------------------
 
-def _check_clip(name: str, clip: np.ndarray) -> None:
+def check_clip(name: str, clip: np.ndarray) -> None:
+    """Refuse a clip PatchMatch cannot read (wrong layout, or smaller than one patch)."""
     if clip.dtype != np.uint8 or clip.ndim != 4 or clip.shape[-1] != 3:
         raise ValueError(f"{name} must be uint8 (N, H, W, 3) frames, got {clip.dtype} {clip.shape}")
     if min(clip.shape[:3]) < PATCH:
@@ -215,8 +216,8 @@ class _Search:
 def nearest_neighbour_field(query: np.ndarray, reference: np.ndarray,
                             options: PatchMatchOptions = PatchMatchOptions()) -> NNFResult:
     """PatchMatch of every 3x3x3 patch of `query` into `reference` (both uint8 (N, H, W, 3))."""
-    _check_clip("query", query)
-    _check_clip("reference", reference)
+    check_clip("query", query)
+    check_clip("reference", reference)
     options.validate()
     rng = np.random.default_rng(options.seed)
     qrows, rrows = patch_rows(query), patch_rows(reference)

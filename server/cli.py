@@ -5,8 +5,9 @@
                      [--metrics-port-file PATH] [--tls-cert F --tls-key F] [--token T] [--grace S]
                      [--drain-delay S] [--strict]
 
-User mistakes (bad folder, no servable bundle, a port in use; with --strict any bundle that cannot
-be served) exit 2 with one line on stderr. On SIGTERM or SIGINT the server drains (server.app):
+Mistakes end with one line on stderr: a bad flag or a port in use exits 2; a models folder with no
+servable bundle (with --strict: any bundle that cannot be served) or an unusable TLS file exits 3
+(sinfusion.io.cli, docs/cli.md). On SIGTERM or SIGINT the server drains (server.app):
 health NOT_SERVING, new calls UNAVAILABLE, live streams get --grace seconds; a second signal cuts the
 drain short. Then it exits 0.
 """
@@ -22,6 +23,7 @@ import sys
 from pathlib import Path
 
 from sinfusion.io.atomic import atomic_write_bytes
+from sinfusion.io.cli import Parser, UsageError, fail, usage_failed
 
 from .app import serve
 from .config import RUNTIME_CHOICES, ConfigError, ServerConfig, probe_port
@@ -29,15 +31,9 @@ from .config import RUNTIME_CHOICES, ConfigError, ServerConfig, probe_port
 PROG = "sinfusion-server"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, not argparse's usage block
-        print(f"{PROG}: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig(models=Path("."))
-    p = _Parser(prog=PROG, description="Serve SinFusion bundles over gRPC (sinfusion.v1).")
+    p = Parser(prog=PROG, description="Serve SinFusion bundles over gRPC (sinfusion.v1).")
     p.add_argument("--models", type=Path, required=True,
                    help="folder whose subfolders are bundles (or one bundle folder)")
     p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
@@ -72,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "with no live stream, so load balancers notice (at most --grace; default "
                         "%(default)s)")
     p.add_argument("--strict", action="store_true",
-                   help="exit 2 if any bundle cannot be served (default: serve the others and report "
+                   help="exit 3 if any bundle cannot be served (default: serve the others and report "
                         "the refused ones in the log, health and DescribeModel)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return p
@@ -106,7 +102,10 @@ async def _run(config: ServerConfig, port_file: Path | None, metrics_port_file: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as exc:
+        return usage_failed(PROG, exc)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get("SINFUSION_TOKEN") or None
@@ -127,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--metrics-port-file needs --metrics-port")
         return asyncio.run(_run(config, args.port_file, args.metrics_port_file))
     except ConfigError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, exc, exc.exit_code)
 
 
 if __name__ == "__main__":

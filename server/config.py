@@ -6,13 +6,20 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from sinfusion.io.cli import EXIT_INPUT, EXIT_USAGE
+
 # Best first: the order `--runtime auto` tries for each bundle (DESIGN.md, "Engines and runtimes").
 RUNTIME_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
 RUNTIME_CHOICES = ("auto", *RUNTIME_ORDER)
 
 
 class ConfigError(ValueError):
-    """A setting the server cannot start with (bad models folder, missing TLS file, ...)."""
+    """A setting the server cannot start with. `exit_code` follows sinfusion.io.cli: EXIT_USAGE for
+    the command line itself, EXIT_INPUT for a folder or file it names that cannot be used."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -65,9 +72,9 @@ class ServerConfig:
             try:
                 data = Path(path).read_bytes()
             except OSError as exc:
-                raise ConfigError(f"{name} {path}: cannot read ({exc.strerror})") from None
+                raise ConfigError(f"{name} {path}: cannot read ({exc.strerror})", EXIT_INPUT) from None
             if marker not in data:
-                raise ConfigError(f"{name} {path}: not a PEM file (no {marker.decode()!r})")
+                raise ConfigError(f"{name} {path}: not a PEM file (no {marker.decode()!r})", EXIT_INPUT)
         if self.token is not None and not self.token.strip():
             raise ConfigError("--token must not be empty")
 

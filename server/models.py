@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sinfusion.bundle import MANIFEST, Bundle, BundleError
+from sinfusion.io.cli import EXIT_INPUT
 from sinfusion.nextframe import summary_line
 from sinfusion.sampling import Models
 
@@ -72,12 +73,13 @@ def bundle_dirs(models_dir: Path) -> list[Path]:
     """The bundle folders of --models: its subfolders with a manifest, or the folder itself."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
-        raise ConfigError(f"--models {models_dir}: no such folder")
+        raise ConfigError(f"--models {models_dir}: no such folder", EXIT_INPUT)
     if (models_dir / MANIFEST).is_file():
         return [models_dir]
     found = sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     if not found:
-        raise ConfigError(f"--models {models_dir}: no bundles (subfolders with {MANIFEST}) found")
+        raise ConfigError(f"--models {models_dir}: no bundles (subfolders with {MANIFEST}) found",
+                          EXIT_INPUT)
     return found
 
 
@@ -152,7 +154,7 @@ def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, str
                                                 f"{served[model.name].bundle.path}")
         except BundleRefused as exc:
             if strict:
-                raise ConfigError(f"bundle {path}: {exc.reason}") from None
+                raise ConfigError(f"bundle {path}: {exc.reason}", EXIT_INPUT) from None
             refused.append(RefusedBundle(exc.name, path, exc.reason))
             continue
         served[model.name] = model
@@ -161,7 +163,7 @@ def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, str
                  summary_line(model.bundle.manifest.quality))
     if not served:  # one line, the exit's: nothing to serve
         raise ConfigError("no bundle can be served: " + "; ".join(
-            f"bundle {r.path}: {r.reason}" for r in refused))
+            f"bundle {r.path}: {r.reason}" for r in refused), EXIT_INPUT)
     for r in refused:
         log.error("bundle %s refused (model %s not served): %s", r.path, short(r.name), r.reason)
     return served, refused

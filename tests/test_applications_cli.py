@@ -87,12 +87,12 @@ def test_usage_errors_are_one_line_exit_2(bundles, tmp_path, capsys, args, messa
     assert message.format(t=tmp_path) in err and err.count("\n") == 1
 
 
-def test_input_errors_exit_1(bundles, tmp_path, capsys):
+def test_input_errors_exit_3(bundles, tmp_path, capsys):
     assert main(["sample", str(bundles / "nopro"), "--project", str(bundles / "same.png"),
-                 "--out", str(tmp_path / "p.png")]) == 1
+                 "--out", str(tmp_path / "p.png")]) == 3
     assert "--project needs a trained projector; this bundle has predictor" in capsys.readouterr().err
     assert main(["sample", str(bundles / "video"), "--project", str(tmp_path / "nope.png"),
-                 "--out", str(tmp_path / "p.png")]) == 1
+                 "--out", str(tmp_path / "p.png")]) == 3
     assert "nope.png" in capsys.readouterr().err
 
 

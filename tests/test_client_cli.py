@@ -16,9 +16,10 @@ import pytest
 from clients import ConnectionOptions, Sampling
 from clients import cli_size
 from clients.cli import EXIT_BUG, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, exit_code, main
-from clients.cli_io import InputError, open_source
+from clients.cli_io import open_source
 from clients.messages import extrapolate_request, frame_from_proto, raw_frame
 from clients.errors import ClientError
+from sinfusion.io.cli import InputError
 from sinfusion.v1 import sinfusion_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -130,35 +130,29 @@ def test_cli_exports_with_options(copy, capsys):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["{missing}"], 1, "no such bundle folder"),
-    (["{bundle}", "--roles", "critic"], 1, "unknown role 'critic'; valid roles: predictor"),
+    (["{missing}"], 3, "no such bundle folder"),
+    (["{bundle}", "--roles", "critic"], 2, "unknown role 'critic'; valid roles: predictor"),
     (["{bundle}", "--size", "0x16"], 2, "positive integers (e.g. 256x144), got '0x16'"),
-    (["{bundle}", "--size", "24x5000"], 1, "height must be a multiple of 1 in [1, 4096], got 5000"),
+    (["{bundle}", "--size", "24x5000"], 2, "height must be a multiple of 1 in [1, 4096], got 5000"),
     (["{bundle}", "--size", "24by16"], 2, "size must be WxH"),
     (["{bundle}", "--batch", "1,x"], 2, "comma-separated integers"),
-    (["{bundle}", "--batch", "0"], 1, "batch must be in [1, 64], got 0"),
-    (["{bundle}", "--opset", "99"], 1, "opset must be in [13, 20], got 99"),
+    (["{bundle}", "--batch", "0"], 2, "batch must be in [1, 64], got 0"),
+    (["{bundle}", "--opset", "99"], 2, "opset must be in [13, 20], got 99"),
     (["{bundle}", "--precision", "int8"], 2, "invalid choice: 'int8'"),
-    (["{bundle}", "--max-error", "0"], 1, "max error must be > 0"),
+    (["{bundle}", "--max-error", "0"], 2, "max error must be > 0"),
 ])
 def test_cli_errors_are_one_line(copy, tmp_path, capsys, args, code, message):
     before = (copy.path / "manifest.json").read_bytes()
-    argv = [a.format(bundle=copy.path, missing=tmp_path / "nope") for a in args]
-    if code == 2:  # argparse's own errors exit from parse_args
-        with pytest.raises(SystemExit) as raised:
-            main(argv)
-        rc = raised.value.code
-    else:
-        rc = main(argv)
+    rc = main([a.format(bundle=copy.path, missing=tmp_path / "nope") for a in args])
     err = capsys.readouterr().err
     assert rc == code
-    assert err.count("\n") == 1 and message in err and err.startswith("sinfusion-export: error:")
+    assert err.count("\n") == 1 and message in err and err.startswith("sinfusion-export: ")
     assert (copy.path / "manifest.json").read_bytes() == before
 
 
 def test_cli_untrained_role(tmp_path, capsys):
     bundle = make_tiny_bundle(tmp_path / "img", roles=("projector",))
-    assert main([str(bundle.path), "--roles", "predictor"]) == 1
+    assert main([str(bundle.path), "--roles", "predictor"]) == 3
     assert "has no trained predictor (has: projector)" in capsys.readouterr().err
 
 
@@ -173,7 +167,7 @@ def test_cli_without_tensorrt_says_so_in_one_line(copy):
     proc = subprocess.run([sys.executable, "-m", "export.cli", str(copy.path), "--kind", "all"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
-    assert proc.stderr == f"sinfusion-export: error: cannot build TensorRT engines: {reason}\n"
+    assert proc.stderr == f"sinfusion-export: cannot build TensorRT engines: {reason}\n"
     assert (copy.path / "manifest.json").read_bytes() == before
 
 
@@ -183,7 +177,7 @@ def test_export_refuses_damaged_weights(copy, capsys):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    assert main([str(copy.path), "--roles", "projector"]) == 1
+    assert main([str(copy.path), "--roles", "projector"]) == 3
     assert "checksum mismatch" in capsys.readouterr().err
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.cli_io import InputError, open_source
+from clients.cli_io import open_source
+from sinfusion.io.cli import InputError
 from sinfusion.io.pipes import (
     CHROMA,
     MAX_FRAME_PIXELS,

@@ -13,7 +13,7 @@ from quality.plots import nnf_colour_map, plot_nextframe
 from quality.stability import diversity_report, extrapolate_clip, references, stability_report
 from sinfusion.sampling import SamplingOptions
 from sinfusion.video import write_image
-from tests.conftest import tiny_clip
+from tests.conftest import make_tiny_bundle, tiny_clip
 
 FAST_SAMPLING = SamplingOptions(steps=4, correction_steps=2)
 FAST_PM = PatchMatchOptions(iterations=3)
@@ -121,24 +121,41 @@ def test_cli_nnf_writes_json(tmp_path, capsys):
     assert result["nnfdist"] < 1e-6 and len(result["per_frame_nnfdist"]) == 3
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["nnf", "/no/such/clip", "/no/such/ref"], "no such file"),
-    (["nnf", "{a}", "{a}", "--search-dims", "99"], "search_dims must be in [0, 81]"),
-    (["nextframe", "{a}", "--n", "40"], "n=40 frames"),
-    (["nextframe", "{a}", "--train-steps", "0"], "--train-steps must be >= 1"),
-    (["nextframe", "{a}", "--k", "1,x"], "--k must be comma-separated integers"),
-    (["plot-nextframe", "{a}/000.png", "--out", "{a}/x.png"], "not a readable result file"),
-    (["stability", "{a}"], "not a bundle"),
-    (["diversity", "{a}", "--clips", "0"], "--clips must be >= 1"),
-    (["diversity", "{a}"], "not a bundle"),
+@pytest.mark.parametrize("argv, expected, message", [
+    (["nnf", "/no/such/clip", "/no/such/ref"], 3, "no such file"),
+    (["nnf", "{a}", "{a}", "--search-dims", "99"], 2, "search_dims must be in [0, 81]"),
+    (["nextframe", "{a}", "--n", "40"], 2, "n=40 frames"),
+    (["nextframe", "{a}", "--train-steps", "0"], 2, "--train-steps must be >= 1"),
+    (["nextframe", "{a}", "--k", "1,x"], 2, "--k must be comma-separated integers"),
+    (["nextframe", "{a}", "--preset", "huge"], 2, "unknown preset 'huge'"),
+    (["plot-nextframe", "{a}/000.png", "--out", "{a}/x.png"], 3, "not a readable result file"),
+    (["stability", "{a}"], 3, "not a bundle"),
+    (["stability", "{b}", "--start-frame", "99"], 2, "--start-frame must be in [0, 7], got 99"),
+    (["stability", "{b}", "--correction-steps", "99"], 2, "correction_steps must be in [0, 50]"),
+    (["diversity", "{a}", "--clips", "0"], 2, "--clips must be >= 1"),
+    (["diversity", "{a}"], 3, "not a bundle"),
+    (["upsample", "{p}"], 3, "has no trained interpolator"),
 ])
-def test_cli_user_mistakes_are_one_line_exit_2(tmp_path, capsys, argv, message):
+def test_cli_user_mistakes_are_one_line(tmp_path, capsys, argv, expected, message):
     a = write_folder(tmp_path / "a", tiny_clip(frames=5))
-    code = cli.main([arg.format(a=a) for arg in argv])
+    b, p = make_tiny_bundle(tmp_path / "b"), make_tiny_bundle(tmp_path / "p", roles=("projector",))
+    code = cli.main([arg.format(a=a, b=b.path, p=p.path) for arg in argv])
     err = capsys.readouterr().err.strip()
-    assert code == 2
-    assert err.count("\n") == 0 and err.startswith("sinfusion-quality: error:")
+    assert code == expected
+    assert err.count("\n") == 0 and err.startswith("sinfusion-quality: ")
     assert message in err and "Traceback" not in err
+
+
+def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
+    """An internal KeyError or ValueError is a bug: it propagates, it is not a usage line."""
+    a = write_folder(tmp_path / "a", tiny_clip(frames=5))
+
+    def broken(*args, **kwargs):
+        raise KeyError("an internal key")
+
+    monkeypatch.setattr("quality.nnf.nearest_neighbour_field", broken)
+    with pytest.raises(KeyError, match="an internal key"):
+        cli.main(["nnf", str(a), str(a), "--iterations", "1"])
 
 
 def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path):
@@ -169,11 +186,10 @@ def test_cli_nextframe_trains_evaluates_and_draws(tmp_path):
 
 
 def test_cli_argparse_mistakes_are_one_line(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["nextframe", "clip.mp4", "--n", "many"])
+    code = cli.main(["nextframe", "clip.mp4", "--n", "many"])
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and err.count("\n") == 0
-    assert err.startswith("sinfusion-quality: error:") and "--n" in err
+    assert code == 2 and err.count("\n") == 0
+    assert err.startswith("sinfusion-quality nextframe: ") and "--n" in err
 
 
 def test_upsampling_is_scored_against_the_blend_on_held_out_or_every_other_triplet(tiny_bundle,

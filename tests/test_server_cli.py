@@ -32,28 +32,29 @@ def models_dir(tmp_path_factory):
     return root
 
 
-def fails(*args: str) -> str:
+def fails(*args: str, code: int = 2) -> str:
+    """2: the command line; 3: a folder or file it names that cannot be used (sinfusion.io.cli)."""
     result = subprocess.run([*COMMAND, *args], capture_output=True, text=True, env=ENV, timeout=120)
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == code, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]
 
 
-def test_user_mistakes_exit_2_with_one_line(tmp_path, models_dir):
-    assert "--models" in fails("--models", str(tmp_path / "absent"))
-    assert "no bundles" in fails("--models", str(tmp_path))
+def test_user_mistakes_exit_2_or_3_with_one_line(tmp_path, models_dir):
+    assert "--models" in fails("--models", str(tmp_path / "absent"), code=3)
+    assert "no bundles" in fails("--models", str(tmp_path), code=3)
     assert "--runtime" in fails("--models", str(models_dir), "--runtime", "fastest")
     assert "--max-streams must be >= 1, got 0" in fails("--models", str(models_dir), "--max-streams", "0")
     assert "--tls-cert and --tls-key must be given together" in fails(
         "--models", str(models_dir), "--tls-cert", str(tmp_path / "c.pem"))
-    line = fails("--models", str(models_dir), "--runtime", "onnxruntime-cpu")
+    line = fails("--models", str(models_dir), "--runtime", "onnxruntime-cpu", code=3)
     assert "no runtime can serve it" in line and "onnxruntime-cpu" in line
     (tmp_path / "c.pem").write_text("not a certificate")
     (tmp_path / "k.pem").write_text("not a key")
     assert "not a PEM file" in fails("--models", str(models_dir), "--tls-cert", str(tmp_path / "c.pem"),
-                                     "--tls-key", str(tmp_path / "k.pem"))
+                                     "--tls-key", str(tmp_path / "k.pem"), code=3)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -63,7 +64,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path, models_dir):
     broken = tmp_path / "broken" / "b"
     broken.mkdir(parents=True)
     (broken / "manifest.json").write_text("{not json")
-    assert "not valid JSON" in fails("--models", str(broken.parent))
+    assert "not valid JSON" in fails("--models", str(broken.parent), code=3)
 
 
 def start(models_dir: Path, port_file: Path, *extra: str) -> subprocess.Popen:

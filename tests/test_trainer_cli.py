@@ -162,7 +162,7 @@ def test_console_script_reports_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(tmp_path / "nope.mp4"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 3
     assert proc.stderr.strip().splitlines() == [f"trainer: {tmp_path / 'nope.mp4'}: no such file or folder"]
 
 

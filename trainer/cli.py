@@ -2,9 +2,9 @@
 `--project IMAGE` / `--summary` to still images), and `trainer plot BUNDLE --out losses.png`.
 
 User mistakes (a missing or unreadable clip, a bad range or size, an unknown role or preset, a folder
-that is not a bundle) end with one line on stderr and exit code 2 (usage) or 1 (input); Ctrl-C during
+that is not a bundle) end with one line on stderr and exit code 2 (usage) or 3 (input); Ctrl-C during
 training saves a checkpoint and exits 130 with the command that resumes. Anything else is a bug and
-keeps its traceback.
+keeps its traceback. The convention and its exit codes: sinfusion.io.cli, docs/cli.md.
 """
 
 from __future__ import annotations
@@ -17,24 +17,14 @@ import time
 from pathlib import Path
 
 from sinfusion.bundle import BundleError
-from sinfusion.io.cli import (duration, int_at_least, non_negative_float, positive_float,
-                              size_within)
+from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError, duration,
+                              fail, int_at_least, non_negative_float, positive_float, size_within,
+                              usage_failed)
 from sinfusion.io.files import VideoError
 from sinfusion.io.stills import scales_arg, strength_arg
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
 
-EXIT_USAGE, EXIT_INPUT, EXIT_INTERRUPTED = 2, 1, 130
-
-
-class UsageError(Exception):
-    """A bad option value: exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors in one line (no usage dump) so scripts can show it as is."""
-
-    def error(self, message: str):  # noqa: D401 - argparse API
-        raise UsageError(f"{self.prog}: {message}")
+PROG = "trainer"
 
 
 def _roles(text: str) -> list[str]:
@@ -51,8 +41,8 @@ def _roles(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     from .presets import PRESETS
 
-    parser = _Parser(prog="trainer", description="Train SinFusion models on one clip; render from them.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description="Train SinFusion models on one clip; render from them.")
+    sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a clip's models into a bundle folder")
     t.add_argument("clip", help="video file, folder of numbered frames, or one image")
@@ -165,7 +155,7 @@ def _train_config(args: argparse.Namespace):
             base = base.with_steps(args.steps)
         return dataclasses.replace(base, **overrides)
     except ValueError as exc:
-        raise UsageError(f"trainer train: {exc}") from None
+        raise UsageError(str(exc), "trainer train") from None
 
 
 def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
@@ -173,7 +163,8 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
 
     config = _train_config(args)
     if args.end is not None and args.end <= args.start:
-        raise UsageError(f"trainer train: --end ({args.end}) must be greater than --start ({args.start})")
+        raise UsageError(f"--end ({args.end}) must be greater than --start ({args.start})",
+                         "trainer train")
     began = time.monotonic()
     clip = read_clip(args.clip, max_side=config.max_side, size=args.size, start=args.start,
                      end=args.end, stride=args.stride)
@@ -185,8 +176,7 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
     except TrainingInterrupted as stop:
         again = [a for a in argv if a not in ("--resume", "--overwrite")]
         command = "trainer " + " ".join(shlex.quote(a) for a in again) + " --resume"
-        print(f"trainer: {stop}; resume with: {command}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return fail(PROG, f"{stop}; resume with: {command}", EXIT_INTERRUPTED)
     m = bundle.manifest
     print(f"trainer: wrote {bundle.path} ({', '.join(m.roles)}; {m.frame_count} frames of "
           f"{m.width}x{m.height}) in {time.monotonic() - began:.0f}s", file=sys.stderr)
@@ -220,10 +210,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return cmd_project(args)
     for flag, value in (("--strength", args.strength), ("--scales", args.scales)):
         if value is not None:
-            raise UsageError(f"trainer sample: {flag} is only used with --project or --summary")
+            raise UsageError(f"{flag} is only used with --project or --summary", "trainer sample")
     out = Path(args.out)
     if out.suffix.lower() not in (".mp4", ".mov", ".mkv", ".webm", ".gif"):
-        raise UsageError(f"trainer sample: --out must end in .mp4, .mov, .mkv, .webm or .gif, got {out}")
+        raise UsageError(f"--out must end in .mp4, .mov, .mkv, .webm or .gif, got {out}",
+                         "trainer sample")
     bundle = Bundle.open(args.bundle)
     if args.extrapolate:
         mode, count = "extrapolate", args.extrapolate
@@ -244,7 +235,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if isinstance(exc, BundleError):
             raise
-        raise UsageError(f"trainer sample: {exc}") from None
+        raise UsageError(str(exc), "trainer sample") from None
     if args.runtime == "torch":
         from .training import resolve_device
 
@@ -274,14 +265,14 @@ def cmd_project(args: argparse.Namespace) -> int:
 
     summary = args.summary is not None
     if not is_still(args.out):
-        raise UsageError(f"trainer sample: --out must end in .png, .jpg or .jpeg with "
-                         f"{'--summary' if summary else '--project'}, got {args.out}")
+        raise UsageError(f"--out must end in .png, .jpg or .jpeg with "
+                         f"{'--summary' if summary else '--project'}, got {args.out}", "trainer sample")
     if args.scales is not None and not summary:
-        raise UsageError("trainer sample: --scales is only used with --summary")
+        raise UsageError("--scales is only used with --summary", "trainer sample")
     scales = (args.scales or DEFAULT_SCALES) if summary else None
     problem = one_image_problem(args.out, len(scales) if summary else 1)
     if problem:
-        raise UsageError(f"trainer sample: --out {problem}")
+        raise UsageError(f"--out {problem}", "trainer sample")
     strength = DEFAULT_STRENGTH if args.strength is None else args.strength
     bundle = Bundle.open(args.bundle)
     if "projector" not in bundle.roles:
@@ -299,7 +290,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if isinstance(exc, (BundleError, VideoError)):
             raise
-        raise UsageError(f"trainer sample: {exc}") from None
+        raise UsageError(str(exc), "trainer sample") from None
     if notice:
         print(f"trainer: {notice}", file=sys.stderr)
     if args.runtime == "torch":
@@ -334,25 +325,19 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return cmd_sample(args)
     except UsageError as exc:
-        print(exc, file=sys.stderr)
-        return EXIT_USAGE
+        return usage_failed(PROG, exc)
     except (VideoError, BundleError) as exc:
-        print(f"trainer: {exc}", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(PROG, exc, EXIT_INPUT)
     except KeyboardInterrupt:
-        print("trainer: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except PermissionError as exc:
-        print(f"trainer: {exc.filename or ''}: permission denied", file=sys.stderr)
-        return EXIT_INPUT
+        return fail(PROG, "interrupted", EXIT_INTERRUPTED)
+    except PermissionError as exc:  # reading is refused as VideoError/BundleError: this is a write
+        return fail(PROG, f"{exc.filename or ''}: permission denied", EXIT_OUTPUT)
     except ValueError as exc:
         from .training import TrainerError
 
-        if isinstance(exc, TrainerError):
-            print(f"trainer: {exc}", file=sys.stderr)
-            return EXIT_INPUT
+        if isinstance(exc, TrainerError):  # the run cannot start with these inputs
+            return fail(PROG, exc, EXIT_INPUT)
         raise
-
 
 if __name__ == "__main__":
     sys.exit(main())

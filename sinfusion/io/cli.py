@@ -1,18 +1,61 @@
-"""The command-line convention shared by every tool (torch-free: the client uses it too).
+"""The command-line convention of every tool (trainer, sinfusion-export, sinfusion-server,
+sinfusion, sinfusion-quality); torch-free, the client uses it too.
 
-argparse value types:
-
-Each raises argparse.ArgumentTypeError with a message that names what was expected, so the tools'
-one-line error reports say what is wrong with the value.
+- Errors: one line on stderr, `PROG: message`; a command line argparse refuses adds
+  `(see PROG --help)`. Bugs keep their traceback (the `sinfusion` client reports them in one line that
+  names the exception, its pipes' contract).
+- Exit codes: the table in docs/cli.md, EXIT_* below; the client adds its own above 4.
+- `Parser` is every tool's argparse parser; the value types below raise argparse.ArgumentTypeError
+  with a message that names what was expected.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 
 from .pipes import parse_size
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the work could not be done (the message says why), or a bug (with its traceback)
+EXIT_USAGE = 2  # the command line: an unknown flag, a bad value, flags that do not go together
+EXIT_INPUT = 3  # something the command reads (clip, image, bundle, folder, stream) is missing or unusable
+EXIT_OUTPUT = 4  # something the command writes cannot be written
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+
+
+class UsageError(ValueError):
+    """A command line the tool refuses: exit 2. `prog` names the (sub)command when it is not the tool."""
+
+    def __init__(self, message: str, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class InputError(ValueError):
+    """Something the command reads (a file, a folder, a stream) that it cannot use: exit 3."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors (one line, pointing at --help) instead of a usage dump
+    and an exit, so that each tool's main reports them like its other errors. Subcommands' parsers
+    are Parsers too (argparse gives add_subparsers the parser's own class)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
+
+
+def fail(prog: str, message: object, code: int) -> int:
+    """Report a failure as the convention's one stderr line; returns `code` for main to exit with."""
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"{prog}: {line}", file=sys.stderr, flush=True)
+    return code
+
+
+def usage_failed(prog: str, error: UsageError) -> int:
+    return fail(error.prog or prog, error, EXIT_USAGE)
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
