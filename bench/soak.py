@@ -19,7 +19,7 @@ temporary folder (a step's cost and the server's behaviour do not depend on the 
    Another stream is served meanwhile; then the stalled client reads on and must get every frame.
 4. RSS after the run (idle, 2 s later), server log tracebacks, exit status on SIGTERM.
 
-Targets (issue 15): 0 UNKNOWN or INTERNAL in >= 5000 fuzzed requests; RSS after within +50 MB of the
+Targets: 0 UNKNOWN or INTERNAL in >= 5000 fuzzed requests; RSS after within +50 MB of the
 start; a stalled stream holding at most its run-ahead; 0 frames lost or corrupted. Exit status 0 when
 every target is met, 1 otherwise.
 """

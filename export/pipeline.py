@@ -33,7 +33,7 @@ from .parity import max_abs_error, parity_inputs, torch_step
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """What to export. Defaults follow the issue: ONNX fp32, batch sizes 1 and 4, the clip's size."""
+    """What to export. Defaults: ONNX fp32, batch sizes 1 and 4, the clip's size."""
 
     kinds: tuple[str, ...] = ("onnx",)
     roles: tuple[str, ...] = ()  # () = every trained role of the bundle

@@ -253,9 +253,3 @@ def nearest_neighbour_field(query: np.ndarray, reference: np.ndarray,
     qpos = np.stack(np.unravel_index(np.arange(len(match)), qgrid), axis=1)
     offsets = (match - qpos).astype(np.int16).reshape(*qgrid, 3)
     return NNFResult(offsets, dist.reshape(qgrid), tuple(int(e) for e in rgrid))
-
-
-def nnf_scores(query: np.ndarray, reference: np.ndarray,
-               options: PatchMatchOptions = PatchMatchOptions()) -> dict:
-    """{"nnfdist", "nnfdiv", "nnfdiv_ceiling", "patches"} of query against reference."""
-    return nearest_neighbour_field(query, reference, options).summary()

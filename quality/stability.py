@@ -162,7 +162,7 @@ def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late
 
     per_frame[i] is the NNFDIST of output frame i + 1. `ratio` = mean over the last `late` frames /
     mean over frames 1..early (both at most a quarter of the clip); a clip that washes out or builds
-    up noise drifts up (issue 11 asks for ratio <= 1.5 over 300 frames). For
+    up noise drifts up (the target is ratio <= 1.5 over 300 frames). For
     brightness (mean), contrast (std) and saturation, `inside` is the share of the late frames whose
     value lies in [min, max] of the original clip's frames, and `band` / `late_range` show both.
     """

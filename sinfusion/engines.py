@@ -26,9 +26,8 @@ SUFFIX = {"onnx": "onnx", "tensorrt": "plan"}
 ENGINES_DIR = "engines"
 
 # Bounds of an engine's shape. The backbone has no down/up-sampling (paper section 4), so every
-# height and width is a size the network accepts (a multiple of 1); the upper bounds only keep an
-# engine's buffers sane (4096 px a side, 64 samples per call).
-SIZE_MULTIPLE = 1
+# height and width is a size the network accepts; the upper bounds only keep an engine's buffers
+# sane (4096 px a side, 64 samples per call).
 MAX_SIDE = 4096
 MAX_BATCH = 64
 
@@ -49,9 +48,6 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]
-
-    def zeros(self) -> np.ndarray:
-        return np.zeros(self.shape, dtype=self.dtype)
 
 
 def input_names(config: NetworkConfig) -> list[str]:
@@ -98,9 +94,8 @@ def validate_shape(batch: int, height: int, width: int) -> None:
     if not 1 <= batch <= MAX_BATCH:
         raise ValueError(f"batch must be in [1, {MAX_BATCH}], got {batch}")
     for field_name, side in (("height", height), ("width", width)):
-        if not 1 <= side <= MAX_SIDE or side % SIZE_MULTIPLE:
-            raise ValueError(f"{field_name} must be a multiple of {SIZE_MULTIPLE} in "
-                             f"[1, {MAX_SIDE}], got {side}")
+        if not 1 <= side <= MAX_SIDE:
+            raise ValueError(f"{field_name} must be in [1, {MAX_SIDE}], got {side}")
 
 
 # --- manifest entries ---------------------------------------------------------------------------

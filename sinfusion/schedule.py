@@ -70,7 +70,3 @@ def make_schedule(kind: str, steps: int = 50) -> Schedule:
     if kind == "linear":
         return linear_schedule(steps)
     raise ValueError(f"unknown schedule {kind!r}; valid schedules: {', '.join(SCHEDULES)}")
-
-
-def schedule_from_dict(data: dict) -> Schedule:
-    return make_schedule(data["kind"], int(data["steps"]))

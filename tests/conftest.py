@@ -11,8 +11,6 @@ import pytest
 # Tests share 2 cores with each other and with servers they start: keep torch to one thread.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 def tiny_clip(frames: int = 8, height: int = 16, width: int = 24, seed: int = 0) -> np.ndarray:
     """A small moving pattern: a bright blob drifting over a textured background, uint8 (N,H,W,3)."""
@@ -53,10 +51,3 @@ def make_tiny_bundle(path: Path, roles=("predictor", "projector", "interpolator"
 @pytest.fixture
 def tiny_bundle(tmp_path):
     return make_tiny_bundle(tmp_path / "tiny")
-
-
-@pytest.fixture
-def shared_data() -> Path:
-    if not (SHARED_DATA / "tornado").is_dir():
-        pytest.skip(f"real clip not available: {SHARED_DATA / 'tornado'} is absent")
-    return SHARED_DATA

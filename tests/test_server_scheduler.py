@@ -156,7 +156,7 @@ def test_close_waits_for_the_step_in_flight(tmp_path):
                                                     np.random.default_rng(seed), FAST)))
             await anext(job.frames())
             await asyncio.sleep(0.01)  # the worker is now inside the loop's next step
-            await scheduler.close()  # raised "generator already executing" before the fix
+            await scheduler.close()  # must not close a loop the worker is running
             assert scheduler.held == 0
 
     asyncio.run(main())

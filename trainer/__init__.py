@@ -1,4 +1,4 @@
-"""The trainer: samplers, the training loop, presets and the `trainer` CLI (issue 2).
+"""The trainer: samplers, the training loop, presets and the `trainer` CLI.
 
 Library entry point: `trainer.training.train_bundle(clip, out_dir, config)`; see docs/training.md.
 """

@@ -18,12 +18,6 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
 class OnnxDenoiser(FixedShapeDenoiser):
     """Denoiser over a bundle's ONNX engines.
 
