@@ -240,6 +240,13 @@ def save_checkpoint(run: RoleRun, bundle: Bundle) -> None:
     bundle.write_weights(run.role, role_entry(run), served)
 
 
+def _expected_end(run: RoleRun, steps: int, seconds: float) -> int:
+    """The step at which a time-budgeted run will end, at the pace of this session so far."""
+    left = max(0.0, run.time_budget_s - run.state.elapsed_s)
+    pace = steps / max(seconds, 1e-6)
+    return int(min(run.total, run.state.step + pace * left))
+
+
 def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bool = True,
                callback: StepCallback | None = None, monitor: NextFrameMonitor | None = None) -> None:
     """Train one role from run.state.step to its total, checkpointing; Ctrl-C -> TrainingInterrupted.
@@ -258,6 +265,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     bar = tqdm(total=total, initial=run.state.step, desc=f"{run.role:>12}", unit="step",
                file=sys.stderr, disable=not progress, dynamic_ncols=True, leave=True)
     started = time.monotonic() - run.state.elapsed_s
+    began, first_step = time.monotonic(), run.state.step
     postfix: dict[str, str] = {}
     run.net.train()
     try:
@@ -275,8 +283,11 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
                     postfix["vs_copy"] = monitor.measure(run, bundle)
                     run.state.elapsed_s = time.monotonic() - started
                 if step % 10 == 0 or step == total:
-                    postfix.update(loss=f"{loss:.4f}", lr=f"{lr_at(cfg, step - 1, total, run.fraction):.1e}")
+                    postfix.update(loss=f"{loss:.4f}",
+                                   lr=f"{lr_at(cfg, step - 1, total, run.fraction):.1e}")
                     bar.set_postfix(postfix, refresh=False)
+                    if run.time_budget_s > 0:  # the bar's end: where the budget will stop it
+                        bar.total = _expected_end(run, step - first_step, time.monotonic() - began)
                 if callback is not None:
                     callback(run.role, step, loss)
                 if interrupted.is_set():
@@ -293,6 +304,8 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
         save_checkpoint(run, bundle)
         raise TrainingInterrupted(bundle.path, run.role, run.state.step, total) from None
     run.state.finished = True
+    if run.state.step < total:  # ended by its time budget or the early stop: that is 100%
+        bar.total = run.state.step
     if monitor is not None:
         monitor.finish(run, bundle)
         bar.set_postfix(postfix | {"vs_copy": monitor.latest_text()}, refresh=True)
