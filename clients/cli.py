@@ -36,10 +36,10 @@ import numpy as np
 
 from sinfusion.io.cli import (EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE,
                               InputError, Parser, UsageError, fail, frame_size, int_at_least,
-                              positive_float, usage_failed)
+                              positive_float, scales_arg, strength_arg, usage_failed)
 from sinfusion.io.files import VideoError
 from sinfusion.io.pipes import PipeError, frame_size_problem
-from sinfusion.io.stills import StillsError, is_pattern, is_still, scales_arg, strength_arg, write_stills
+from sinfusion.io.stills import StillsError, is_pattern, is_still, write_stills
 
 from . import cli_size
 from .cli_io import OutputError, Source, check_output, open_source, write_frames

@@ -18,10 +18,9 @@ from pathlib import Path
 
 from sinfusion.bundle import BundleError
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError, duration,
-                              fail, int_at_least, non_negative_float, positive_float, size_within,
-                              usage_failed)
+                              fail, int_at_least, non_negative_float, positive_float, scales_arg,
+                              size_within, strength_arg, usage_failed)
 from sinfusion.io.files import VideoError
-from sinfusion.io.stills import scales_arg, strength_arg
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
 
 PROG = "trainer"
@@ -62,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "prediction against copying (-1 = automatic, 0 = off)")
     t.add_argument("--eval-every", type=positive_float, metavar="SECONDS",
                    help="seconds of predictor training between held-out measurements (default 60)")
+    t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
+                   help="the bundle's default Projector correction level for serving (cpu and "
+                        "tiny presets 0: measured to cost PSNR at their size; paper 3)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -143,7 +145,7 @@ def _train_config(args: argparse.Namespace):
         "blocks": args.blocks, "checkpoint_every": args.checkpoint_every,
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
-        "stop_margin_db": args.stop_margin,
+        "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

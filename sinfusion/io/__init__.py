@@ -2,7 +2,7 @@
 
     files    frame files: decode a video or image, encode frames to one (PyAV, PIL)
     pipes    raw RGB24 and YUV4MPEG2 frame streams (stdin/stdout)
-    stills   still-image output (one file or a %d pattern), --strength and --scales values
+    stills   still-image output (one file or a %d pattern)
     cli      the command-line convention of every tool: argparse base, value types, exit codes
     atomic   atomic file writes
 

@@ -16,7 +16,7 @@ import math
 import sys
 from collections.abc import Callable
 
-from .pipes import parse_size
+from .pipes import parse_frame_size, parse_size
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the work could not be done (the message says why), or a bug (with its traceback)
@@ -73,23 +73,61 @@ def int_at_least(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _number(text: str) -> float:
+    """`text` as a float; NaN when it is none, which every range check below refuses."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _checked(value: float, ok: bool, expected: str, text: str) -> float:
+    if not ok:
+        raise argparse.ArgumentTypeError(f"must be {expected}, got {text!r}")
+    return value
+
+
+def _argument(parse: Callable[[str], tuple[int, int]], text: str) -> tuple[int, int]:
+    """A parser's ValueError as argparse's error, its message kept."""
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
-    return value
+    value = _number(text)
+    return _checked(value, value > 0 and math.isfinite(value), "a finite number > 0", text)
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0."""
+    value = _number(text)
+    return _checked(value, value >= 0 and math.isfinite(value), "a finite number >= 0", text)
+
+
+def strength_arg(text: str) -> float:
+    """--strength: a number in [0, 1] (sinfusion.sampling.strength_level)."""
+    value = _number(text)
+    return _checked(value, 0.0 <= value <= 1.0, "a number in [0, 1]", text)
+
+
+def scales_arg(text: str) -> list[float]:
+    """--scales: comma-separated numbers in (0, 1], e.g. 0.9,0.8,0.7."""
+    values = []
+    for part in text.split(","):
+        value = _number(part)
+        if not 0.0 < value <= 1.0:
+            raise argparse.ArgumentTypeError(f"must be comma-separated numbers in (0, 1], "
+                                             f"got {part.strip()!r} in {text!r}")
+        values.append(value)
+    return values
 
 
 def size(text: str) -> tuple[int, int]:
     """'WxH' -> (W, H) with positive sides."""
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    return _argument(parse_size, text)
 
 
 def size_within(low: int, high: int) -> Callable[[str], tuple[int, int]]:
@@ -102,6 +140,11 @@ def size_within(low: int, high: int) -> Callable[[str], tuple[int, int]]:
         return w, h
 
     return parse
+
+
+def frame_size(text: str) -> tuple[int, int]:
+    """'WxH' of frames to read or send: positive sides, at most pipes.MAX_FRAME_PIXELS pixels."""
+    return _argument(parse_frame_size, text)
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -122,32 +165,5 @@ def duration(text: str) -> float:
     """A wall-clock duration: '90s', '15m', '1.5h' or plain seconds ('600') -> seconds (> 0)."""
     t = text.strip().lower()
     scale = DURATION_UNITS.get(t[-1:], None)
-    number = t[:-1] if scale else t
-    try:
-        value = float(number) * (scale or 1)
-    except ValueError:
-        value = math.nan
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a duration like 90s, 15m or 1h, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (value >= 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
-    return value
-
-
-def frame_size(text: str) -> tuple[int, int]:
-    """'WxH' of frames to read or send: positive sides, at most pipes.MAX_FRAME_PIXELS pixels."""
-    from .pipes import parse_frame_size
-
-    try:
-        return parse_frame_size(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    value = _number(t[:-1] if scale else t) * (scale or 1)
+    return _checked(value, value > 0 and math.isfinite(value), "a duration like 90s, 15m or 1h", text)

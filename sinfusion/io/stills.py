@@ -1,5 +1,5 @@
-"""What both CLIs share for the image applications (projection, visual summary): still-image
-output, and the --strength and --scales values.
+"""Still-image output of the image applications (projection, visual summary), shared by both CLIs
+(their --strength and --scales values are sinfusion.io.cli's).
 
 One path holds one image. Commands that make several (a summary's steps, a projection's
 intermediate steps, a projected frame sequence) write to a numbered pattern, as ffmpeg's image2
@@ -9,8 +9,6 @@ muxer does: `step-%03d.png` -> step-000.png, step-001.png, ... The format follow
 
 from __future__ import annotations
 
-import argparse
-import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -77,29 +75,3 @@ def sizes_sheet(images: list[np.ndarray], gap: int = 4) -> np.ndarray:
         sheet[: im.shape[0], x: x + im.shape[1]] = im
         x += im.shape[1] + gap
     return sheet
-
-
-def strength_arg(text: str) -> float:
-    """argparse type of --strength: a number in [0, 1] (sinfusion.sampling.strength_level)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text!r}")
-    return value
-
-
-def scales_arg(text: str) -> list[float]:
-    """argparse type of --scales: comma-separated numbers in (0, 1], e.g. 0.9,0.8,0.7."""
-    values = []
-    for part in text.split(","):
-        try:
-            value = float(part)
-        except ValueError:
-            value = math.nan
-        if not 0.0 < value <= 1.0:
-            raise argparse.ArgumentTypeError(f"must be comma-separated numbers in (0, 1], "
-                                             f"got {part.strip()!r} in {text!r}")
-        values.append(value)
-    return values
