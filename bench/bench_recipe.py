@@ -40,12 +40,12 @@ def parse_value(text: str):
 def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
     import numpy as np
 
-    from quality.nextframe import evaluate, make_split
+    from sinfusion.quality.nextframe import evaluate, make_split
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
     from sinfusion.sampling import SamplingOptions
+    from sinfusion.trainer.monitor import NextFrameMonitor
+    from sinfusion.trainer.training import train_bundle
     from sinfusion.video import read_clip
-    from trainer.monitor import NextFrameMonitor
-    from trainer.training import train_bundle
 
     frames = read_clip(DATA / CLIPS[name], max_side=config.max_side).frames
     split = make_split(len(frames), 16, 1, 1, 0, 100)
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainer.presets import get_preset
+    from sinfusion.trainer.presets import get_preset
 
     torch.set_num_threads(args.threads)
     overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "threads": args.threads, "cpus": os.cpu_count(),
                                               "rows": rows}, indent=1))
     if args.plot and rows:
-        from quality.plots import plot_time_to_beat
+        from sinfusion.quality.plots import plot_time_to_beat
 
         plot_time_to_beat(rows, args.plot, title=f"preset {args.preset}, {args.threads} threads")
     print(f"command: python -m bench.bench_recipe {' '.join(sys.argv[1:])}")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import grpc
 
-from server import ServerConfig, serve
+from sinfusion.server import ServerConfig, serve
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
@@ -133,7 +133,7 @@ async def main_async(args) -> None:
             folder = Path(tmp) / name
             bundle = make_bundle(folder / name, **spec)
             if args.runtime == "onnxruntime-cpu":
-                from export.pipeline import ExportOptions, export_bundle
+                from sinfusion.export.pipeline import ExportOptions, export_bundle
 
                 export_bundle(bundle, ExportOptions(kinds=("onnx",), batches=(1, 2, 4, 8)))
             config = ServerConfig(models=folder, runtime=args.runtime, max_streams=max(counts),

@@ -33,9 +33,9 @@ def bench_network(name: str, channels: int, blocks: int, batch: int, height: int
     import onnxruntime as ort
     import torch
 
-    from export.onnx_export import to_onnx
-    from export.parity import parity_inputs, torch_step
     from sinfusion.config import default_config
+    from sinfusion.export.onnx_export import to_onnx
+    from sinfusion.export.parity import parity_inputs, torch_step
     from sinfusion.network import DiffusionStep, SinFusionNet
     from sinfusion.sampling import RoleSampling
     from sinfusion.schedule import make_schedule

@@ -23,9 +23,9 @@ def bench(name: str, role: str, device: str, steps: int) -> dict:
 
     from sinfusion.schedule import make_schedule
     from sinfusion.synthetic import make_sample_clip
-    from trainer.loop import build_run, train_step
-    from trainer.presets import get_preset
-    from trainer.samplers import ClipSampler
+    from sinfusion.trainer.loop import build_run, train_step
+    from sinfusion.trainer.presets import get_preset
+    from sinfusion.trainer.samplers import ClipSampler
 
     if name == "tiny":
         config, (h, w) = get_preset("tiny"), (64, 96)

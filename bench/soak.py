@@ -3,7 +3,7 @@
     nice -n 19 .venv/bin/python -m bench.soak [--models DIR --model NAME] [--streams 8] [--rounds 10]
         [--frames 20] [--fuzz 5000] [--stall-frames 200] [--threads 1] [--seed 0]
 
-The server (`python -m server.cli`, torch-cpu, `--fixed-batch` so that a seeded stream is bit-identical
+The server (`python -m sinfusion.server.cli`, torch-cpu, `--fixed-batch` so that a seeded stream is bit-identical
 alone or batched, /metrics on a free port) runs as a child process, as in production; this process is
 only its client. Without --models, a bundle of random tiny networks with all three roles is made in a
 temporary folder (a step's cost and the server's behaviour do not depend on the weights).
@@ -44,8 +44,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from server.process import start_server_process, stop_server_process
-from server.scheduler import RUNAHEAD
+from sinfusion.server.process import start_server_process, stop_server_process
+from sinfusion.server.scheduler import RUNAHEAD
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 

@@ -4,7 +4,7 @@ One engine is one diffusion step of one role (sinfusion.network.DiffusionStep) a
 (batch, height, width, precision), with the tensor layout of sinfusion.engines. Every engine is
 parity-checked against PyTorch before it is recorded in the bundle's manifest.
 
-    from export import ExportOptions, export_bundle
+    from sinfusion.export import ExportOptions, export_bundle
     entries = export_bundle(Bundle.open("clip.bundle"), ExportOptions(kinds=("onnx",)))
 
 The CLI is `sinfusion-export` (export.cli).

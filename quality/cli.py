@@ -55,6 +55,8 @@ def _sampling_options(args, correction: int, bundle=None):
     """The sampling flags; with a bundle, checked against its schedules."""
     from sinfusion.sampling import SamplingOptions
 
+    if correction is None:  # the bundle's serving default, as the server samples
+        correction = bundle.manifest.correction_steps if bundle is not None else 3
     options = SamplingOptions(steps=args.sampling_steps, method=args.method,
                               correction_steps=correction)
     if bundle is not None:
@@ -106,7 +108,7 @@ def cmd_nextframe(args) -> None:
     import time
 
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
-    from trainer.presets import TIME_SHARES, get_preset
+    from sinfusion.trainer.presets import TIME_SHARES, get_preset
 
     from .nextframe import evaluate, make_split, train_split
 
@@ -254,7 +256,8 @@ def _add_sampling(p: argparse.ArgumentParser, correction: bool) -> None:
     p.add_argument("--sampling-steps", type=int, default=0, help="denoising steps, 0 = all T")
     p.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (paper) or ddim")
     if correction:
-        p.add_argument("--correction-steps", type=int, default=3, help="Projector T_corr (default 3)")
+        p.add_argument("--correction-steps", type=int, default=None,
+                       help="Projector T_corr (default: the bundle's, as the server samples)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -120,7 +120,7 @@ def train_split(frames: np.ndarray, split: Split, out_dir: str | Path, config,
     A bundle already in out_dir is resumed, so re-running an experiment reuses its model; the trainer
     refuses it if it was trained on other frames.
     """
-    from trainer.training import train_bundle
+    from sinfusion.trainer.training import train_bundle
 
     out = Path(out_dir)
     resume = (out / "manifest.json").is_file()

@@ -19,14 +19,14 @@ class ServerStartError(RuntimeError):
 
 def start_server_process(args: Sequence[str], port_file: Path, timeout: float = 120.0,
                          **popen) -> tuple[subprocess.Popen, int]:
-    """Run `python -m server.cli ARGS --port-file PORT_FILE`; return (process, port) once it serves.
+    """Run `python -m sinfusion.server.cli ARGS --port-file PORT_FILE`; return (process, port) once it serves.
 
     The server writes the port file atomically once it accepts calls. `popen` goes to subprocess.Popen
     (stdout, stderr, env, cwd); a piped stderr is quoted in the error when the server fails to start.
     """
     port_file = Path(port_file)
     port_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "server.cli", *map(str, args), "--port-file", str(port_file)]
+    cmd = [sys.executable, "-m", "sinfusion.server.cli", *map(str, args), "--port-file", str(port_file)]
     proc = subprocess.Popen(cmd, **popen)
     deadline = time.monotonic() + timeout
     while not (port_file.exists() and port_file.read_text().strip()):

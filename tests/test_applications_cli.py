@@ -7,9 +7,9 @@ import pytest
 
 from sinfusion.io.files import write_image
 from sinfusion.io.stills import is_pattern, numbered, one_image_problem, sizes_sheet
+from sinfusion.trainer.cli import main
 from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
-from trainer.cli import main
 
 H, W = 16, 24
 

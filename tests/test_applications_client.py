@@ -13,12 +13,12 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import AsyncClient, Client, ClientError, Sampling
-from clients.cli import main
-from server import ServerConfig
-from server.background import BackgroundServer
+from sinfusion.clients import AsyncClient, Client, ClientError, Sampling
+from sinfusion.clients.cli import main
 from sinfusion.io.files import write_image
 from sinfusion.io.pipes import RawWriter, Y4MReader, Y4MWriter
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
 

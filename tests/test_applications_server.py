@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import ServerConfig
-from server.background import BackgroundServer
 from sinfusion.sampling import projection_levels
 from sinfusion.schedule import make_schedule
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle, tiny_clip
@@ -274,8 +274,8 @@ def test_client_deadline_stops_a_projection(models_dir):
 def exported(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from export.pipeline import ExportOptions, export_bundle
     from sinfusion.bundle import Bundle
+    from sinfusion.export.pipeline import ExportOptions, export_bundle
 
     root = tmp_path_factory.mktemp("engines")
     bundle = make_tiny_bundle(root / "still", roles=("projector",), seed=1)

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clients import ConnectionOptions, Sampling
-from clients import cli_size
-from clients.cli import EXIT_BUG, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, exit_code, main
-from clients.cli_io import open_source
-from clients.messages import extrapolate_request, frame_from_proto, raw_frame
-from clients.errors import ClientError
+from sinfusion.clients import ConnectionOptions, Sampling
+from sinfusion.clients import cli_size
+from sinfusion.clients.cli import EXIT_BUG, EXIT_INPUT, EXIT_OUTPUT, EXIT_USAGE, exit_code, main
+from sinfusion.clients.cli_io import open_source
+from sinfusion.clients.errors import ClientError
+from sinfusion.clients.messages import extrapolate_request, frame_from_proto, raw_frame
 from sinfusion.io.cli import InputError
 from sinfusion.v1 import sinfusion_pb2 as pb
 
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str, stdin: bytes = b"", timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "clients", *args], input=stdin, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "sinfusion.clients", *args], input=stdin, capture_output=True,
                           cwd=ROOT, timeout=timeout)
 
 
@@ -45,14 +45,14 @@ def test_client_imports_and_runs_without_torch():
                 if name == "torch" or name.startswith("torch."):
                     raise ImportError("torch is blocked in this test")
         sys.meta_path.insert(0, NoTorch())
-        import clients, clients.cli, clients.cli_io
-        from clients import AsyncClient, Client, Sampling
-        code = clients.cli.main(["--address", "127.0.0.1:1", "models"])
+        import sinfusion.clients.cli, sinfusion.clients.cli_io
+        from sinfusion.clients import AsyncClient, Client, Sampling
+        code = sinfusion.clients.cli.main(["--address", "127.0.0.1:1", "models"])
         assert code == 114, code
         # The client's boundary: the wire stubs and sinfusion.io, nothing else of the core.
         core = [m for m in sys.modules if m.split(".")[0] == "sinfusion"]
-        beyond = [m for m in core if m != "sinfusion" and m.split(".")[1] not in ("v1", "io")]
-        assert core and not beyond, beyond
+        beyond = [m for m in core if m != "sinfusion" and m.split(".")[1] not in ("clients", "v1", "io")]
+        assert any(m.startswith("sinfusion.clients.") for m in core) and not beyond, beyond
         import sinfusion.video  # the clip reader stays torch-free as well
         assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
         print("ok")
@@ -198,7 +198,7 @@ def test_an_unexpected_exception_is_one_line_exit_1(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise MemoryError("cannot allocate")
 
-    monkeypatch.setattr("clients.cli.open_source", broken)
+    monkeypatch.setattr("sinfusion.clients.cli.open_source", broken)
     code = main(["--address", f"127.0.0.1:{free_port()}", "upsample", "--model", "m", "--factor", "2"])
     err = capsys.readouterr().err
     assert code == EXIT_BUG == 1
@@ -231,7 +231,7 @@ def test_size_plan_and_its_notice():
 
 
 def test_resized_frames_keep_their_index_and_flags():
-    from clients.messages import Frame
+    from sinfusion.clients.messages import Frame
 
     image = np.zeros((16, 24, 3), np.uint8)
     frames = list(cli_size.resized([Frame(3, image, True, True), Frame(4, image[:8, :12], False, True)], (48, 32)))
@@ -241,7 +241,7 @@ def test_resized_frames_keep_their_index_and_flags():
 
 def test_closed_stdin_or_stdout_is_one_line():
     port = free_port()
-    base = [sys.executable, "-m", "clients", "--address", f"127.0.0.1:{port}"]
+    base = [sys.executable, "-m", "sinfusion.clients", "--address", f"127.0.0.1:{port}"]
     closed_in = subprocess.run(base + ["upsample", "--model", "m", "--factor", "2", "--format", "raw"],
                                stdin=subprocess.DEVNULL, capture_output=True, cwd=ROOT, timeout=60,
                                preexec_fn=lambda: os.close(0))

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.process import ServerStartError, start_server_process, stop_server_process
-from clients import AsyncClient, Client, ClientError, Sampling
-from clients.cli import EXIT_INPUT, EXIT_OK
+from sinfusion.clients import AsyncClient, Client, ClientError, Sampling
+from sinfusion.clients.cli import EXIT_INPUT, EXIT_OK
+from sinfusion.server.process import ServerStartError, start_server_process, stop_server_process
 from tests.conftest import make_tiny_bundle, tiny_clip
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def ffmpeg() -> str:
 
 
 def cli_cmd(server: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "clients", "--address", server, "--token", TOKEN, *args]
+    return [sys.executable, "-m", "sinfusion.clients", "--address", server, "--token", TOKEN, *args]
 
 
 def cli(server: str, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
@@ -111,10 +111,10 @@ def test_list_and_describe(server):
 def test_health_needs_no_token(server):
     with Client(server) as client:
         assert client.health() == "SERVING" and client.health("sinfusion.v1.SinFusion") == "SERVING"
-    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "health"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", server, "health"], capture_output=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 0 and proc.stdout.decode().strip() == "SERVING", proc.stderr.decode()
-    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "health", "--service", "nope"],
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", server, "health", "--service", "nope"],
                           capture_output=True, cwd=ROOT, timeout=60)
     err = proc.stderr.decode()
     assert proc.returncode == 105, err  # grpc health: NOT_FOUND for an unknown service
@@ -247,7 +247,7 @@ def test_cli_server_errors_have_distinct_codes(server):
         proc = cli(server, *args, stdin=tiny_clip(2, H, W).tobytes())
         err = proc.stderr.decode()
         assert proc.returncode == code and text in err and err.count("\n") == 1, (args, proc.returncode, err)
-    proc = subprocess.run([sys.executable, "-m", "clients", "--address", server, "models"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", server, "models"], capture_output=True,
                           cwd=ROOT, timeout=60)
     assert proc.returncode == 116 and "UNAUTHENTICATED" in proc.stderr.decode()
 
@@ -382,10 +382,10 @@ def test_raw_stdin_without_size(server):
 
 
 def test_cli_options_after_the_command_and_closed_stdout(server):
-    proc = subprocess.run([sys.executable, "-m", "clients", "models", "--address", server, "--token", TOKEN],
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.clients", "models", "--address", server, "--token", TOKEN],
                           capture_output=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0 and b"tiny" in proc.stdout, proc.stderr.decode()
-    reader = subprocess.Popen([sys.executable, "-m", "clients", "--address", server, "--token", TOKEN, "models",
+    reader = subprocess.Popen([sys.executable, "-m", "sinfusion.clients", "--address", server, "--token", TOKEN, "models",
                                "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
     reader.stdout.close()  # nobody reads the listing
     _, err = reader.communicate(timeout=60)
@@ -406,11 +406,11 @@ def test_tls_with_a_root_certificate(models, tmp_path_factory):
     try:
         with Client(address, tls_ca=cert) as client:
             assert [m.name for m in client.list_models()] == ["still", "tiny"]
-        plain = subprocess.run([sys.executable, "-m", "clients", "--address", address, "models"],
+        plain = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", address, "models"],
                                capture_output=True, cwd=ROOT, timeout=60)
-        untrusted = subprocess.run([sys.executable, "-m", "clients", "--address", address, "--tls", "models"],
+        untrusted = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", address, "--tls", "models"],
                                    capture_output=True, cwd=ROOT, timeout=60)
-        trusted = subprocess.run([sys.executable, "-m", "clients", "--address", address, "--tls-ca", str(cert),
+        trusted = subprocess.run([sys.executable, "-m", "sinfusion.clients", "--address", address, "--tls-ca", str(cert),
                                   "generate", "--model", "tiny", "--frames", "2", "--format", "raw", *FAST_ARGS],
                                  capture_output=True, cwd=ROOT, timeout=60)
     finally:

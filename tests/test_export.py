@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_bundle
-from export import ExportError, ExportOptions, export_bundle
-from export.cli import main
 from sinfusion.bundle import Bundle, RoleEntry, weights_path
 from sinfusion.config import default_config
 from sinfusion.engines import PARITY_BOUND, engine_entries, input_specs
+from sinfusion.export import ExportError, ExportOptions, export_bundle
+from sinfusion.export.cli import main
 from sinfusion.network import SinFusionNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -164,7 +164,7 @@ def test_cli_without_tensorrt_says_so_in_one_line(copy):
     if reason is None:
         pytest.skip("TensorRT and a GPU are present here; see test_runtimes_tensorrt.py")
     before = (copy.path / "manifest.json").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "export.cli", str(copy.path), "--kind", "all"],
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.export.cli", str(copy.path), "--kind", "all"],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 1 and proc.stdout == ""
     assert proc.stderr == f"sinfusion-export: cannot build TensorRT engines: {reason}\n"
@@ -182,7 +182,7 @@ def test_export_refuses_damaged_weights(copy, capsys):
 
 
 def test_parity_inputs_cover_the_noisiest_step(exported):
-    from export.parity import parity_inputs
+    from sinfusion.export.parity import parity_inputs
 
     rs = exported.models()["predictor"]
     feed = parity_inputs(exported.role("predictor").network, rs, 4, 16, 24, seed=0)

@@ -11,12 +11,12 @@ from sinfusion import sampling as S
 from sinfusion.bundle import Bundle
 from sinfusion.engines import PARITY_BOUND, engine_entries
 
-training = pytest.importorskip("trainer.training", reason="the trainer package is not present")
+training = pytest.importorskip("sinfusion.trainer.training", reason="the trainer package is not present")
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from trainer.presets import get_preset
+    from sinfusion.trainer.presets import get_preset
 
     config = get_preset("tiny", channels=8, blocks=2, predictor_steps=20, projector_steps=20,
                         interpolator_steps=20, checkpoint_every=0, preview_every=0)
@@ -27,7 +27,7 @@ def trained(tmp_path_factory):
 
 
 def test_trained_bundle_exports_and_samples_like_pytorch(trained):
-    from export import export_bundle
+    from sinfusion.export import export_bundle
     from sinfusion.runtimes.onnx_runtime import OnnxDenoiser
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 

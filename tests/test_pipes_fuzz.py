@@ -15,7 +15,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clients.cli_io import open_source
+from sinfusion.clients.cli_io import open_source
 from sinfusion.io.cli import InputError
 from sinfusion.io.pipes import (
     CHROMA,

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from quality import cli
-from quality.nnf import PatchMatchOptions
-from quality.plots import nnf_colour_map, plot_nextframe
-from quality.stability import diversity_report, extrapolate_clip, references, stability_report
+from sinfusion.quality import cli
+from sinfusion.quality.nnf import PatchMatchOptions
+from sinfusion.quality.plots import nnf_colour_map, plot_nextframe
+from sinfusion.quality.stability import diversity_report, extrapolate_clip, references, stability_report
 from sinfusion.sampling import SamplingOptions
 from sinfusion.video import write_image
 from tests.conftest import make_tiny_bundle, tiny_clip
@@ -52,7 +52,7 @@ def test_stability_report_scores_every_frame_and_draws(tiny_bundle, tmp_path):
 
 
 def test_stability_checks_flag_drift_and_colour_leaving_its_band():
-    from quality.stability import stability_checks
+    from sinfusion.quality.stability import stability_checks
 
     per_frame = [1.0] * 10 + [1.2] * 140 + [2.0] * 50  # 200 frames, the last 50 at twice the start
     colour = {"original": {"mean": [0.4, 0.5], "std": [0.2, 0.3], "saturation": [0.1, 0.1]},
@@ -153,7 +153,7 @@ def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("an internal key")
 
-    monkeypatch.setattr("quality.nnf.nearest_neighbour_field", broken)
+    monkeypatch.setattr("sinfusion.quality.nnf.nearest_neighbour_field", broken)
     with pytest.raises(KeyError, match="an internal key"):
         cli.main(["nnf", str(a), str(a), "--iterations", "1"])
 
@@ -168,7 +168,7 @@ def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path):
 
 @pytest.mark.slow
 def test_cli_nextframe_trains_evaluates_and_draws(tmp_path):
-    pytest.importorskip("trainer.training", reason="the trainer package is not present")
+    pytest.importorskip("sinfusion.trainer.training", reason="the trainer package is not present")
     a = write_folder(tmp_path / "a", tiny_clip(frames=8))
     out = tmp_path / "n.json"
     argv = ["nextframe", str(a), "--n", "3", "--k", "1,2", "--train-steps", "2", "--sampling-steps",
@@ -194,8 +194,8 @@ def test_cli_argparse_mistakes_are_one_line(capsys):
 
 def test_upsampling_is_scored_against_the_blend_on_held_out_or_every_other_triplet(tiny_bundle,
                                                                                     tmp_path):
-    from quality.upsampling import upsampling_report
     from sinfusion.bundle import Bundle
+    from sinfusion.quality.upsampling import upsampling_report
 
     frames = tiny_bundle.frames()
     report = upsampling_report(tiny_bundle, FAST_SAMPLING, sheet=tmp_path / "u.png")

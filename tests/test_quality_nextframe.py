@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sinfusion.sampling import run_lockstep
-from quality.nextframe import (evaluate, make_split, mse_to_psnr, predict_pairs, score_pairs,
-                               train_split)
 from sinfusion import sampling as S
 from sinfusion.frames import to_model
+from sinfusion.quality.nextframe import (evaluate, make_split, mse_to_psnr, predict_pairs, score_pairs,
+                               train_split)
+from sinfusion.sampling import run_lockstep
 from sinfusion.schedule import make_schedule
 from tests.conftest import tiny_clip
 
@@ -124,8 +124,8 @@ def test_lockstep_gives_the_frames_of_separate_runs(tiny_bundle):
 
 @pytest.mark.slow
 def test_train_split_trains_only_on_the_slice_and_resumes(tmp_path):
-    training = pytest.importorskip("trainer.training", reason="the trainer package is not present")
-    from trainer.presets import get_preset
+    training = pytest.importorskip("sinfusion.trainer.training", reason="the trainer package is not present")
+    from sinfusion.trainer.presets import get_preset
 
     frames = tiny_clip(frames=8)
     split = make_split(8, n=4, k=1)

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from quality.nnf import (PatchMatchOptions, encode_offsets, nearest_neighbour_field, nnf_div,
+from sinfusion.quality.nnf import (PatchMatchOptions, encode_offsets, nearest_neighbour_field, nnf_div,
                          patch_rows)
 
 FAST = PatchMatchOptions(iterations=5, seed=0)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import make_tiny_bundle
-from export import ExportOptions, export_bundle
 from sinfusion import sampling as S
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.engines import engine_entries
+from sinfusion.export import ExportOptions, export_bundle
 from sinfusion.frames import to_model
 from sinfusion.runtimes.onnx_runtime import OnnxDenoiser
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
@@ -39,7 +39,7 @@ def copy(exported, tmp_path):
 
 def step_inputs(bundle, role, n, seed=0):
     """Random but realistic inputs of one batched step (coefficients from the role's schedule)."""
-    from export.parity import parity_inputs
+    from sinfusion.export.parity import parity_inputs
 
     feed = parity_inputs(bundle.role(role).network, bundle.models()[role], n,
                          bundle.manifest.height, bundle.manifest.width, seed)

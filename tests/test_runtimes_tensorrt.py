@@ -55,7 +55,7 @@ def test_denoiser_without_tensorrt_says_why(tiny_bundle):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export import ExportOptions, export_bundle
+    from sinfusion.export import ExportOptions, export_bundle
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("trt") / "tiny")
     export_bundle(bundle, ExportOptions(kinds=("onnx", "tensorrt"), batches=(1, 4)))
@@ -78,7 +78,7 @@ def test_tensorrt_export_records_the_device(exported):
 @needs_tensorrt
 @pytest.mark.parametrize("n", [1, 3, 4, 5])
 def test_tensorrt_step_matches_pytorch(exported, n):
-    from export.parity import parity_inputs
+    from sinfusion.export.parity import parity_inputs
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
     trt_rt, torch_rt = TensorRTDenoiser(exported), TorchDenoiser(exported)

@@ -17,8 +17,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from server import ServerConfig
-from server.background import BackgroundServer
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle, tiny_clip

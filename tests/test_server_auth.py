@@ -9,8 +9,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server import ServerConfig
-from server.background import BackgroundServer
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
@@ -120,7 +120,7 @@ def test_metrics_endpoint_drops_connections_that_never_speak(models_dir, monkeyp
     import socket
     import urllib.request
 
-    from server import metrics_http
+    from sinfusion.server import metrics_http
 
     monkeypatch.setattr(metrics_http, "TIMEOUT", 0.5)
     config = ServerConfig(models=models_dir, metrics_port=0, grace=0.5)

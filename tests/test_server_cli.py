@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server.process import start_server_process
+from sinfusion.server.process import start_server_process
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
 
 SCRIPT = Path(sys.executable).parent / "sinfusion-server"
-COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "server.cli"]
+COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sinfusion.server.cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 

@@ -8,8 +8,8 @@ import grpc
 import numpy as np
 import pytest
 
-from server import ServerConfig
-from server.background import BackgroundServer
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle, tiny_clip

@@ -20,11 +20,11 @@ from grpc_reflection.v1alpha import reflection_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from server import ServerConfig
-from server.background import BackgroundServer
-from server.config import ConfigError
-from server.scheduler import RUNAHEAD
 from sinfusion.bundle import FRAMES, MANIFEST, Bundle, IntegrityError
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
+from sinfusion.server.config import ConfigError
+from sinfusion.server.scheduler import RUNAHEAD
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle, tiny_clip

@@ -10,9 +10,9 @@ import grpc
 import numpy as np
 import pytest
 
-from server import ServerConfig
-from server.background import BackgroundServer
 from sinfusion.bundle import Bundle
+from sinfusion.server import ServerConfig
+from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from tests.conftest import make_tiny_bundle
@@ -23,7 +23,7 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from export.pipeline import ExportOptions, export_bundle
+    from sinfusion.export.pipeline import ExportOptions, export_bundle
 
     root = tmp_path_factory.mktemp("models")
     bundle = make_tiny_bundle(root / "tiny")
@@ -66,7 +66,7 @@ def test_auto_serves_exported_engines_with_onnxruntime(exported, tmp_path):
 
 
 def test_damaged_engine_refuses_to_start(exported, tmp_path, caplog):
-    from server.config import ConfigError
+    from sinfusion.server.config import ConfigError
 
     copy = tmp_path / "models"
     shutil.copytree(exported, copy)
@@ -96,7 +96,7 @@ def test_damaged_weights_beside_intact_engines_are_reported(exported, tmp_path, 
     assert "predictor.safetensors: checksum mismatch; the weights file is damaged" in caplog.text
     assert "not used by onnxruntime-cpu" in caplog.text
     # PyTorch would read them: that bundle is refused.
-    from server.config import ConfigError
+    from sinfusion.server.config import ConfigError
 
     with pytest.raises(ConfigError, match="predictor.safetensors: checksum mismatch"):
         BackgroundServer(ServerConfig(models=copy, runtime="torch-cpu")).start()

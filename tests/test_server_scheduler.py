@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from server.config import ConfigError
-from server.models import load_models
-from server.runtimes import select_runtime
-from server.scheduler import Scheduler, plan_batches
 from sinfusion.frames import to_model, to_uint8
 from sinfusion.sampling import SamplingOptions, extrapolate, run
+from sinfusion.server.config import ConfigError
+from sinfusion.server.models import load_models
+from sinfusion.server.runtimes import select_runtime
+from sinfusion.server.scheduler import Scheduler, plan_batches
 from tests.conftest import make_tiny_bundle
 
 FAST = SamplingOptions(steps=2, method="ddim", correction_steps=1)
@@ -164,7 +164,7 @@ def test_close_waits_for_the_step_in_flight(tmp_path):
 
 def test_unread_job_pauses_at_its_runahead_and_yields_the_engine(tmp_path):
     """Backpressure: a job whose frames nobody takes stops stepping; the others run on alone."""
-    from server.scheduler import RUNAHEAD
+    from sinfusion.server.scheduler import RUNAHEAD
 
     make_tiny_bundle(tmp_path / "m" / "tiny")
     model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]

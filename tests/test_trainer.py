@@ -12,11 +12,11 @@ from sinfusion import sampling
 from sinfusion.bundle import Bundle, BundleError, load_tensors
 from sinfusion.frames import to_model
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
+from sinfusion.trainer.loop import TrainingInterrupted, lr_at
+from sinfusion.trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
+from sinfusion.trainer.samplers import ClipSampler, crop_size, k_limit
+from sinfusion.trainer.training import TrainerError, train_bundle
 from tests.conftest import tiny_clip
-from trainer.loop import TrainingInterrupted, lr_at
-from trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
-from trainer.samplers import ClipSampler, crop_size, k_limit
-from trainer.training import TrainerError, train_bundle
 
 
 def coded_clip(n: int = 6, h: int = 16, w: int = 24) -> np.ndarray:
@@ -279,8 +279,8 @@ def test_cuda_fast_path_channels_last_and_bf16_autocast_resume_exactly(tmp_path)
     """The CUDA path's memory format and autocast, forced on the CPU: it trains, checkpoints, resumes."""
     from sinfusion.bundle import Manifest
     from sinfusion.schedule import make_schedule
-    from trainer import checkpoint
-    from trainer.loop import build_run, resume_run, train_role
+    from sinfusion.trainer import checkpoint
+    from sinfusion.trainer.loop import build_run, resume_run, train_role
 
     clip = tiny_clip(6, 16, 24)
     cfg = tiny_config(steps=5, checkpoint_every=0)

@@ -14,9 +14,9 @@ import pytest
 
 from sinfusion.bundle import Bundle
 from sinfusion.io.files import write_image, write_video
+from sinfusion.trainer.cli import main
 from sinfusion.video import read_clip
 from tests.conftest import make_tiny_bundle, tiny_clip
-from trainer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--channels", "8", "--blocks", "2", "--batch-size", "1", "--quiet"]
@@ -159,7 +159,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
 
 def test_console_script_reports_without_traceback(tmp_path):
     """The installed entry point, as a user runs it: exit code and one line, no traceback."""
-    proc = subprocess.run([sys.executable, "-m", "trainer.cli", "train", str(tmp_path / "nope.mp4"),
+    proc = subprocess.run([sys.executable, "-m", "sinfusion.trainer.cli", "train", str(tmp_path / "nope.mp4"),
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 3
@@ -172,7 +172,7 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
     out = tmp_path / "b"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trainer.cli", "train", str(clip), "--out", str(out), "--steps", "100000",
+        [sys.executable, "-m", "sinfusion.trainer.cli", "train", str(clip), "--out", str(out), "--steps", "100000",
          "--roles", "projector", "--checkpoint-every", "5", "--preview-every", "0", *TINY],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     try:
@@ -202,7 +202,7 @@ def test_ctrl_c_checkpoints_and_exits_130(tmp_path):
 
 def test_sample_with_the_onnx_runtime_matches_torch(tmp_path, capsys):
     """`--runtime onnx` runs the same loop over exported engines: same seed, (nearly) same frames."""
-    from export import ExportOptions, export_bundle
+    from sinfusion.export import ExportOptions, export_bundle
 
     bundle = make_tiny_bundle(tmp_path / "b", roles=("predictor", "projector"))
     argv = ["sample", tmp_path / "b", "--extrapolate", "2", "--steps", "3", "--method", "ddim",

@@ -1,4 +1,5 @@
 """The trainer: samplers, the training loop, presets and the `trainer` CLI.
 
-Library entry point: `trainer.training.train_bundle(clip, out_dir, config)`; see docs/training.md.
+Library entry point: `sinfusion.trainer.training.train_bundle(clip, out_dir, config)`; see
+docs/training.md.
 """

@@ -7,6 +7,7 @@
     atomic   atomic file writes
 
 With the generated wire stubs in `sinfusion.v1` (their path follows the proto's package), this is all
-the `clients` package imports from the core; tests/test_client_cli.py checks that nothing else loads.
+the client (`sinfusion.clients`) imports from the core; tests/test_client_cli.py checks that nothing
+else loads.
 Nothing here imports the rest of the core.
 """
