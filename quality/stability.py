@@ -104,7 +104,8 @@ def holdout_reference(original: np.ndarray, patchmatch: PatchMatchOptions) -> di
 
 def _sheet(path: Path, clips: list[np.ndarray], per_clip: int, columns: int) -> None:
     """Contact sheet of `per_clip` evenly spaced frames of each clip (first and last included)."""
-    from sinfusion.video import contact_sheet, write_image
+    from sinfusion.io.files import write_image
+    from sinfusion.video import contact_sheet
 
     rows = [c[np.linspace(0, len(c) - 1, min(per_clip, len(c))).round().astype(int)] for c in clips]
     write_image(path, contact_sheet(np.concatenate(rows), columns=columns))

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from sinfusion.io.files import write_image
 from sinfusion.quality import cli
 from sinfusion.quality.nnf import PatchMatchOptions
 from sinfusion.quality.plots import nnf_colour_map, plot_nextframe
 from sinfusion.quality.stability import diversity_report, extrapolate_clip, references, stability_report
 from sinfusion.sampling import SamplingOptions
-from sinfusion.video import write_image
 from tests.conftest import make_tiny_bundle, tiny_clip
 
 FAST_SAMPLING = SamplingOptions(steps=4, correction_steps=2)
