@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from server.process import ServerStartError, start_server_process, stop_server_process
 from sinfusion.bundle import Bundle
 from sinfusion.nextframe import summary_line
+from sinfusion.server.process import ServerStartError, start_server_process, stop_server_process
 from sinfusion.synthetic import write_sample_clip
 from sinfusion.video import VideoError, contact_sheet, read_clip, write_image, write_video
 
@@ -122,7 +122,9 @@ def demo(out: Path, quick: bool, frames: int, seed: int) -> dict[str, Path]:
         status = stop_server_process(server)
         print(f"server exited with status {status}", file=sys.stderr)
 
-    rows = [clip.frames[-8:], read_clip(outputs["extrapolated"], max_side=0).frames,
+    extrapolated = read_clip(outputs["extrapolated"], max_side=0).frames
+    spread = np.linspace(0, len(extrapolated) - 1, min(8, len(extrapolated))).round().astype(int)
+    rows = [clip.frames[-8:], extrapolated[spread],  # 8 of the N frames, the last one included
             read_clip(outputs["upsampled"], max_side=0).frames]
     outputs["contact sheet"] = write_image(out / "contact_sheet.png", sheet_rows(rows, 8))
     outputs["bundle"] = bundle

@@ -221,8 +221,8 @@ def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, t
     # 4. EMA of the weights (the served model); warm-up so that short runs average few steps.
     decay = min(cfg.ema_decay, (1.0 + step) / (10.0 + step))
     with torch.no_grad():
-        ema_p = list(run.ema.parameters())
-        torch._foreach_lerp_(ema_p, [p.detach() for p in run.net.parameters()], 1.0 - decay)
+        for average, param in zip(run.ema.parameters(), run.net.parameters()):
+            average.lerp_(param.detach(), 1.0 - decay)
     run.state.step = step + 1
     return float(loss.detach())
 

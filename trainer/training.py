@@ -106,7 +106,8 @@ def _open_for_resume(out: Path, frames: np.ndarray) -> Bundle:
     return bundle
 
 
-def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool) -> Bundle:
+def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
+            correction_steps: int) -> Bundle:
     if (out / MANIFEST).is_file():
         if not overwrite:
             raise TrainerError(f"{out}: already holds a bundle; pass --resume to continue it or "
@@ -118,7 +119,8 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool)
     source["frames_sha256"] = frames_sha256(clip.frames)
     manifest = Manifest(name=name or Path(str(clip.source.get("path", out.name))).stem or out.name,
                         mode=mode, width=clip.width, height=clip.height, fps=float(clip.fps),
-                        frame_count=int(clip.frames.shape[0]), source=source)
+                        frame_count=int(clip.frames.shape[0]), source=source,
+                        correction_steps=correction_steps)
     return Bundle.create(out, manifest, clip.frames)
 
 
@@ -159,7 +161,8 @@ def train_bundle(
     chosen = resolve_roles(roles, mode, frames.shape[0])
     dev = resolve_device(device)
 
-    bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite)
+    bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite,
+                                                                  config.correction_steps)
     atomic_write_json(out / checkpoint.TRAINING_DIR / RUN_FILE,
                       {"config": config.to_dict(), "roles": chosen, "mode": mode})
     schedule = make_schedule("linear" if mode == "image" else "cosine", config.schedule_steps)
