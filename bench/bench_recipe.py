@@ -63,7 +63,7 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
     final = {}
     for label, options in (("ddpm50", SamplingOptions(correction_steps=0)),
                            ("ddim10", SamplingOptions(**CHEAP))):
-        r = evaluate(denoiser, bundle.models(), frames, split, options, seed=0)
+        r = evaluate(denoiser, bundle.sampling(), frames, split, options, seed=0)
         final[label] = {k: r[k] for k in ("model_psnr", "copy_psnr", "model_wins")}
     return {"clip": name, "size": f"{frames.shape[2]}x{frames.shape[1]}", "pairs": len(split.pairs),
             "steps": bundle.role("predictor").trained_steps, "train_s": round(train_s, 1),

@@ -25,7 +25,7 @@ def bench(name: str, role: str, device: str, steps: int) -> dict:
     from sinfusion.synthetic import make_sample_clip
     from sinfusion.trainer.loop import build_run, train_step
     from sinfusion.trainer.presets import get_preset
-    from sinfusion.trainer.samplers import ClipSampler
+    from sinfusion.trainer.crops import ClipCrops
 
     if name == "tiny":
         config, (h, w) = get_preset("tiny"), (64, 96)
@@ -34,7 +34,7 @@ def bench(name: str, role: str, device: str, steps: int) -> dict:
     frames = make_sample_clip(8, h, w)
     dev = torch.device(device)
     run = build_run(role, config, make_schedule("cosine", config.schedule_steps), dev, {})
-    sampler = ClipSampler(frames, config.crop_fraction, dev, run.generator)
+    crops = ClipCrops(frames, config.crop_fraction, dev, run.generator)
     tables = tuple(torch.tensor(a, dtype=torch.float32, device=dev)
                    for a in (run.schedule.sqrt_alpha_bars, run.schedule.sqrt_one_minus_alpha_bars))
 
@@ -43,15 +43,15 @@ def bench(name: str, role: str, device: str, steps: int) -> dict:
             torch.cuda.synchronize()
 
     for _ in range(2):  # warm-up: allocator, kernels
-        train_step(run, sampler, tables)
+        train_step(run, crops, tables)
     sync()
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        train_step(run, sampler, tables)
+        train_step(run, crops, tables)
     sync()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return {"network": f"{name} ({config.blocks}x{config.channels})", "role": role,
-            "crop": "x".join(map(str, reversed(sampler.crop))), "batch": config.batch_size,
+            "crop": "x".join(map(str, reversed(crops.crop))), "batch": config.batch_size,
             "steps": steps, "wall": steps / wall, "cpu": steps / cpu}
 
 

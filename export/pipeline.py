@@ -100,7 +100,7 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
     for role in roles:
         config = bundle.role(role).network
         weights = bundle.weights(role)  # checksum-verified
-        rs = bundle.models()[role]
+        rs = bundle.sampling()[role]
         reference = step_for(config, weights, "fp32")
         graphs: dict[tuple[str, int], bytes] = {}  # (precision, batch): ONNX, shared by both kinds
         for kind in options.kinds:

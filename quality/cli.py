@@ -61,7 +61,7 @@ def _sampling_options(args, correction: int, bundle=None):
                               correction_steps=correction)
     if bundle is not None:
         try:
-            options.validate(min(rs.schedule.steps for rs in bundle.models().roles.values()))
+            options.validate(min(rs.schedule.steps for rs in bundle.sampling().roles.values()))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     return options
@@ -145,12 +145,12 @@ def cmd_nextframe(args) -> None:
         if args.figures:
             Path(args.figures).mkdir(parents=True, exist_ok=True)
             sheet = Path(args.figures) / f"nextframe-n{args.n}-s{args.speed}-k{split.k}-sheet.png"
-        r = evaluate(denoiser, bundle.models(), frames, split, _sampling_options(args, 0), args.seed,
+        r = evaluate(denoiser, bundle.sampling(), frames, split, _sampling_options(args, 0), args.seed,
                      sheet=sheet)
         results.append({"k": split.k, **r})
         if split.seen and split is splits[0]:  # training pairs (first k only: a diagnostic that
             # tells under-fitting from failing to generalise, not worth doubling every run's time)
-            seen = evaluate(denoiser, bundle.models(), frames, split.seen_split(),
+            seen = evaluate(denoiser, bundle.sampling(), frames, split.seen_split(),
                             _sampling_options(args, 0), args.seed)
             results[-1]["seen"] = {key: seen[key] for key in ("model_mse", "copy_mse", "model_psnr",
                                                              "copy_psnr", "model_wins")}

@@ -21,7 +21,7 @@ import numpy as np
 
 from sinfusion import nextframe
 from sinfusion.nextframe import mse_to_psnr  # noqa: F401  (part of this module's API)
-from sinfusion.sampling import Denoiser, Models, SamplingOptions, validate_k
+from sinfusion.sampling import BundleSampling, Denoiser, SamplingOptions, validate_k
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,10 @@ def make_split(num_frames: int, n: int, speed: int = 1, k: int = 1, start: int =
                  [(sub[i], sub[i + k]) for i in inside])
 
 
-def predict_pairs(denoiser: Denoiser, models: Models, frames: np.ndarray, split: Split,
+def predict_pairs(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarray, split: Split,
                   options: SamplingOptions, seed: int = 0, batch: int = 16) -> np.ndarray:
     """The model's prediction of each test pair's target: float32 (P, 3, H, W) in [-1, 1]."""
-    return nextframe.predict_pairs(denoiser, models, frames, split.pairs, split.k, options, seed,
+    return nextframe.predict_pairs(denoiser, sampling, frames, split.pairs, split.k, options, seed,
                                    batch)
 
 
@@ -87,7 +87,7 @@ def score_pairs(frames: np.ndarray, split: Split, predictions: np.ndarray) -> di
     return nextframe.score_pairs(frames, split.pairs, predictions)
 
 
-def evaluate(denoiser: Denoiser, models: Models, frames: np.ndarray, split: Split,
+def evaluate(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarray, split: Split,
              options: SamplingOptions, seed: int = 0, sheet: str | Path | None = None,
              sheet_pairs: int = 6) -> dict:
     """Predict every test pair and score it against the truth and the copy baseline.
@@ -96,7 +96,7 @@ def evaluate(denoiser: Denoiser, models: Models, frames: np.ndarray, split: Spli
     per pair; rows: the current frame (= the copy baseline), the true next frame, the prediction.
     """
     started = time.monotonic()
-    predictions = predict_pairs(denoiser, models, frames, split, options, seed)
+    predictions = predict_pairs(denoiser, sampling, frames, split, options, seed)
     result = score_pairs(frames, split, predictions)
     result.update(split=split.to_dict(), sampling=asdict(options), seed=seed,
                   sampling_seconds=round(time.monotonic() - started, 2))

@@ -47,9 +47,9 @@ def generate_clips(bundle: Bundle, clips: int, frames: int, sampling: SamplingOp
     """`clips` new clips of `frames` frames each, uint8 (frames, H, W, 3); clip c uses seed (seed, c)."""
     m = bundle.manifest
     denoiser = denoiser or _denoiser(bundle, ["predictor", "projector"])
-    models = bundle.models()
-    loops = [generate(models, (m.height, m.width), frames, np.random.default_rng([seed, c]), sampling)
-             for c in range(clips)]
+    bundle_sampling = bundle.sampling()
+    loops = [generate(bundle_sampling, (m.height, m.width), frames, np.random.default_rng([seed, c]),
+                      sampling) for c in range(clips)]
     return _collect(loops, denoiser, [frames] * clips)
 
 
@@ -61,7 +61,7 @@ def extrapolate_clip(bundle: Bundle, start: int, frames: int, k: int, sampling: 
         raise ValueError(f"start frame must be in [0, {len(original) - 1}], got {start}")
     roles = [r for r in ("predictor", "projector") if r in bundle.roles]
     denoiser = denoiser or _denoiser(bundle, roles)
-    loop = extrapolate(bundle.models(), to_model(original[start]), frames, k,
+    loop = extrapolate(bundle.sampling(), to_model(original[start]), frames, k,
                        np.random.default_rng(seed), sampling)
     (out,) = _collect([loop], denoiser, [frames])
     return np.concatenate([original[start:start + 1], out])

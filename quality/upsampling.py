@@ -57,11 +57,11 @@ def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, 
 
         denoiser = TorchDenoiser(bundle, roles=[r for r in ("interpolator", "projector")
                                                 if r in bundle.roles])
-    models, x = bundle.models(), to_model(frames)
+    bundle_sampling, x = bundle.sampling(), to_model(frames)
     started = time.monotonic()
     predicted = []
     for s in range(0, len(first), batch):
-        loops = [interpolate_frame(models, x[i], x[i + 2], np.random.default_rng([seed, s + j]),
+        loops = [interpolate_frame(bundle_sampling, x[i], x[i + 2], np.random.default_rng([seed, s + j]),
                                    sampling) for j, i in enumerate(first[s:s + batch])]
         predicted.extend(run_lockstep(loops, denoiser))
     model_frames = to_uint8(np.stack(predicted))

@@ -3,7 +3,7 @@
 Modules, one concern each:
   config     ServerConfig, the runtime order
   runtimes   picking and loading a runtime per bundle (tensorrt, onnxruntime-cuda/cpu, torch-cuda/cpu)
-  models     the served bundles (ServedModel), loaded once at startup
+  served     the served bundles (ServedModel), loaded once at startup
   scheduler  batches one pending diffusion step of every live stream into engine calls
   requests   validation of request messages, with messages naming the field and range
   wire       request bytes that do not decode: INVALID_ARGUMENT naming the field, never UNKNOWN

@@ -28,7 +28,7 @@ from .auth import TokenInterceptor, tls_credentials
 from .config import ConfigError, ServerConfig, connect_host, listen_address
 from .metrics import Metrics
 from .metrics_http import MetricsEndpoint
-from .models import RefusedBundle, ServedModel, load_models
+from .served import RefusedBundle, ServedModel, load_models
 from .scheduler import Scheduler
 from .service import SinFusionService
 from .wire import DecodeInterceptor

@@ -2,7 +2,7 @@
 
 Kept apart from the servicer so the rules read in one place. Every message says the field, the allowed
 range and what was sent, e.g. "frames must be in [1, 1000], got 0". Strings a client sent are echoed
-cut short (models.short): status details travel in HTTP/2 headers, and logs must not grow with them.
+cut short (served.short): status details travel in HTTP/2 headers, and logs must not grow with them.
 The request size limit is checked before parsing (server.wire).
 """
 
@@ -18,7 +18,7 @@ from sinfusion.io.files import resize as resize_lanczos
 from sinfusion.sampling import DEFAULT_STRENGTH, SamplingOptions, summary_sizes
 from sinfusion.v1 import sinfusion_pb2 as pb
 
-from .models import MAX_STEP, RefusedBundle, ServedModel, short
+from .served import MAX_STEP, RefusedBundle, ServedModel, short
 
 METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: "ddpm", pb.SAMPLING_METHOD_DDPM: "ddpm",
            pb.SAMPLING_METHOD_DDIM: "ddim"}
@@ -133,7 +133,7 @@ SUMMARY_AXES = {pb.SUMMARY_AXES_UNSPECIFIED: "both", pb.SUMMARY_AXES_BOTH: "both
 
 
 def require_projector(model: ServedModel, rpc: str) -> None:
-    if "projector" not in model.models.roles:
+    if "projector" not in model.sampling.roles:
         raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                            f"model {short(model.name)} cannot {rpc}: it needs a Projector "
                            f"(has: {', '.join(model.roles) or 'none'})")
@@ -217,7 +217,7 @@ def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ..
     if params.steps > bound:
         raise invalid(f"sampling.steps must be in [0, {bound}] (0 = all), got {params.steps}")
     manifest = model.bundle.manifest
-    corr_bound = model.steps_bound("projector") if "projector" in model.models.roles else bound
+    corr_bound = model.steps_bound("projector") if "projector" in model.sampling.roles else bound
     if params.HasField("correction_steps"):
         correction = params.correction_steps
         if correction > corr_bound:

@@ -1,6 +1,6 @@
 """The grpc.aio servicer of sinfusion.v1.SinFusion: converts messages and maps errors to status codes.
 
-The work lives elsewhere: requests (validation), models (bundles and runtimes), scheduler (batched
+The work lives elsewhere: requests (validation), served (bundles and runtimes), scheduler (batched
 engine calls), sinfusion.sampling (the loops), wire (bytes that are not a valid request). A streaming
 RPC is an async generator that submits its loop to the model's scheduler and forwards each frame as
 soon as the scheduler finishes it.
@@ -31,7 +31,7 @@ from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 from . import requests as rq
 from .config import ServerConfig
 from .metrics import Metrics
-from .models import MAX_STEP, RefusedBundle, ServedModel, short
+from .served import MAX_STEP, RefusedBundle, ServedModel, short
 from .requests import RequestError
 from .scheduler import Job, WireFrame
 
@@ -288,7 +288,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         s = rq.sampling(request.sampling, model, ("predictor",))
         what = (f"frames={count} step={k} {origin} steps={s.options.steps} {s.options.method} "
                 f"correction={s.options.correction_steps} seed={s.seed}")
-        return Stream(model, what, extrapolate(model.models, first, count, k, s.rng(), s.options),
+        return Stream(model, what, extrapolate(model.sampling, first, count, k, s.rng(), s.options),
                       resized=lambda _: resized)
 
     async def _generate(self, request) -> Stream:
@@ -297,7 +297,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         count = rq.frame_count(request.frames, self.config.max_frames)
         roles = ("projector",)
         if count > 1:
-            if "predictor" not in model.models.roles:
+            if "predictor" not in model.sampling.roles:
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"model {short(model.name)} has no Predictor: frames must be 1, "
                                    f"got {count}")
@@ -305,7 +305,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         s = rq.sampling(request.sampling, model, roles)
         what = (f"frames={count} steps={s.options.steps} {s.options.method} "
                 f"correction={s.options.correction_steps} seed={s.seed}")
-        return Stream(model, what, generate(model.models, model.size, count, s.rng(), s.options))
+        return Stream(model, what, generate(model.sampling, model.size, count, s.rng(), s.options))
 
     # The image applications (paper section 6.2).
 
@@ -315,12 +315,12 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         image, resized = rq.required_image(request, model)
         strength = rq.strength(request)
         s = rq.sampling(request.sampling, model, ("projector",))
-        schedule = model.models["projector"].schedule
+        schedule = model.sampling["projector"].schedule
         levels = projection_levels(schedule, strength, s.options.steps)
         steps = request.intermediate_steps
         what = (f"strength={strength:g} (t={levels[0]}) intermediate_steps={str(steps).lower()} "
                 f"steps={s.options.steps} {s.options.method} seed={s.seed}")
-        loop = project(model.models, to_model(image), strength, s.rng(), s.options, intermediates=steps)
+        loop = project(model.sampling, to_model(image), strength, s.rng(), s.options, intermediates=steps)
         return Stream(model, what, loop, resized=lambda _: resized, levels=levels if steps else None)
 
     async def _summarize(self, request) -> Stream:
@@ -334,7 +334,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         h, w = sizes[-1]
         what = (f"scales={len(sizes)} to {w}x{h} axes={axes} strength={strength:g} "
                 f"steps={s.options.steps} {s.options.method} seed={s.seed}")
-        loop = summarize(model.models, to_model(image), list(request.scales), strength, s.rng(),
+        loop = summarize(model.sampling, to_model(image), list(request.scales), strength, s.rng(),
                          s.options, axes)
         return Stream(model, what, loop, resized=lambda _: resized, sizes=sizes)
 
@@ -376,7 +376,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
             except Exception as exc:  # e.g. the client went away mid-read
                 await job.feed(RuntimeError(f"reading client frames failed: {exc}"))
 
-        loop = upsample(model.models, None, factor, s.rng(), s.options)
+        loop = upsample(model.sampling, None, factor, s.rng(), s.options)
         return Stream(model, what, loop, resized=frame_resized, feed=feed,
                       readahead=UPSAMPLE_READAHEAD)
 

@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import Models, RoleSampling
+from .sampling import BundleSampling, RoleSampling
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -307,10 +307,10 @@ class Bundle:
             else [FRAMES]
         return missing + [e.weights for e in self.manifest.roles.values() if not e.sha256]
 
-    def models(self) -> Models:
+    def sampling(self) -> BundleSampling:
         """The sampling facts of every trained role."""
-        return Models({r: RoleSampling(e.make_schedule(), e.target)
-                       for r, e in self.manifest.roles.items()})
+        return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
+                               for r, e in self.manifest.roles.items()})
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

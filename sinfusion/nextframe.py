@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .frames import to_model
-from .sampling import Denoiser, Models, SamplingOptions, predict_frame, run_lockstep
+from .sampling import BundleSampling, Denoiser, SamplingOptions, predict_frame, run_lockstep
 
 Pair = tuple[int, int]
 
@@ -30,14 +30,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
-def predict_pairs(denoiser: Denoiser, models: Models, frames: np.ndarray, pairs: Sequence[Pair],
+def predict_pairs(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarray, pairs: Sequence[Pair],
                   k: int, options: SamplingOptions, seed: int = 0,
                   batch: int = 16) -> np.ndarray:
     """The model's prediction of each pair's second frame: float32 (P, 3, H, W) in [-1, 1]."""
     x = to_model(frames)
     out = []
     for s in range(0, len(pairs), batch):
-        loops = [predict_frame(models, x[i], k, np.random.default_rng([seed, s + j]), options)
+        loops = [predict_frame(sampling, x[i], k, np.random.default_rng([seed, s + j]), options)
                  for j, (i, _) in enumerate(pairs[s:s + batch])]
         out.extend(run_lockstep(loops, denoiser))
     return np.stack(out)

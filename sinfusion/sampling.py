@@ -102,8 +102,8 @@ class SamplingOptions:
 
 
 @dataclass(frozen=True)
-class Models:
-    """The sampling facts of a bundle's roles (only the trained ones are present)."""
+class BundleSampling:
+    """The sampling facts of a bundle's roles, by role (only the trained ones are present)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
 
@@ -200,47 +200,47 @@ def denoise(
     return x
 
 
-def generate_frame(models: Models, shape: tuple[int, int], rng: np.random.Generator,
+def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.random.Generator,
                    options: SamplingOptions) -> Loop:
     """A new frame from pure noise with the Projector (paper section 6.2 / first frame of 6.1)."""
-    rs = models["projector"]
+    rs = sampling["projector"]
     x = rng.standard_normal((3, *shape), dtype=np.float32)
     return (yield from denoise("projector", rs, x, rng, start=rs.schedule.steps,
                                steps=options.steps, method=options.method))
 
 
-def correct(models: Models, frame: np.ndarray, rng: np.random.Generator,
+def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
             options: SamplingOptions) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off."""
-    if options.correction_steps <= 0 or "projector" not in models.roles:
+    if options.correction_steps <= 0 or "projector" not in sampling.roles:
         return frame
-    rs = models["projector"]
+    rs = sampling["projector"]
     x = noise_to_level(frame, rs.schedule, options.correction_steps, rng)
     return (yield from denoise("projector", rs, x, rng, start=options.correction_steps))
 
 
-def predict_frame(models: Models, prev: np.ndarray, k: int, rng: np.random.Generator,
+def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.random.Generator,
                   options: SamplingOptions) -> Loop:
     """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction."""
-    rs = models["predictor"]
+    rs = sampling["predictor"]
     x = rng.standard_normal(prev.shape, dtype=np.float32)
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=prev, k=float(k))
-    return (yield from correct(models, x, rng, options))
+    return (yield from correct(sampling, x, rng, options))
 
 
-def interpolate_frame(models: Models, before: np.ndarray, after: np.ndarray,
+def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.ndarray,
                       rng: np.random.Generator, options: SamplingOptions) -> Loop:
     """The frame between two frames: Interpolator conditioned on both, then Projector correction."""
-    rs = models["interpolator"]
+    rs = sampling["interpolator"]
     x = rng.standard_normal(before.shape, dtype=np.float32)
     cond = np.concatenate([before, after], axis=0)
     x = yield from denoise("interpolator", rs, x, rng, start=rs.schedule.steps,
                            steps=options.steps, method=options.method, cond=cond)
-    return (yield from correct(models, x, rng, options))
+    return (yield from correct(sampling, x, rng, options))
 
 
-def extrapolate(models: Models, start: np.ndarray, count: int, k: int,
+def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
                 rng: np.random.Generator, options: SamplingOptions) -> Loop:
     """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`.
 
@@ -249,26 +249,26 @@ def extrapolate(models: Models, start: np.ndarray, count: int, k: int,
     validate_k(k)
     prev = start
     for i in range(count):
-        prev = yield from predict_frame(models, prev, k, rng, options)
+        prev = yield from predict_frame(sampling, prev, k, rng, options)
         yield Frame(i, prev)
     return prev
 
 
-def generate(models: Models, shape: tuple[int, int], count: int, rng: np.random.Generator,
+def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: np.random.Generator,
              options: SamplingOptions, k: int = 1) -> Loop:
     """A new clip: the first frame from the Projector, then the Predictor -> Projector loop."""
     if count < 1:
         return None
-    first = yield from generate_frame(models, shape, rng, options)
+    first = yield from generate_frame(sampling, shape, rng, options)
     yield Frame(0, first)
     last = first
     for i in range(1, count):
-        last = yield from predict_frame(models, last, k, rng, options)
+        last = yield from predict_frame(sampling, last, k, rng, options)
         yield Frame(i, last)
     return last
 
 
-def interpolate_between(models: Models, before: np.ndarray, after: np.ndarray, factor: int,
+def interpolate_between(sampling: BundleSampling, before: np.ndarray, after: np.ndarray, factor: int,
                         rng: np.random.Generator, options: SamplingOptions,
                         first_index: int = 0) -> Loop:
     """The factor-1 frames between two frames, yielded in temporal order (factor 2, 4 or 8).
@@ -283,7 +283,7 @@ def interpolate_between(models: Models, before: np.ndarray, after: np.ndarray, f
         nonlocal index
         if f < 2:
             return
-        mid = yield from interpolate_frame(models, a, b, rng, options)
+        mid = yield from interpolate_frame(sampling, a, b, rng, options)
         yield from fill(a, mid, f // 2)
         yield Frame(index, mid)
         index += 1
@@ -293,7 +293,7 @@ def interpolate_between(models: Models, before: np.ndarray, after: np.ndarray, f
     return None
 
 
-def upsample(models: Models, frames: Iterable[np.ndarray] | None, factor: int,
+def upsample(sampling: BundleSampling, frames: Iterable[np.ndarray] | None, factor: int,
              rng: np.random.Generator, options: SamplingOptions) -> Loop:
     """Temporal upsampling of a frame sequence: originals (synthesized=False) with the in-betweens.
 
@@ -310,7 +310,7 @@ def upsample(models: Models, frames: Iterable[np.ndarray] | None, factor: int,
         if frame is None:
             return None
         if prev is not None:
-            yield from interpolate_between(models, prev, frame, factor, rng, options, index)
+            yield from interpolate_between(sampling, prev, frame, factor, rng, options, index)
             index += factor - 1
         yield Frame(index, frame, synthesized=False)
         index += 1
@@ -483,7 +483,7 @@ def _observe_steps(loop: Loop, first_index: int) -> Loop:
             index += 1
 
 
-def project(models: Models, image: np.ndarray, strength: float, rng: np.random.Generator,
+def project(sampling: BundleSampling, image: np.ndarray, strength: float, rng: np.random.Generator,
             options: SamplingOptions, *, intermediates: bool = False, first_index: int = 0) -> Loop:
     """Noise `image` to level t(strength) and denoise it to 0 with the Projector (paper 6.2).
 
@@ -492,7 +492,7 @@ def project(models: Models, image: np.ndarray, strength: float, rng: np.random.G
     returns the image itself (synthesized=False) and draws nothing. `options.steps` caps the
     denoising steps (0 = every level from t); correction does not apply, this is the correction.
     """
-    rs = models["projector"]
+    rs = sampling["projector"]
     t = strength_level(rs.schedule, strength)
     if t == 0:
         yield Frame(first_index, image, synthesized=False)
@@ -542,7 +542,7 @@ def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.stack(channels), -1.0, 1.0).astype(np.float32)  # Lanczos overshoots edges
 
 
-def summarize(models: Models, image: np.ndarray, scales: Sequence[float], strength: float,
+def summarize(sampling: BundleSampling, image: np.ndarray, scales: Sequence[float], strength: float,
               rng: np.random.Generator, options: SamplingOptions, axes: str = "both") -> Loop:
     """Visual summary (paper 6.2): shrink step by step; project each step's image at its new size.
 
@@ -551,11 +551,11 @@ def summarize(models: Models, image: np.ndarray, scales: Sequence[float], streng
     Yields one Frame per scale, at that scale's size (synthesized=False at strength 0: resized only).
     """
     sizes = summary_sizes(image.shape[1:], scales, axes)
-    made = strength_level(models["projector"].schedule, strength) > 0
+    made = strength_level(sampling["projector"].schedule, strength) > 0
     x = image
     for i, size in enumerate(sizes):
         small = resize_image(x, size)
-        x = yield from run_quietly(project(models, small, strength, rng, options))
+        x = yield from run_quietly(project(sampling, small, strength, rng, options))
         yield Frame(i, x, synthesized=made)
     return x
 

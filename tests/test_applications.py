@@ -27,8 +27,8 @@ def oracle(clean_by_shape: dict, schedule, target: str):
     return denoiser
 
 
-def models_for(kind: str, target: str) -> S.Models:
-    return S.Models({"projector": S.RoleSampling(make_schedule(kind, 50), target)})
+def sampling_for(kind: str, target: str) -> S.BundleSampling:
+    return S.BundleSampling({"projector": S.RoleSampling(make_schedule(kind, 50), target)})
 
 
 def clean_image(h=12, w=20, seed=1) -> np.ndarray:
@@ -41,11 +41,11 @@ def clean_image(h=12, w=20, seed=1) -> np.ndarray:
 @pytest.mark.parametrize("strength", [0.05, 0.3, 0.6, 0.9, 1.0])
 def test_oracle_recovers_the_clean_image_from_any_strength(kind, target, method, steps, strength):
     clean = clean_image()
-    models = models_for(kind, target)
-    den = oracle({clean.shape[1:]: clean}, models["projector"].schedule, target)
+    bundle_sampling = sampling_for(kind, target)
+    den = oracle({clean.shape[1:]: clean}, bundle_sampling["projector"].schedule, target)
     # The user's image: the clean one plus an edit the oracle knows nothing about.
     edited = np.clip(clean + np.random.default_rng(2).normal(0, 0.3, clean.shape), -1, 1)
-    loop = S.project(models, edited.astype(np.float32), strength, np.random.default_rng(3),
+    loop = S.project(bundle_sampling, edited.astype(np.float32), strength, np.random.default_rng(3),
                      S.SamplingOptions(steps=steps, method=method))
     frames = list(S.run(loop, den))
     assert [f.index for f in frames] == [0] and frames[0].synthesized
@@ -54,32 +54,32 @@ def test_oracle_recovers_the_clean_image_from_any_strength(kind, target, method,
 
 def test_strength_zero_returns_the_input_unchanged_and_draws_nothing():
     image = clean_image()
-    models = models_for("linear", "eps")
+    bundle_sampling = sampling_for("linear", "eps")
     rng = np.random.default_rng(7)
     before = rng.bit_generator.state
 
     def never(*args):
         raise AssertionError("strength 0 must call no engine")
 
-    frames = list(S.run(S.project(models, image, 0.0, rng, S.SamplingOptions()), never))
+    frames = list(S.run(S.project(bundle_sampling, image, 0.0, rng, S.SamplingOptions()), never))
     assert len(frames) == 1 and frames[0].image is image and not frames[0].synthesized
     assert rng.bit_generator.state == before
-    assert S.projection_levels(models["projector"].schedule, 0.0) == [0]
+    assert S.projection_levels(bundle_sampling["projector"].schedule, 0.0) == [0]
 
 
 def test_intermediates_are_every_level_and_end_with_the_result():
     clean = clean_image()
-    models = models_for("cosine", "x0")
-    schedule = models["projector"].schedule
+    bundle_sampling = sampling_for("cosine", "x0")
+    schedule = bundle_sampling["projector"].schedule
     den = oracle({clean.shape[1:]: clean}, schedule, "x0")
     opts = S.SamplingOptions(steps=4, method="ddim")
     levels = S.projection_levels(schedule, 0.5, opts.steps)
     t = S.strength_level(schedule, 0.5)
     assert levels[0] == t and levels[-1] == 0 and len(levels) == 5
-    with_steps = list(S.run(S.project(models, clean * 0.5, 0.5, np.random.default_rng(1), opts,
+    with_steps = list(S.run(S.project(bundle_sampling, clean * 0.5, 0.5, np.random.default_rng(1), opts,
                                       intermediates=True, first_index=3), den))
     assert [f.index for f in with_steps] == [3, 4, 5, 6, 7]
-    plain = list(S.run(S.project(models, clean * 0.5, 0.5, np.random.default_rng(1), opts), den))
+    plain = list(S.run(S.project(bundle_sampling, clean * 0.5, 0.5, np.random.default_rng(1), opts), den))
     # Same seed, same draws: the last intermediate is the plain call's result.
     np.testing.assert_array_equal(with_steps[-1].image, plain[0].image)
     # The first is the noised input at level t: its distance to the clean image is the noise's.
@@ -129,9 +129,9 @@ def test_summary_with_an_oracle_is_the_chain_of_resizes():
     for size in sizes:
         x = S.resize_image(x, size)
         expected[size] = x
-    models = models_for("linear", "eps")
-    den = oracle(expected, models["projector"].schedule, "eps")
-    frames = list(S.run(S.summarize(models, clean, scales, 0.7, np.random.default_rng(0),
+    bundle_sampling = sampling_for("linear", "eps")
+    den = oracle(expected, bundle_sampling["projector"].schedule, "eps")
+    frames = list(S.run(S.summarize(bundle_sampling, clean, scales, 0.7, np.random.default_rng(0),
                                     S.SamplingOptions(steps=5, method="ddim")), den))
     assert [f.index for f in frames] == [0, 1, 2] and all(f.synthesized for f in frames)
     for frame, size in zip(frames, sizes):
@@ -141,7 +141,7 @@ def test_summary_with_an_oracle_is_the_chain_of_resizes():
 
 def test_summary_at_strength_zero_only_resizes():
     clean = clean_image(16, 24)
-    frames = list(S.run(S.summarize(models_for("linear", "eps"), clean, [0.5], 0.0,
+    frames = list(S.run(S.summarize(sampling_for("linear", "eps"), clean, [0.5], 0.0,
                                     np.random.default_rng(0), S.SamplingOptions()), None))
     assert len(frames) == 1 and not frames[0].synthesized
     np.testing.assert_array_equal(frames[0].image, S.resize_image(clean, (8, 12)))
@@ -150,12 +150,13 @@ def test_summary_at_strength_zero_only_resizes():
 def test_projection_batches_with_other_streams():
     """Projection loops are ordinary loops: run in lock-step they give what they give alone."""
     clean = clean_image()
-    models = models_for("linear", "eps")
-    den = oracle({clean.shape[1:]: clean}, models["projector"].schedule, "eps")
+    bundle_sampling = sampling_for("linear", "eps")
+    den = oracle({clean.shape[1:]: clean}, bundle_sampling["projector"].schedule, "eps")
     opts = S.SamplingOptions(steps=3)
 
     def loop(seed):
-        return S.project(models, clean * 0.8, 0.7, np.random.default_rng(seed), opts, intermediates=True)
+        return S.project(bundle_sampling, clean * 0.8, 0.7, np.random.default_rng(seed), opts,
+                         intermediates=True)
 
     alone = [[f.image for f in S.run(loop(seed), den)] for seed in (1, 2)]
     together: list[list] = [[], []]

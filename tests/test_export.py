@@ -184,7 +184,7 @@ def test_export_refuses_damaged_weights(copy, capsys):
 def test_parity_inputs_cover_the_noisiest_step(exported):
     from sinfusion.export.parity import parity_inputs
 
-    rs = exported.models()["predictor"]
+    rs = exported.sampling()["predictor"]
     feed = parity_inputs(exported.role("predictor").network, rs, 4, 16, 24, seed=0)
     assert feed["t"][0] == rs.schedule.steps and np.all(np.isin(feed["k"], [-3, -2, -1, 1, 2, 3]))
     assert abs(feed["coef"][0, 0]) > 100  # eps target: 1 / sqrt(abar_T)

@@ -36,11 +36,11 @@ def test_trained_bundle_exports_and_samples_like_pytorch(trained):
                                                     for b in (1, 4)}
     assert all(e.parity_max_abs_error <= PARITY_BOUND["fp32"] for e in engine_entries(trained))
     bundle = Bundle.open(trained.path)
-    models = bundle.models()
+    bundle_sampling = bundle.sampling()
     shape = (bundle.manifest.height, bundle.manifest.width)
     frames = []
     for runtime in (OnnxDenoiser(bundle, threads=1), TorchDenoiser(bundle)):
-        loop = S.generate(models, shape, 2, np.random.default_rng(11),
+        loop = S.generate(bundle_sampling, shape, 2, np.random.default_rng(11),
                           S.SamplingOptions(steps=10, correction_steps=3))
         frames.append([f.image for f in S.run(loop, runtime)])
     for a, b in zip(*frames):

@@ -63,7 +63,7 @@ def test_bundle_round_trip(tiny_bundle):
     assert again.frames().shape == (8, 16, 24, 3)
     den = TorchDenoiser(again)
     start = (again.frames()[0].transpose(2, 0, 1).astype(np.float32) / 127.5) - 1
-    frames = list(S.run(S.extrapolate(again.models(), start, 2, 1, np.random.default_rng(0),
+    frames = list(S.run(S.extrapolate(again.sampling(), start, 2, 1, np.random.default_rng(0),
                                       S.SamplingOptions(steps=3)), den))
     assert len(frames) == 2 and frames[0].image.shape == (3, 16, 24)
 

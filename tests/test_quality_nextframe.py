@@ -14,8 +14,8 @@ from sinfusion.schedule import make_schedule
 from tests.conftest import tiny_clip
 
 
-def models() -> S.Models:
-    return S.Models({"predictor": S.RoleSampling(make_schedule("cosine", 50), "eps")})
+def bundle_sampling() -> S.BundleSampling:
+    return S.BundleSampling({"predictor": S.RoleSampling(make_schedule("cosine", 50), "eps")})
 
 
 def shifted_oracle(frames: np.ndarray, shift: int):
@@ -84,13 +84,13 @@ def test_oracle_model_beats_copy_and_a_wrong_target_does_not(tmp_path):
     split = make_split(12, n=3, speed=2, k=1)  # pairs (6, 8) and (8, 10) in original frames
     assert split.pairs == [(6, 8), (8, 10)]
     options = S.SamplingOptions(correction_steps=0)
-    right = evaluate(shifted_oracle(frames, 2), models(), frames, split, options,
+    right = evaluate(shifted_oracle(frames, 2), bundle_sampling(), frames, split, options,
                      sheet=tmp_path / "sheet.png")
     assert right["model_mse"] < 1e-8 < right["copy_mse"]
     from PIL import Image
 
     assert Image.open(tmp_path / "sheet.png").size == (2 * 24 + 2, 3 * 16 + 4)  # 2 pairs x 3 rows
-    wrong = evaluate(shifted_oracle(frames, 1), models(), frames, split, options)
+    wrong = evaluate(shifted_oracle(frames, 1), bundle_sampling(), frames, split, options)
     assert wrong["model_mse"] > 1e-4  # the scorer compares with frame i+k*S, not i+1
 
 
@@ -101,8 +101,8 @@ def test_batched_predictions_equal_one_by_one(tiny_bundle):
     denoiser = TorchDenoiser(tiny_bundle, roles=["predictor", "projector"])
     split = make_split(len(frames), n=3, k=1)
     options = S.SamplingOptions(steps=5)
-    batched = predict_pairs(denoiser, tiny_bundle.models(), frames, split, options, seed=4, batch=8)
-    single = predict_pairs(denoiser, tiny_bundle.models(), frames, split, options, seed=4, batch=1)
+    batched = predict_pairs(denoiser, tiny_bundle.sampling(), frames, split, options, seed=4, batch=8)
+    single = predict_pairs(denoiser, tiny_bundle.sampling(), frames, split, options, seed=4, batch=1)
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
@@ -110,10 +110,10 @@ def test_lockstep_gives_the_frames_of_separate_runs(tiny_bundle):
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
     denoiser = TorchDenoiser(tiny_bundle)
-    models_, options = tiny_bundle.models(), S.SamplingOptions(steps=4)
+    bundle_sampling, options = tiny_bundle.sampling(), S.SamplingOptions(steps=4)
 
     def loops():
-        return [S.generate(models_, (16, 24), 3, np.random.default_rng(s), options) for s in (1, 2)]
+        return [S.generate(bundle_sampling, (16, 24), 3, np.random.default_rng(s), options) for s in (1, 2)]
 
     alone = [[f.image for f in S.run(loop, denoiser)] for loop in loops()]
     together: list[list] = [[], []]

@@ -41,7 +41,7 @@ def step_inputs(bundle, role, n, seed=0):
     """Random but realistic inputs of one batched step (coefficients from the role's schedule)."""
     from sinfusion.export.parity import parity_inputs
 
-    feed = parity_inputs(bundle.role(role).network, bundle.models()[role], n,
+    feed = parity_inputs(bundle.role(role).network, bundle.sampling()[role], n,
                          bundle.manifest.height, bundle.manifest.width, seed)
     return (feed["x"], feed.get("cond"), feed["t"], feed.get("k", np.zeros(n, np.float32)),
             feed["coef"], feed["noise"])
@@ -69,12 +69,12 @@ def test_one_step_matches_pytorch_for_any_batch(runtimes, exported, role, n):
 def test_whole_frames_match_pytorch_with_the_same_seed(runtimes, exported):
     """A new clip of 2 frames: Projector from noise, then Predictor -> Projector correction, 50 + 50
     + 3 steps each, through sinfusion.sampling.run on both runtimes with one seed."""
-    models = exported.models()
+    bundle_sampling = exported.sampling()
     shape = (exported.manifest.height, exported.manifest.width)
     options = S.SamplingOptions(correction_steps=3)
     frames = {}
     for name, runtime in zip(("onnx", "torch"), runtimes):
-        loop = S.generate(models, shape, 2, np.random.default_rng(7), options)
+        loop = S.generate(bundle_sampling, shape, 2, np.random.default_rng(7), options)
         frames[name] = [f.image for f in S.run(loop, runtime)]
     assert len(frames["onnx"]) == 2
     for a, b in zip(frames["onnx"], frames["torch"]):
@@ -83,11 +83,11 @@ def test_whole_frames_match_pytorch_with_the_same_seed(runtimes, exported):
 
 
 def test_extrapolation_from_a_clip_frame_matches_pytorch(runtimes, exported):
-    models = exported.models()
+    bundle_sampling = exported.sampling()
     start = to_model(exported.frames()[0])
     out = {}
     for name, runtime in zip(("onnx", "torch"), runtimes):
-        loop = S.extrapolate(models, start, 1, -2, np.random.default_rng(3),
+        loop = S.extrapolate(bundle_sampling, start, 1, -2, np.random.default_rng(3),
                              S.SamplingOptions(steps=10, method="ddim"))
         out[name] = [f.image for f in S.run(loop, runtime)]
     np.testing.assert_allclose(out["onnx"][0], out["torch"][0], atol=1e-4, rtol=0)

@@ -83,7 +83,7 @@ def test_tensorrt_step_matches_pytorch(exported, n):
 
     trt_rt, torch_rt = TensorRTDenoiser(exported), TorchDenoiser(exported)
     assert trt_rt.name == "tensorrt" and trt_rt.batch_sizes("predictor") == [1, 4]
-    feed = parity_inputs(exported.role("predictor").network, exported.models()["predictor"], n,
+    feed = parity_inputs(exported.role("predictor").network, exported.sampling()["predictor"], n,
                          16, 24, seed=n)
     args = (feed["x"], feed["cond"], feed["t"], feed["k"], feed["coef"], feed["noise"])
     np.testing.assert_allclose(trt_rt("predictor", *args), torch_rt("predictor", *args),

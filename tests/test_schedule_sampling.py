@@ -82,18 +82,19 @@ def test_oracle_denoiser_recovers_x0(method, steps):
     np.testing.assert_allclose(S.run_to_value(loop, oracle_for(x0)), x0, atol=1e-5)
 
 
-def models():
+def bundle_sampling():
     s = cosine_schedule(50)
-    return S.Models({r: S.RoleSampling(s, "x0") for r in ("predictor", "projector", "interpolator")})
+    return S.BundleSampling({r: S.RoleSampling(s, "x0") for r in ("predictor", "projector", "interpolator")})
 
 
 def test_streams_emit_frames_in_order_and_range():
     x0 = np.full((3, 8, 8), 0.25, np.float32)
     rng = np.random.default_rng(0)
-    frames = list(S.run(S.extrapolate(models(), x0, 4, -2, rng, S.SamplingOptions()), oracle_for(x0)))
+    frames = list(S.run(S.extrapolate(bundle_sampling(), x0, 4, -2, rng, S.SamplingOptions()),
+                        oracle_for(x0)))
     assert [f.index for f in frames] == [0, 1, 2, 3]
     assert all(f.synthesized and np.abs(f.image).max() <= 1 for f in frames)
-    up = list(S.run(S.upsample(models(), [x0, x0, x0], 4, rng, S.SamplingOptions(steps=3)),
+    up = list(S.run(S.upsample(bundle_sampling(), [x0, x0, x0], 4, rng, S.SamplingOptions(steps=3)),
                     oracle_for(x0)))
     assert [f.index for f in up] == list(range(9))
     assert [f.synthesized for f in up] == [False, True, True, True] * 2 + [False]
@@ -106,7 +107,7 @@ def test_same_seed_same_frames_and_batched_equals_alone():
     opts = S.SamplingOptions(steps=5)
 
     def loop(seed):
-        return S.extrapolate(models(), x0, 2, 1, np.random.default_rng(seed), opts)
+        return S.extrapolate(bundle_sampling(), x0, 2, 1, np.random.default_rng(seed), opts)
 
     alone = [[f.image for f in S.run(loop(seed), den)] for seed in (1, 2)]
     got, batches = [[], []], []
@@ -124,7 +125,7 @@ def test_same_seed_same_frames_and_batched_equals_alone():
 @pytest.mark.parametrize("bad", [0, 4, -4])
 def test_bad_k_is_refused(bad):
     with pytest.raises(ValueError, match="k must be"):
-        next(S.extrapolate(models(), np.zeros((3, 4, 4), np.float32), 1, bad,
+        next(S.extrapolate(bundle_sampling(), np.zeros((3, 4, 4), np.float32), 1, bad,
                            np.random.default_rng(0), S.SamplingOptions()))
 
 
@@ -134,4 +135,4 @@ def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="method must be"):
         S.SamplingOptions(method="euler").validate(50)
     with pytest.raises(ValueError, match="factor must be"):
-        next(S.upsample(models(), [], 3, np.random.default_rng(0), S.SamplingOptions()))
+        next(S.upsample(bundle_sampling(), [], 3, np.random.default_rng(0), S.SamplingOptions()))

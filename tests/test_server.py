@@ -134,7 +134,7 @@ def test_upsample_is_the_core_loop(stub, running):
     requests += [pb.UpsampleRequest(frame=raw(c)) for c in clip[1:]]
     served = [image(f) for f in stub.Upsample(iter(requests))]
     model = running.models["tiny"]
-    loop = sampling.upsample(model.models, list(to_model(clip)), 2, np.random.default_rng(8),
+    loop = sampling.upsample(model.sampling, list(to_model(clip)), 2, np.random.default_rng(8),
                              sampling.SamplingOptions(2, "ddim", 1))
     local = [to_uint8(f.image) for f in sampling.run(loop, model.runtime.denoiser)]
     assert len(served) == len(local) == 5

@@ -11,7 +11,7 @@ import pytest
 from sinfusion.frames import to_model, to_uint8
 from sinfusion.sampling import SamplingOptions, extrapolate, run
 from sinfusion.server.config import ConfigError
-from sinfusion.server.models import load_models
+from sinfusion.server.served import load_models
 from sinfusion.server.runtimes import select_runtime
 from sinfusion.server.scheduler import Scheduler, plan_batches
 from tests.conftest import make_tiny_bundle
@@ -46,7 +46,7 @@ def drive(model, seeds: list[int], frames: int, fixed: bool) -> tuple[list[list[
                               on_batch=lambda role, live, size, sec: batches.append(live))
         scheduler.start()
         start = to_model(model.clip[0])
-        jobs = [scheduler.submit(extrapolate(model.models, start, frames, 1, np.random.default_rng(s), FAST))
+        jobs = [scheduler.submit(extrapolate(model.sampling, start, frames, 1, np.random.default_rng(s), FAST))
                 for s in seeds]
         out = []
         for job in jobs:
@@ -66,7 +66,7 @@ def test_scheduler_batches_streams_with_their_own_generators(tmp_path):
     start = to_model(model.clip[0])
     for seed, frames in zip([1, 2, 3, 4], out):
         alone = [to_uint8(f.image).tobytes() for f in run(
-            extrapolate(model.models, start, 3, 1, np.random.default_rng(seed), FAST),
+            extrapolate(model.sampling, start, 3, 1, np.random.default_rng(seed), FAST),
             model.runtime.denoiser)]
         assert len(frames) == 3
         a = np.frombuffer(b"".join(alone), np.uint8).astype(int)
@@ -85,8 +85,8 @@ def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
         scheduler = Scheduler(model.name, model.runtime)
         scheduler.start()
         start = to_model(model.clip[0])
-        doomed = scheduler.submit(extrapolate(model.models, start, 500, 1, np.random.default_rng(1), FAST))
-        other = scheduler.submit(extrapolate(model.models, start, 3, 1, np.random.default_rng(2), FAST))
+        doomed = scheduler.submit(extrapolate(model.sampling, start, 500, 1, np.random.default_rng(1), FAST))
+        other = scheduler.submit(extrapolate(model.sampling, start, 3, 1, np.random.default_rng(2), FAST))
         async for _ in doomed.frames():
             doomed.cancel()
             break
@@ -112,12 +112,12 @@ def test_staggered_streams_fall_into_step(tmp_path):
                               on_batch=lambda role, live, size, sec: calls.append(live))
         scheduler.start()
         start = to_model(model.clip[0])
-        first = scheduler.submit(extrapolate(model.models, start, 20, 1, np.random.default_rng(1), options))
+        first = scheduler.submit(extrapolate(model.sampling, start, 20, 1, np.random.default_rng(1), options))
         frames = first.frames()
         await anext(frames)
         for _ in range(2):  # let the first stream run into its next frame: the two are out of step
             await asyncio.sleep(0)
-        second = scheduler.submit(extrapolate(model.models, start, 20, 1, np.random.default_rng(2), options))
+        second = scheduler.submit(extrapolate(model.sampling, start, 20, 1, np.random.default_rng(2), options))
         async def count(stream):  # both clients read as they go (a stalled one would pause)
             return len([f async for f in stream])
 
@@ -152,7 +152,7 @@ def test_close_waits_for_the_step_in_flight(tmp_path):
             scheduler = Scheduler(model.name, model.runtime)
             scheduler.start()
             start = to_model(model.clip[0])
-            job = scheduler.submit(slow(extrapolate(model.models, start, 500, 1,
+            job = scheduler.submit(slow(extrapolate(model.sampling, start, 500, 1,
                                                     np.random.default_rng(seed), FAST)))
             await anext(job.frames())
             await asyncio.sleep(0.01)  # the worker is now inside the loop's next step
@@ -173,10 +173,10 @@ def test_unread_job_pauses_at_its_runahead_and_yields_the_engine(tmp_path):
         scheduler = Scheduler(model.name, model.runtime)
         scheduler.start()
         start = to_model(model.clip[0])
-        stalled = scheduler.submit(extrapolate(model.models, start, 100, 1, np.random.default_rng(1), FAST))
+        stalled = scheduler.submit(extrapolate(model.sampling, start, 100, 1, np.random.default_rng(1), FAST))
         reader = stalled.frames()
         await anext(reader)  # the client reads one frame, then stalls
-        other = scheduler.submit(extrapolate(model.models, start, 12, 1, np.random.default_rng(2), FAST))
+        other = scheduler.submit(extrapolate(model.sampling, start, 12, 1, np.random.default_rng(2), FAST))
         others = [f async for f in other.frames()]  # 12 frames: plenty of rounds for the stalled one
         paused_at = (stalled.steps, stalled.unread, stalled.paused)
         rest = [f async for f in reader]  # the client reads again: the job resumes to its end

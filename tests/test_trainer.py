@@ -1,4 +1,4 @@
-"""Trainer: samplers, curriculum, learning rate, real training steps of tiny nets, bundle, resume."""
+"""Trainer: crop batches, curriculum, learning rate, real training steps of tiny nets, bundle, resume."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from sinfusion.frames import to_model
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
 from sinfusion.trainer.loop import TrainingInterrupted, lr_at
 from sinfusion.trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
-from sinfusion.trainer.samplers import ClipSampler, crop_size, k_limit
+from sinfusion.trainer.crops import ClipCrops, crop_size, k_limit
 from sinfusion.trainer.training import TrainerError, train_bundle
 from tests.conftest import tiny_clip
 
@@ -33,8 +33,8 @@ def decode(crops: torch.Tensor) -> np.ndarray:
     return np.rint((crops.numpy() + 1.0) * 127.5).astype(int)
 
 
-def sampler(frames: np.ndarray, fraction: float = 0.75, seed: int = 0) -> ClipSampler:
-    return ClipSampler(frames, fraction, "cpu", torch.Generator().manual_seed(seed))
+def clip_crops(frames: np.ndarray, fraction: float = 0.75, seed: int = 0) -> ClipCrops:
+    return ClipCrops(frames, fraction, "cpu", torch.Generator().manual_seed(seed))
 
 
 def tiny_config(steps: int = 4, **kw) -> TrainConfig:
@@ -44,7 +44,7 @@ def tiny_config(steps: int = 4, **kw) -> TrainConfig:
     return get_preset("tiny", **base).with_steps(steps)
 
 
-# --- samplers ------------------------------------------------------------------------------------
+# --- crops ---------------------------------------------------------------------------------------
 
 def test_crop_size_is_about_95_percent_and_bounded():
     assert crop_size(144, 256, 0.95) == (137, 243)
@@ -53,7 +53,7 @@ def test_crop_size_is_about_95_percent_and_bounded():
 
 
 def test_single_crops_are_aligned_slices_within_bounds():
-    s = sampler(coded_clip())
+    s = clip_crops(coded_clip())
     crops = s.single(32)
     assert crops.shape == (32, 3, 12, 18) and crops.dtype == torch.float32
     codes = decode(crops)
@@ -68,7 +68,7 @@ def test_single_crops_are_aligned_slices_within_bounds():
 
 
 def test_pairs_share_the_window_and_are_k_apart():
-    s = sampler(coded_clip(n=6))
+    s = clip_crops(coded_clip(n=6))
     cond, target, k = s.pair(64, k_max=3)
     cc, tc = decode(cond), decode(target)
     assert cond.shape == target.shape == (64, 3, 12, 18)
@@ -81,8 +81,8 @@ def test_pairs_share_the_window_and_are_k_apart():
 
 def test_hflip_mirrors_whole_samples_and_keeps_their_window():
     frames = coded_clip(n=6)
-    plain = sampler(frames).pair(64, k_max=3)
-    mirrored = ClipSampler(frames, 0.75, "cpu", torch.Generator().manual_seed(0), hflip=True)
+    plain = clip_crops(frames).pair(64, k_max=3)
+    mirrored = ClipCrops(frames, 0.75, "cpu", torch.Generator().manual_seed(0), hflip=True)
     cond, target, k = mirrored.pair(64, k_max=3)
     cc, tc = decode(cond), decode(target)
     np.testing.assert_array_equal(cc[:, 1:], tc[:, 1:])  # both frames: same window, same mirroring
@@ -95,7 +95,7 @@ def test_hflip_mirrors_whole_samples_and_keeps_their_window():
 
 
 def test_triplets_are_n_n_plus_2_and_the_middle():
-    s = sampler(coded_clip(n=5))
+    s = clip_crops(coded_clip(n=5))
     before, after, middle = s.triplet(16)
     b, a, m = (decode(x)[:, 0, 0, 0] for x in (before, after, middle))
     np.testing.assert_array_equal(a - b, 2)
@@ -108,14 +108,14 @@ def test_k_curriculum_grows_from_1_to_3_over_the_ramp():
     assert limits == sorted(limits)  # never shrinks
     assert k_limit(499, 1000, 3, 0.5) == 3 and k_limit(100, 1000, 3, 0.5) == 1
     assert k_limit(0, 1000, 3, 0.0) == 3  # no ramp: full range from the start
-    s = sampler(coded_clip(n=6))
+    s = clip_crops(coded_clip(n=6))
     assert set(s.sample_k(200, 1).tolist()) == {-1, 1}  # early training: +-1, both directions
     assert set(s.sample_k(400, 3).tolist()) == {-3, -2, -1, 1, 2, 3}
-    assert set(sampler(coded_clip(n=2)).sample_k(50, 3).tolist()) == {-1, 1}  # clip too short
+    assert set(clip_crops(coded_clip(n=2)).sample_k(50, 3).tolist()) == {-1, 1}  # clip too short
 
 
-def test_sampler_is_reproducible_from_its_generator():
-    a, b = sampler(coded_clip(), seed=3), sampler(coded_clip(), seed=3)
+def test_crops_are_reproducible_from_their_generator():
+    a, b = clip_crops(coded_clip(), seed=3), clip_crops(coded_clip(), seed=3)
     assert torch.equal(a.pair(4, 3)[0], b.pair(4, 3)[0])
 
 
@@ -171,11 +171,11 @@ def test_tiny_training_writes_a_loadable_bundle(tmp_path):
             np.testing.assert_array_equal(value, state[f"ema/{name}"])
         assert any(not np.array_equal(served[n], state[f"model/{n}"]) for n in served)
     # the bundle drives the core's sampling loop; outputs stay in range
-    models = again.models()
+    bundle_sampling = again.sampling()
     den = TorchDenoiser(again)
     opts = sampling.SamplingOptions(steps=3, method="ddim")
     frame = sampling.run_to_value(
-        sampling.predict_frame(models, to_model(clip[0]), 1, np.random.default_rng(0), opts), den)
+        sampling.predict_frame(bundle_sampling, to_model(clip[0]), 1, np.random.default_rng(0), opts), den)
     assert frame.shape == (3, 16, 24) and np.abs(frame).max() <= 1.0
 
 

@@ -12,7 +12,7 @@ from sinfusion.bundle import Bundle
 from sinfusion.config import default_config
 from sinfusion.network import SinFusionNet
 from sinfusion.nextframe import score_pairs
-from sinfusion.sampling import Models, RoleSampling, SamplingOptions
+from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
 from sinfusion.schedule import make_schedule
 from sinfusion.trainer.monitor import (Measurement, NextFrameMonitor, holdout_count, holdout_pairs,
                              summary_line, verdict)
@@ -80,10 +80,10 @@ def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
     denoiser = TorchDenoiser.from_networks({"predictor": net})
-    models = Models({"predictor": RoleSampling(make_schedule("cosine", 50), "x0")})
+    bundle_sampling = BundleSampling({"predictor": RoleSampling(make_schedule("cosine", 50), "x0")})
     monitor = NextFrameMonitor(frames, [(0, 1), (2, 3)],
                                options=SamplingOptions(steps=5, method="ddim", correction_steps=0))
-    m = monitor.measure_with(denoiser, models, step=0, elapsed_s=0.0)
+    m = monitor.measure_with(denoiser, bundle_sampling, step=0, elapsed_s=0.0)
     copy = score_pairs(frames, [(0, 1), (2, 3)], np.stack([frames[0], frames[2]]).astype(np.float32)
                        .transpose(0, 3, 1, 2) / 127.5 - 1.0)
     assert m.copy_psnr == pytest.approx(copy["copy_psnr"], abs=1e-3)

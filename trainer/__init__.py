@@ -1,4 +1,4 @@
-"""The trainer: samplers, the training loop, presets and the `trainer` CLI.
+"""The trainer: crop batches, the training loop, presets and the `trainer` CLI.
 
 Library entry point: `sinfusion.trainer.training.train_bundle(clip, out_dir, config)`; see
 docs/training.md.

@@ -281,7 +281,7 @@ def cmd_project(args: argparse.Namespace) -> int:
         raise BundleError(f"{bundle.path}: {'--summary' if summary else '--project'} needs a "
                           f"trained projector; this bundle has {', '.join(bundle.roles) or 'no roles'}")
     options = SamplingOptions(args.steps, args.method)
-    schedule = bundle.models()["projector"].schedule
+    schedule = bundle.sampling()["projector"].schedule
     m = bundle.manifest
     try:
         options.validate(schedule.steps)

@@ -32,10 +32,10 @@ from sinfusion.network import SinFusionNet
 from sinfusion.schedule import Schedule
 
 from . import checkpoint
+from .crops import ClipCrops, k_limit
 from .monitor import NextFrameMonitor
 from .presets import TrainConfig
 from .preview import write_preview
-from .samplers import ClipSampler, k_limit
 
 # callback(role, step, loss) after every step; raising KeyboardInterrupt acts as Ctrl-C.
 StepCallback = Callable[[str, int, float], None]
@@ -181,7 +181,7 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     run.state = state
 
 
-def train_step(run: RoleRun, sampler: ClipSampler, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
+def train_step(run: RoleRun, sampler: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
     """One optimisation step; returns the loss."""
     cfg, role, g, dev = run.config, run.role, run.generator, run.device
     step = run.state.step
@@ -257,7 +257,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     from tqdm import tqdm
 
     cfg, total = run.config, run.total
-    sampler = ClipSampler(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip)
+    sampler = ClipCrops(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip)
     tables = tuple(torch.tensor(a, dtype=torch.float32, device=run.device)
                    for a in (run.schedule.sqrt_alpha_bars, run.schedule.sqrt_one_minus_alpha_bars))
     window = max(1, total // 200)  # the stored loss curve keeps ~200 points

@@ -36,7 +36,7 @@ import numpy as np
 
 from sinfusion import nextframe
 from sinfusion.nextframe import summary_line  # noqa: F401  (re-exported for the CLI)
-from sinfusion.sampling import Models, RoleSampling, SamplingOptions
+from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
 
 MIN_FRAMES_FOR_HOLDOUT = 12
 
@@ -117,10 +117,10 @@ class NextFrameMonitor:
         if "projector" in bundle.manifest.roles and self.options.correction_steps > 0:
             if self._projector is None:
                 self._projector = load_network(bundle, "projector").to(run.device)
-            roles["projector"] = bundle.models()["projector"]
+            roles["projector"] = bundle.sampling()["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        return self.measure_with(denoiser, Models(roles), run.state.step, run.state.elapsed_s)
+        return self.measure_with(denoiser, BundleSampling(roles), run.state.step, run.state.elapsed_s)
 
     def finish(self, run, bundle) -> None:
         """Measure the final weights (unless just measured), put back the best ones if they scored
@@ -140,9 +140,9 @@ class NextFrameMonitor:
         m = self.served or (self.history[-1] if self.history else None)
         return short_text(m) if m else ""
 
-    def measure_with(self, denoiser, models: Models, step: int, elapsed_s: float) -> Measurement:
+    def measure_with(self, denoiser, sampling: BundleSampling, step: int, elapsed_s: float) -> Measurement:
         """Predict and score every pair with the given runtime; appends to the history."""
-        predictions = nextframe.predict_pairs(denoiser, models, self.frames, self.pairs, self.k,
+        predictions = nextframe.predict_pairs(denoiser, sampling, self.frames, self.pairs, self.k,
                                               self.options, self.seed)
         score = nextframe.score_pairs(self.frames, self.pairs, predictions)
         m = Measurement(step, round(elapsed_s, 1), round(score["model_psnr"], 3),

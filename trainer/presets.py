@@ -42,7 +42,7 @@ class TrainConfig:
     # "patches" for a fully convolutional net).
     batch_size: int = 1
     crop_fraction: float = 0.95
-    # Mirror half the samples left-right (trainer/samplers.py); the paper does not.
+    # Mirror half the samples left-right (trainer/crops.py); the paper does not.
     hflip: bool = False
     # Predictor's frame step curriculum: |k| starts at 1 and reaches k_max over the first
     # k_ramp fraction of its steps; both signs (negative k = predict the previous frame).

@@ -28,7 +28,7 @@ PREVIEW_SEED = 1234
 def render_preview(role: str, net: torch.nn.Module, schedule: Schedule, target: str,
                    frames: np.ndarray, device: torch.device, steps: int = 0) -> np.ndarray:
     """One preview row as uint8 (H, W', 3); steps > 0 samples with that many DDIM steps."""
-    models = sampling.Models({role: sampling.RoleSampling(schedule, target)})
+    bundle_sampling = sampling.BundleSampling({role: sampling.RoleSampling(schedule, target)})
     denoiser = TorchDenoiser.from_networks({role: net}, device=str(device))
     rng = np.random.default_rng(PREVIEW_SEED)
     # The role alone (no Projector correction); DDIM when fewer steps are asked, to keep it cheap.
@@ -37,15 +37,17 @@ def render_preview(role: str, net: torch.nn.Module, schedule: Schedule, target: 
     clip = to_model(frames)
     n = len(frames)
     if role == "predictor":
-        out = sampling.run_to_value(sampling.predict_frame(models, clip[0], 1, rng, options), denoiser)
+        out = sampling.run_to_value(
+            sampling.predict_frame(bundle_sampling, clip[0], 1, rng, options), denoiser)
         row = [frames[0], to_uint8(out), frames[min(1, n - 1)]]
     elif role == "interpolator":
         out = sampling.run_to_value(
-            sampling.interpolate_frame(models, clip[0], clip[2], rng, options), denoiser)
+            sampling.interpolate_frame(bundle_sampling, clip[0], clip[2], rng, options), denoiser)
         row = [frames[0], to_uint8(out), frames[2], frames[1]]
     else:
         shape = frames.shape[1:3]
-        out = sampling.run_to_value(sampling.generate_frame(models, shape, rng, options), denoiser)
+        out = sampling.run_to_value(
+            sampling.generate_frame(bundle_sampling, shape, rng, options), denoiser)
         row = [to_uint8(out), frames[0]]
     return contact_sheet(np.stack(row), columns=len(row))
 

@@ -81,7 +81,7 @@ def render(bundle: Bundle, request: RenderRequest,
            denoiser: sampling.Denoiser) -> tuple[np.ndarray, float]:
     """Run the request's loop; returns uint8 frames (N, H, W, 3) and their frame rate."""
     check_request(bundle, request)
-    models = bundle.models()
+    bundle_sampling = bundle.sampling()
     rng = np.random.default_rng(request.seed)
     m = bundle.manifest
     fps = m.fps
@@ -90,14 +90,14 @@ def render(bundle: Bundle, request: RenderRequest,
         clip = bundle.frames()
         start = request.start if request.start is not None else (len(clip) - 1 if request.k > 0 else 0)
         first = [clip[start]]
-        loop = sampling.extrapolate(models, to_model(clip[start]), request.count, request.k, rng,
+        loop = sampling.extrapolate(bundle_sampling, to_model(clip[start]), request.count, request.k, rng,
                                     request.options)
     elif request.mode == "generate":
-        loop = sampling.generate(models, (m.height, m.width), request.count, rng, request.options,
+        loop = sampling.generate(bundle_sampling, (m.height, m.width), request.count, rng, request.options,
                                  k=request.k)
     else:
         clip = bundle.frames()
-        loop = sampling.upsample(models, (to_model(f) for f in clip), request.factor, rng,
+        loop = sampling.upsample(bundle_sampling, (to_model(f) for f in clip), request.factor, rng,
                                  request.options)
         fps = m.fps * request.factor
     made = [to_uint8(frame.image) for frame in sampling.run(loop, denoiser)]
@@ -141,11 +141,11 @@ def render_projection(bundle: Bundle, image: np.ndarray, strength: float,
     if "projector" not in bundle.manifest.roles:
         raise BundleError(f"{bundle.path}: projection needs a trained projector; this bundle has "
                           f"{', '.join(bundle.manifest.roles) or 'no roles'}")
-    models = bundle.models()
+    bundle_sampling = bundle.sampling()
     rng = np.random.default_rng(seed)
     x = to_model(image)
     if scales is None:
-        loop = sampling.project(models, x, strength, rng, options)
+        loop = sampling.project(bundle_sampling, x, strength, rng, options)
     else:
-        loop = sampling.summarize(models, x, scales, strength, rng, options, axes)
+        loop = sampling.summarize(bundle_sampling, x, scales, strength, rng, options, axes)
     return [to_uint8(frame.image) for frame in sampling.run(loop, denoiser)]

@@ -27,11 +27,11 @@ from sinfusion.schedule import make_schedule
 from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
+from .crops import crop_size
 from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
                    train_role)
 from .monitor import NextFrameMonitor, holdout_count, holdout_pairs
 from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config, load_run_record
-from .samplers import crop_size
 
 # Training order: the Projector first, so the Predictor's held-out score can use correction.
 TRAIN_ORDER = ("projector", "predictor", "interpolator")

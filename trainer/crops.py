@@ -36,7 +36,7 @@ def k_limit(step: int, total: int, k_max: int = 3, ramp: float = 0.5) -> int:
     return int(min(k_max, 1 + int(progress * k_max)))
 
 
-class ClipSampler:
+class ClipCrops:
     """Random aligned crops of 1, 2 or 3 frames of a clip held on the device as uint8."""
 
     def __init__(self, frames: np.ndarray, crop_fraction: float, device: torch.device | str,

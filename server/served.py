@@ -1,4 +1,4 @@
-"""The served models: every bundle of the --models folder with its runtime, loaded once at startup."""
+"""The served bundles: every bundle of the --models folder with its runtime, loaded once at startup."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 from sinfusion.bundle import MANIFEST, Bundle, BundleError
 from sinfusion.io.cli import EXIT_INPUT
 from sinfusion.nextframe import summary_line
-from sinfusion.sampling import Models
+from sinfusion.sampling import BundleSampling
 
 from .config import ConfigError
 from .runtimes import LoadedRuntime, select_runtime
@@ -28,7 +28,7 @@ class ServedModel:
 
     bundle: Bundle
     runtime: LoadedRuntime
-    models: Models  # only the roles the runtime has engines for
+    sampling: BundleSampling  # only the roles the runtime has engines for
     clip: np.ndarray  # the training clip, uint8 (N, H, W, 3): start frames of Extrapolate
     scheduler: Scheduler | None = field(default=None, repr=False)  # set by server.app.serve
 
@@ -38,7 +38,7 @@ class ServedModel:
 
     @property
     def roles(self) -> list[str]:
-        return list(self.models.roles)
+        return list(self.sampling.roles)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -48,19 +48,19 @@ class ServedModel:
     @property
     def schedule_steps(self) -> int:
         """T: the longest schedule among served roles (upper bound of steps and correction_steps)."""
-        return max(rs.schedule.steps for rs in self.models.roles.values())
+        return max(rs.schedule.steps for rs in self.sampling.roles.values())
 
     def steps_bound(self, role: str) -> int:
-        return self.models[role].schedule.steps
+        return self.sampling[role].schedule.steps
 
     @property
     def capabilities(self) -> list[str]:
         caps = []
-        if "predictor" in self.models.roles and self.bundle.manifest.mode == "video":
+        if "predictor" in self.sampling.roles and self.bundle.manifest.mode == "video":
             caps.append("extrapolate")
-        if "projector" in self.models.roles:
+        if "projector" in self.sampling.roles:
             caps.append("generate")
-        if "interpolator" in self.models.roles:
+        if "interpolator" in self.sampling.roles:
             caps.append("upsample")
         return caps
 
@@ -119,7 +119,7 @@ def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
         loaded = select_runtime(bundle, runtime, max_batch)
     except (BundleError, ConfigError) as exc:
         raise BundleRefused(name, str(exc)) from None
-    served = {r: rs for r, rs in bundle.models().roles.items() if r in loaded.batch_sizes}
+    served = {r: rs for r, rs in bundle.sampling().roles.items() if r in loaded.batch_sizes}
     if not loaded.name.startswith("torch"):
         # Engines do not read the weights, but a damaged weights file means damaged storage and a
         # later fallback to PyTorch would refuse it: say so now rather than at the next restart.
@@ -134,7 +134,7 @@ def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
         log.warning("bundle %s: the manifest records no checksum for %s, so damage there cannot be "
                     "detected (written by an older version; re-train or re-export to add them)",
                     name, ", ".join(unverifiable))
-    return ServedModel(bundle, loaded, Models(served), clip)
+    return ServedModel(bundle, loaded, BundleSampling(served), clip)
 
 
 def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, strict: bool = False
