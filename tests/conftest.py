@@ -1,8 +1,11 @@
-"""Shared fixtures: tiny networks, tiny clips and tiny bundles, all made here in milliseconds."""
+"""Shared fixtures: tiny networks, tiny clips and tiny bundles, all made here in milliseconds, and the
+server the gRPC tests talk to."""
 
 from __future__ import annotations
 
 import os
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +54,87 @@ def make_tiny_bundle(path: Path, roles=("predictor", "projector", "interpolator"
 @pytest.fixture
 def tiny_bundle(tmp_path):
     return make_tiny_bundle(tmp_path / "tiny")
+
+
+# --- a server for the gRPC tests ---------------------------------------------------------------------
+# A module's server is the fixture `running` (with `channel` and `stub` on it): it serves the bundles
+# of `models_dir` with the ServerConfig fields of `server_settings`. A module that needs other bundles
+# or settings overrides those two fixtures; `serve` starts a server of its own inside a test.
+
+def bundles_folder(root: Path, **bundles: dict) -> Path:
+    """A --models folder: one tiny bundle per keyword, named by it (the value: make_tiny_bundle's
+    keyword arguments)."""
+    for name, kwargs in bundles.items():
+        make_tiny_bundle(root / name, **kwargs)
+    return root
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    """'tiny' (every role) and 'still' (a Projector only)."""
+    return bundles_folder(tmp_path_factory.mktemp("models"), tiny={},
+                          still={"roles": ("projector",), "seed": 1})
+
+
+@pytest.fixture(scope="module")
+def server_settings() -> dict:
+    """The module server's ServerConfig fields besides `models`."""
+    return {"grace": 0.5}
+
+
+@pytest.fixture(scope="module")
+def running(models_dir, server_settings):
+    from sinfusion.server import ServerConfig
+    from sinfusion.server.background import BackgroundServer
+
+    with BackgroundServer(ServerConfig(models=models_dir, **server_settings)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def channel(running):
+    import grpc
+
+    with grpc.insecure_channel(running.target) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+    from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+
+    return pb_grpc.SinFusionStub(channel)
+
+
+@contextmanager
+def serve(models: Path, **settings):
+    """A server of the test's own on a thread, and a stub on a plain channel to it: (running, stub)."""
+    import grpc
+
+    from sinfusion.server import ServerConfig
+    from sinfusion.server.background import BackgroundServer
+    from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
+
+    with BackgroundServer(ServerConfig(models=models, **settings)) as running, \
+            grpc.insecure_channel(running.target) as channel:
+        yield running, pb_grpc.SinFusionStub(channel)
+
+
+def raw(array: np.ndarray):
+    """A uint8 (H, W, 3) image as a RawFrame message."""
+    from sinfusion.v1 import sinfusion_pb2 as pb
+
+    return pb.RawFrame(width=array.shape[1], height=array.shape[0], rgb=array.tobytes())
+
+
+def pixels(frame) -> np.ndarray:
+    """A Frame message's image, uint8 (H, W, 3); its bytes must be exactly the image."""
+    assert len(frame.rgb) == frame.width * frame.height * 3
+    return np.frombuffer(frame.rgb, np.uint8).reshape(frame.height, frame.width, 3)
+
+
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-import time
 from contextlib import aclosing
 
 import grpc
@@ -17,10 +16,8 @@ from sinfusion.clients import AsyncClient, Client, ClientError, Sampling
 from sinfusion.clients.cli import main
 from sinfusion.io.files import write_image
 from sinfusion.io.pipes import RawWriter, Y4MReader, Y4MWriter
-from sinfusion.server import ServerConfig
-from sinfusion.server.background import BackgroundServer
 from sinfusion.video import read_clip
-from tests.conftest import make_tiny_bundle, tiny_clip
+from tests.conftest import bundles_folder, tiny_clip, wait_until
 
 H, W = 16, 24
 FAST = Sampling(steps=2, method="ddim", seed=3)
@@ -29,24 +26,19 @@ IMAGE = tiny_clip(1, H, W, seed=5)[0]
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "still", roles=("projector",), seed=1)
-    make_tiny_bundle(root / "nopro", roles=("predictor",), seed=2)
-    with BackgroundServer(ServerConfig(models=root, max_frames=8, grace=0.5)) as running:
-        yield running
+def models_dir(tmp_path_factory):
+    return bundles_folder(tmp_path_factory.mktemp("models"), still={"roles": ("projector",), "seed": 1},
+                          nopro={"roles": ("predictor",), "seed": 2})
+
+
+@pytest.fixture(scope="module")
+def server_settings() -> dict:
+    return {"max_frames": 8, "grace": 0.5}
 
 
 @pytest.fixture(scope="module")
 def address(running) -> str:
     return running.target
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 # --- Python clients ---------------------------------------------------------------------------------

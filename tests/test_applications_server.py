@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import grpc
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sinfusion.sampling import projection_levels
 from sinfusion.schedule import make_schedule
-from sinfusion.server import ServerConfig
-from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
-from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle, tiny_clip
+from tests.conftest import bundles_folder, make_tiny_bundle, pixels, raw, serve, tiny_clip, wait_until
 
 H, W = 16, 24
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -29,28 +24,14 @@ SERVICE = "/sinfusion.v1.SinFusion/"
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny")
-    make_tiny_bundle(root / "still", roles=("projector",), seed=1)
-    make_tiny_bundle(root / "nopro", roles=("predictor",), seed=2)
-    return root
+    return bundles_folder(tmp_path_factory.mktemp("models"), tiny={},
+                          still={"roles": ("projector",), "seed": 1},
+                          nopro={"roles": ("predictor",), "seed": 2})
 
 
 @pytest.fixture(scope="module")
-def running(models_dir):
-    config = ServerConfig(models=models_dir, max_frames=6, max_message_bytes=4096, grace=0.5)
-    with BackgroundServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(running):
-    with grpc.insecure_channel(running.target) as channel:
-        yield pb_grpc.SinFusionStub(channel)
-
-
-def raw(array: np.ndarray) -> pb.RawFrame:
-    return pb.RawFrame(width=array.shape[1], height=array.shape[0], rgb=array.tobytes())
+def server_settings() -> dict:
+    return {"max_frames": 6, "max_message_bytes": 4096, "grace": 0.5}
 
 
 def fast(seed: int | None = 1, steps: int = 2) -> pb.SamplingParams:
@@ -58,11 +39,6 @@ def fast(seed: int | None = 1, steps: int = 2) -> pb.SamplingParams:
     if seed is not None:
         params.seed = seed
     return params
-
-
-def pixels(frame: pb.Frame) -> np.ndarray:
-    assert len(frame.rgb) == frame.width * frame.height * 3
-    return np.frombuffer(frame.rgb, np.uint8).reshape(frame.height, frame.width, 3)
 
 
 IMAGE = tiny_clip(1, H, W, seed=5)[0]
@@ -222,27 +198,17 @@ def raw_call(channel, method: str, payload: bytes) -> tuple[grpc.StatusCode, str
     ("Summarize", b"\x22\x09\x00", "malformed SummarizeRequest: scales at byte 0 says 9 bytes"),
     ("Summarize", b"\x0a\x02\xff\xfe", "malformed SummarizeRequest: model at byte 0 is not valid UTF-8"),
 ])
-def test_malformed_bytes_name_the_field(running, caplog, method, payload, message):
+def test_malformed_bytes_name_the_field(channel, caplog, method, payload, message):
     caplog.set_level(logging.INFO, logger="sinfusion.server")
-    with grpc.insecure_channel(running.target) as channel:
-        code, details = raw_call(channel, method, payload)
+    code, details = raw_call(channel, method, payload)
     assert code == INVALID and message in details, details
     assert "Traceback" not in caplog.text and not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 # --- limits and cancellation ------------------------------------------------------------------------
 
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_stream_limit_and_cancelled_summary_frees_its_slot(models_dir):
-    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, max_streams=1, grace=0.5) as (running, stub):
         scheduler = running.models["still"].scheduler
         # 1000 full-length DDPM projections: far longer than the test, unless cancellation works.
         long = stub.Summarize(pb.SummarizeRequest(model="still", image=raw(IMAGE), strength=1.0,
@@ -257,9 +223,7 @@ def test_stream_limit_and_cancelled_summary_frees_its_slot(models_dir):
 
 
 def test_client_deadline_stops_a_projection(models_dir):
-    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, max_streams=1, grace=0.5) as (running, stub):
         call = stub.Summarize(pb.SummarizeRequest(model="still", image=raw(IMAGE), strength=1.0,
                                                   scales=[1.0] * 1000), timeout=0.5)
         error = call_error(call)
@@ -284,9 +248,7 @@ def exported(tmp_path_factory):
 
 
 def test_onnx_engines_project_and_refuse_summary_sizes_they_lack(exported):
-    config = ServerConfig(models=exported, runtime="onnxruntime-cpu", grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(exported, runtime="onnxruntime-cpu", grace=0.5) as (_, stub):
         assert len(list(stub.Project(proj(strength=0.5)))) == 1
         assert [(f.width, f.height) for f in stub.Summarize(summ(scales=[1.0]))] == [(W, H)]
         error = call_error(stub.Summarize(summ()))

@@ -17,11 +17,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from sinfusion.server import ServerConfig
-from sinfusion.server.background import BackgroundServer
+from sinfusion import sampling
+from sinfusion.frames import to_model, to_uint8
 from sinfusion.v1 import sinfusion_pb2 as pb
-from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle, tiny_clip
+from tests.conftest import pixels, raw, serve, tiny_clip
 
 H, W = 16, 24
 
@@ -34,33 +33,17 @@ def fast(seed: int | None = None, **kw) -> pb.SamplingParams:
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny")
-    make_tiny_bundle(root / "still", roles=("projector",), seed=1)
-    return root
+def server_settings() -> dict:
+    return {"metrics_port": 0, "grace": 1.0}
 
 
-@pytest.fixture(scope="module")
-def running(models_dir):
-    config = ServerConfig(models=models_dir, metrics_port=0, grace=1.0)
-    with BackgroundServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(running):
-    with grpc.insecure_channel(running.target) as channel:
-        yield pb_grpc.SinFusionStub(channel)
-
-
-def image(frame: pb.Frame) -> np.ndarray:
-    assert len(frame.rgb) == frame.width * frame.height * 3
-    return np.frombuffer(frame.rgb, np.uint8).reshape(frame.height, frame.width, 3)
-
-
-def raw(array: np.ndarray) -> pb.RawFrame:
-    return pb.RawFrame(width=array.shape[1], height=array.shape[0], rgb=array.tobytes())
+def assert_core_frames(served: list[np.ndarray], model, loop: sampling.Loop) -> None:
+    """The served frames are the core loop's, run alone on the model's runtime (batch 1, as the
+    server ran a lone stream): equal up to the rounding of the conversion to uint8."""
+    local = [to_uint8(f.image) for f in sampling.run(loop, model.runtime.denoiser)]
+    assert len(served) == len(local)
+    for a, b in zip(served, local):
+        assert np.abs(a.astype(int) - b).max() <= 1
 
 
 def test_list_and_describe(stub):
@@ -83,7 +66,7 @@ def test_extrapolate_streams_frames_in_order(stub, step):
     assert [f.index for f in frames] == [0, 1, 2, 3]
     for f in frames:
         assert (f.width, f.height, f.synthesized, f.resized) == (W, H, True, False)
-        image(f)
+        pixels(f)
 
 
 def test_extrapolate_from_client_frame_resizes_or_not(stub):
@@ -104,10 +87,19 @@ def test_generate_streams_a_new_clip(stub):
     assert len(one) == 1
 
 
-def test_default_sampling_parameters_work(stub):
+def test_default_sampling_parameters_work(stub, running):
     """An empty SamplingParams: DDPM over all 50 steps, the bundle's default 3 correction steps."""
     frames = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=1)))
     assert len(frames) == 1
+    # Only a seed set: the frames are the core loop's with those defaults, from the clip's frame 0.
+    served = [pixels(f) for f in stub.Extrapolate(pb.ExtrapolateRequest(
+        model="tiny", frames=2, sampling=pb.SamplingParams(seed=11)))]
+    model = running.models["tiny"]
+    defaults = sampling.SamplingOptions(steps=0, method="ddpm", correction_steps=3)
+    loop = sampling.extrapolate(model.sampling, to_model(model.clip[0]), 2, 1, np.random.default_rng(11),
+                                defaults)
+    assert len(served) == 2
+    assert_core_frames(served, model, loop)
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
@@ -120,26 +112,21 @@ def test_upsample_interleaves_originals_and_new_frames(stub, factor):
     originals = [f for f in frames if not f.synthesized]
     assert [f.index for f in originals] == [0, factor, 2 * factor]
     for f, c in zip(originals, clip):
-        np.testing.assert_array_equal(image(f), c)  # passed through untouched
+        np.testing.assert_array_equal(pixels(f), c)  # passed through untouched
     assert all(f.synthesized for f in frames if f.index % factor)
 
 
 def test_upsample_is_the_core_loop(stub, running):
     """The servicer has no upsampling of its own: its frames are sinfusion.sampling.upsample's."""
-    from sinfusion import sampling
-    from sinfusion.frames import to_model, to_uint8
-
     clip = tiny_clip(3, H, W)
     requests = [pb.UpsampleRequest(model="tiny", factor=2, sampling=fast(seed=8), frame=raw(clip[0]))]
     requests += [pb.UpsampleRequest(frame=raw(c)) for c in clip[1:]]
-    served = [image(f) for f in stub.Upsample(iter(requests))]
+    served = [pixels(f) for f in stub.Upsample(iter(requests))]
     model = running.models["tiny"]
     loop = sampling.upsample(model.sampling, list(to_model(clip)), 2, np.random.default_rng(8),
                              sampling.SamplingOptions(2, "ddim", 1))
-    local = [to_uint8(f.image) for f in sampling.run(loop, model.runtime.denoiser)]
-    assert len(served) == len(local) == 5
-    for a, b in zip(served, local):
-        assert np.abs(a.astype(int) - b).max() <= 1  # one stream: the same steps, batch 1
+    assert len(served) == 5
+    assert_core_frames(served, model, loop)
 
 
 def test_upsample_output_starts_before_input_ends(stub):
@@ -210,29 +197,26 @@ def test_seeded_stream_same_alone_or_batched_within_rounding(stub, running):
 
 
 def test_seeded_stream_bit_identical_with_fixed_batch(models_dir):
-    config = ServerConfig(models=models_dir, fixed_batch=True, max_batch=4, grace=1.0)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, fixed_batch=True, max_batch=4, grace=1.0) as (running, stub):
         alone = extrapolate_bytes(stub, 12)
         before = shared_calls(running)
         assert batched_runs(stub, 12, others=3) == alone
         assert shared_calls(running) > before
 
 
-def test_health_and_reflection(running):
-    with grpc.insecure_channel(running.target) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "sinfusion.v1.SinFusion"):
-            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
-            assert reply.status == health_pb2.HealthCheckResponse.SERVING
-        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(reflection.ServerReflectionInfo(iter([
-            reflection_pb2.ServerReflectionRequest(list_services=""),
-            reflection_pb2.ServerReflectionRequest(file_containing_symbol="sinfusion.v1.SinFusion"),
-        ])))
-        names = {s.name for s in replies[0].list_services_response.service}
-        assert {"sinfusion.v1.SinFusion", "grpc.health.v1.Health"} <= names
-        assert replies[1].file_descriptor_response.file_descriptor_proto
+def test_health_and_reflection(channel):
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "sinfusion.v1.SinFusion"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    replies = list(reflection.ServerReflectionInfo(iter([
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="sinfusion.v1.SinFusion"),
+    ])))
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert {"sinfusion.v1.SinFusion", "grpc.health.v1.Health"} <= names
+    assert replies[1].file_descriptor_response.file_descriptor_proto
 
 
 def test_metrics_endpoint(stub, running):

@@ -13,16 +13,14 @@ from sinfusion.server import ServerConfig
 from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle
+from tests.conftest import bundles_folder
 
 TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny", roles=("projector",))
-    return root
+    return bundles_folder(tmp_path_factory.mktemp("models"), tiny={"roles": ("projector",)})
 
 
 def fast() -> pb.SamplingParams:

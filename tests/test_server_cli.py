@@ -17,7 +17,7 @@ import pytest
 from sinfusion.server.process import start_server_process
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle
+from tests.conftest import bundles_folder
 
 SCRIPT = Path(sys.executable).parent / "sinfusion-server"
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "sinfusion.server.cli"]
@@ -26,8 +26,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny")
+    root = bundles_folder(tmp_path_factory.mktemp("models"), tiny={})
     (root / "notes").mkdir()  # a folder without a manifest is not a bundle: ignored
     return root
 

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
-import numpy as np
 import pytest
 
-from sinfusion.server import ServerConfig
-from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
-from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle, tiny_clip
+from tests.conftest import serve, tiny_clip, wait_until
 
 H, W = 16, 24
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
@@ -20,24 +14,8 @@ EXHAUSTED, PRECONDITION = grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FA
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny")
-    make_tiny_bundle(root / "still", roles=("projector",), seed=1)
-    return root
-
-
-@pytest.fixture(scope="module")
-def running(models_dir):
-    config = ServerConfig(models=models_dir, max_frames=10, max_message_bytes=4096, grace=0.5)
-    with BackgroundServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(running):
-    with grpc.insecure_channel(running.target) as channel:
-        yield pb_grpc.SinFusionStub(channel)
+def server_settings() -> dict:
+    return {"max_frames": 10, "max_message_bytes": 4096, "grace": 0.5}
 
 
 def raw(w: int, h: int, nbytes: int | None = None) -> pb.RawFrame:
@@ -138,17 +116,8 @@ def test_oversized_message_far_beyond_the_limit(stub):
     assert error.code() == EXHAUSTED
 
 
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
-
-
 def test_stream_limit_and_cancellation_frees_the_slot(models_dir):
-    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, max_streams=1, grace=0.5) as (running, stub):
         scheduler = running.models["tiny"].scheduler
         long = stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=1000, sampling=fast(seed=1)))
         assert next(long).index == 0
@@ -163,9 +132,7 @@ def test_stream_limit_and_cancellation_frees_the_slot(models_dir):
 
 
 def test_client_deadline_stops_the_stream(models_dir):
-    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, max_streams=1, grace=0.5) as (running, stub):
         call = stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=1000, sampling=fast()),
                                 timeout=0.5)
         with pytest.raises(grpc.RpcError) as info:
@@ -181,9 +148,7 @@ def test_client_deadline_stops_the_stream(models_dir):
 def test_upsample_client_going_away_frees_the_slot(models_dir):
     import threading
 
-    config = ServerConfig(models=models_dir, max_streams=1, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(models_dir, max_streams=1, grace=0.5) as (running, stub):
         hold = threading.Event()
         clip = tiny_clip(2, H, W)
 

@@ -27,7 +27,7 @@ from sinfusion.server.config import ConfigError
 from sinfusion.server.scheduler import RUNAHEAD
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle, tiny_clip
+from tests.conftest import bundles_folder, make_tiny_bundle, serve, tiny_clip
 
 H, W = 16, 24
 SERVICE = "/sinfusion.v1.SinFusion/"
@@ -46,9 +46,7 @@ def damage(path, offset_fraction: float = 0.6) -> None:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    make_tiny_bundle(root / "tiny")
-    make_tiny_bundle(root / "clouds", seed=1)
+    root = bundles_folder(tmp_path_factory.mktemp("models"), tiny={}, clouds={"seed": 1})
     damage(root / "clouds" / FRAMES)
     (root / "junk").mkdir()
     (root / "junk" / MANIFEST).write_text("{ not json")
@@ -56,16 +54,8 @@ def models_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def running(models_dir):
-    config = ServerConfig(models=models_dir, max_frames=2, max_message_bytes=64 << 10, grace=0.5)
-    with BackgroundServer(config) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def channel(running):
-    with grpc.insecure_channel(running.target) as channel:
-        yield channel
+def server_settings() -> dict:
+    return {"max_frames": 2, "max_message_bytes": 64 << 10, "grace": 0.5}
 
 
 def raw_call(channel, method: str, payloads: list[bytes], timeout: float = 20.0):
@@ -199,8 +189,7 @@ def test_fuzz_every_rpc_never_unknown_or_internal(channel, call):
         assert all(len(f.rgb) == f.width * f.height * 3 for f in frames)
 
 
-def test_server_still_serves_after_the_fuzz(channel):
-    stub = pb_grpc.SinFusionStub(channel)
+def test_server_still_serves_after_the_fuzz(stub):
     assert [m.name for m in stub.ListModels(pb.ListModelsRequest()).models] == ["tiny"]
     frames = list(stub.Generate(pb.GenerateRequest(model="tiny", frames=2, sampling=pb.SamplingParams(
         steps=1, method=pb.SAMPLING_METHOD_DDIM, seed=3))))
@@ -209,9 +198,8 @@ def test_server_still_serves_after_the_fuzz(channel):
 
 # --- names ----------------------------------------------------------------------------------------
 
-def test_long_names_are_refused_or_cut_never_echoed_whole(channel, caplog):
+def test_long_names_are_refused_or_cut_never_echoed_whole(stub, caplog):
     caplog.set_level(logging.INFO, logger="sinfusion.server")
-    stub = pb_grpc.SinFusionStub(channel)
     for length, code, message in ((20_000, INVALID, "model must be at most 256 characters, got 20000"),
                                   (200, grpc.StatusCode.NOT_FOUND, "... (200 characters) not found")):
         with pytest.raises(grpc.RpcError) as info:
@@ -227,8 +215,7 @@ def test_long_names_are_refused_or_cut_never_echoed_whole(channel, caplog):
 
 # --- damaged and refused bundles ------------------------------------------------------------------
 
-def test_refused_bundles_are_reported_and_the_rest_served(running, channel, caplog):
-    stub = pb_grpc.SinFusionStub(channel)
+def test_refused_bundles_are_reported_and_the_rest_served(running, channel, stub, caplog):
     assert [r.name for r in running.refused] == ["clouds", "junk"]
     with pytest.raises(grpc.RpcError) as info:
         stub.DescribeModel(pb.DescribeModelRequest(model="clouds"))
@@ -368,10 +355,9 @@ def test_ipv6_hosts(models_dir):
     except OSError:
         pytest.skip("IPv6 loopback not configured")
     for host in ("::1", "::", "[::1]"):
-        config = ServerConfig(models=models_dir, host=host, metrics_port=0, grace=0.1)
-        with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
+        with serve(models_dir, host=host, metrics_port=0, grace=0.1) as (running, stub):
             assert running.target.startswith("[::1]:")
-            assert pb_grpc.SinFusionStub(channel).ListModels(pb.ListModelsRequest()).models
+            assert stub.ListModels(pb.ListModelsRequest()).models
             import urllib.request
 
             with urllib.request.urlopen(f"http://[::1]:{running.metrics_port}/metrics", timeout=5) as r:

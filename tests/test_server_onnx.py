@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import numpy as np
 import pytest
 
@@ -14,8 +13,7 @@ from sinfusion.bundle import Bundle
 from sinfusion.server import ServerConfig
 from sinfusion.server.background import BackgroundServer
 from sinfusion.v1 import sinfusion_pb2 as pb
-from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
-from tests.conftest import make_tiny_bundle
+from tests.conftest import make_tiny_bundle, serve
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -41,9 +39,7 @@ def frames(stub, seed: int, count: int = 3) -> np.ndarray:
 
 
 def test_auto_serves_exported_engines_with_onnxruntime(exported, tmp_path):
-    with BackgroundServer(ServerConfig(models=exported, grace=0.5)) as running, \
-            grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(exported, grace=0.5) as (running, stub):
         info = stub.DescribeModel(pb.DescribeModelRequest(model="tiny"))
         assert info.runtime == "onnxruntime-cpu" and list(info.batch_sizes) == [1, 4]
         assert list(info.capabilities) == ["extrapolate", "generate", "upsample"]
@@ -58,9 +54,7 @@ def test_auto_serves_exported_engines_with_onnxruntime(exported, tmp_path):
             registry.get_sample_value("sinfusion_engine_batch_count", {"model": "tiny", "role": "predictor"})
     assert np.abs(onnx_alone - onnx_batched).max() <= 2
     # The same seed on the PyTorch runtime: the same loop and draws, so the same frames up to rounding.
-    with BackgroundServer(ServerConfig(models=exported, runtime="torch-cpu", grace=0.5)) as running, \
-            grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(exported, runtime="torch-cpu", grace=0.5) as (running, stub):
         assert stub.DescribeModel(pb.DescribeModelRequest(model="tiny")).runtime == "torch-cpu"
         assert np.abs(frames(stub, 5) - onnx_alone).max() <= 2
 
@@ -103,9 +97,7 @@ def test_damaged_weights_beside_intact_engines_are_reported(exported, tmp_path, 
 
 
 def test_fixed_batch_is_bit_exact_on_onnx_engines(exported):
-    config = ServerConfig(models=exported, runtime="onnxruntime-cpu", fixed_batch=True, grace=0.5)
-    with BackgroundServer(config) as running, grpc.insecure_channel(running.target) as channel:
-        stub = pb_grpc.SinFusionStub(channel)
+    with serve(exported, runtime="onnxruntime-cpu", fixed_batch=True, grace=0.5) as (running, stub):
         alone = frames(stub, 21)
         with ThreadPoolExecutor(3) as pool:
             batched = [pool.submit(frames, stub, s) for s in (21, 22, 23)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -17,6 +17,13 @@ from sinfusion.server.scheduler import Scheduler, plan_batches
 from tests.conftest import make_tiny_bundle
 
 FAST = SamplingOptions(steps=2, method="ddim", correction_steps=1)
+
+
+@pytest.fixture
+def model(tmp_path):
+    """The tiny bundle on the PyTorch CPU runtime, as the server loads it (no server around it)."""
+    make_tiny_bundle(tmp_path / "m" / "tiny")
+    return load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
 
 
 def test_plan_batches():
@@ -46,8 +53,8 @@ def drive(model, seeds: list[int], frames: int, fixed: bool) -> tuple[list[list[
                               on_batch=lambda role, live, size, sec: batches.append(live))
         scheduler.start()
         start = to_model(model.clip[0])
-        jobs = [scheduler.submit(extrapolate(model.sampling, start, frames, 1, np.random.default_rng(s), FAST))
-                for s in seeds]
+        jobs = [scheduler.submit(extrapolate(model.sampling, start, frames, 1, np.random.default_rng(s),
+                                             FAST)) for s in seeds]
         out = []
         for job in jobs:
             out.append([f.rgb async for f in job.frames()])
@@ -57,9 +64,7 @@ def drive(model, seeds: list[int], frames: int, fixed: bool) -> tuple[list[list[
     return asyncio.run(main()), batches
 
 
-def test_scheduler_batches_streams_with_their_own_generators(tmp_path):
-    make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
+def test_scheduler_batches_streams_with_their_own_generators(model):
     out, batches = drive(model, [1, 2, 3, 4], 3, fixed=True)
     assert max(batches) == 4  # all four streams shared every engine call
     # The reference: each seed alone through the core's plain batch-1 driver.
@@ -77,10 +82,7 @@ def test_scheduler_batches_streams_with_their_own_generators(tmp_path):
     assert again[1] == out[1]
 
 
-def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
-    make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
-
+def test_cancelled_job_is_dropped_and_others_continue(model):
     async def main():
         scheduler = Scheduler(model.name, model.runtime)
         scheduler.start()
@@ -100,10 +102,8 @@ def test_cancelled_job_is_dropped_and_others_continue(tmp_path):
     assert steps < 20  # stopped within a few steps of the cancel, not after 500 frames
 
 
-def test_staggered_streams_fall_into_step(tmp_path):
+def test_staggered_streams_fall_into_step(model):
     """A stream that starts mid-frame of another joins its engine calls within a frame or so."""
-    make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
     options = SamplingOptions(steps=4, method="ddim", correction_steps=2)  # 6 engine calls per frame
     calls = []
 
@@ -117,7 +117,8 @@ def test_staggered_streams_fall_into_step(tmp_path):
         await anext(frames)
         for _ in range(2):  # let the first stream run into its next frame: the two are out of step
             await asyncio.sleep(0)
-        second = scheduler.submit(extrapolate(model.sampling, start, 20, 1, np.random.default_rng(2), options))
+        second = scheduler.submit(extrapolate(model.sampling, start, 20, 1, np.random.default_rng(2),
+                                              options))
         async def count(stream):  # both clients read as they go (a stalled one would pause)
             return len([f async for f in stream])
 
@@ -130,44 +131,52 @@ def test_staggered_streams_fall_into_step(tmp_path):
     assert calls.count(2) > 0.8 * calls.count(1)
 
 
-def slow(loop):
-    """The same loop, but the worker thread spends most of its time inside the generator."""
-    reply = None
-    while True:
-        try:
-            event = loop.send(reply)
-        except StopIteration as stop:
-            return stop.value
-        time.sleep(0.02)
-        reply = yield event
+def held_in_first_step(loop, inside: threading.Event, release: threading.Event, events: list[str]):
+    """`loop`, but its first step's output stops inside the generator, on the worker thread that
+    advances it, until `release`; `events` records the end of that step and the loop's closing."""
+    try:
+        reply = yield next(loop)
+        inside.set()
+        release.wait(30)
+        request = loop.send(reply)
+        events.append("step done")
+        yield request
+        events.append("advanced after close")
+    except GeneratorExit:
+        events.append("closed")
+        raise
+    finally:
+        loop.close()
 
 
-def test_close_waits_for_the_step_in_flight(tmp_path):
-    """Shutdown while the worker is advancing a job: its loop is closed after, not during, that."""
-    make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
+def test_close_waits_for_the_step_in_flight(model):
+    """Shutdown while the worker is advancing a job: its loop is closed after, not during, that
+    step (closing a generator that is running raises). The worker is held inside the loop until
+    close() has been called, so the overlap happens on every run."""
+    inside, release, events = threading.Event(), threading.Event(), []
 
     async def main():
-        for seed in range(5):
-            scheduler = Scheduler(model.name, model.runtime)
-            scheduler.start()
-            start = to_model(model.clip[0])
-            job = scheduler.submit(slow(extrapolate(model.sampling, start, 500, 1,
-                                                    np.random.default_rng(seed), FAST)))
-            await anext(job.frames())
-            await asyncio.sleep(0.01)  # the worker is now inside the loop's next step
-            await scheduler.close()  # must not close a loop the worker is running
-            assert scheduler.held == 0
+        scheduler = Scheduler(model.name, model.runtime)
+        scheduler.start()
+        loop = extrapolate(model.sampling, to_model(model.clip[0]), 500, 1, np.random.default_rng(0), FAST)
+        scheduler.submit(held_in_first_step(loop, inside, release, events))
+        try:
+            assert await asyncio.to_thread(inside.wait, 30), "the worker never ran the first step"
+            closing = asyncio.create_task(scheduler.close())
+            done, _ = await asyncio.wait({closing}, timeout=0.2)
+            assert not done, "close() returned while the worker was inside the job's loop"
+        finally:
+            release.set()
+        await closing  # must not close the loop the worker is running
+        return scheduler.held
 
-    asyncio.run(main())
+    assert asyncio.run(main()) == 0
+    assert events == ["step done", "closed"]
 
 
-def test_unread_job_pauses_at_its_runahead_and_yields_the_engine(tmp_path):
+def test_unread_job_pauses_at_its_runahead_and_yields_the_engine(model):
     """Backpressure: a job whose frames nobody takes stops stepping; the others run on alone."""
     from sinfusion.server.scheduler import RUNAHEAD
-
-    make_tiny_bundle(tmp_path / "m" / "tiny")
-    model = load_models(tmp_path / "m", "torch-cpu", max_batch=8)[0]["tiny"]
 
     async def main():
         scheduler = Scheduler(model.name, model.runtime)
