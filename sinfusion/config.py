@@ -28,7 +28,9 @@ class NetworkConfig:
     # Anchored output (x0 targets with conditioning frames only): the network predicts the change from
     # its anchor, the mean of its conditioning frames (the Predictor's previous frame, the
     # Interpolator's two neighbours' blend), through a zero-initialised head. An untrained network
-    # therefore starts at the copy (blend) baseline instead of at a grey frame. See docs/training.md.
+    # therefore starts at the copy (blend) baseline instead of at a grey frame. The change keeps each
+    # channel's mean, and for the Predictor its contrast (std), so that an extrapolation cannot drift
+    # in exposure frame after frame. See docs/training.md.
     anchored: bool = False
 
     def __post_init__(self) -> None:

@@ -119,7 +119,15 @@ class SinFusionNet(nn.Module):
         if self.config.anchored:
             cc = self.config.cond_channels
             frames = x[:, :cc].unflatten(1, (cc // 3, 3))  # (B, frames, 3, H, W)
-            out = out + frames.mean(dim=1).to(out.dtype)
+            # The change keeps each channel's mean: the network moves content, it does not change
+            # the exposure. A small bias would otherwise add up frame after frame in an
+            # extrapolation (measured: tornado washed out to white within 100 frames).
+            anchor = frames.mean(dim=1).to(out.dtype)
+            out = anchor + out - out.mean(dim=(2, 3), keepdim=True)
+            if cc == 3:  # the Predictor also keeps its frame's contrast (a blend has less: not there)
+                mean = anchor.mean(dim=(2, 3), keepdim=True)
+                scale = anchor.std(dim=(2, 3), keepdim=True) / (out.std(dim=(2, 3), keepdim=True) + 1e-6)
+                out = mean + (out - mean) * scale
         return out
 
 

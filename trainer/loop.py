@@ -181,7 +181,7 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     run.state = state
 
 
-def train_step(run: RoleRun, sampler: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
+def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
     """One optimisation step; returns the loss."""
     cfg, role, g, dev = run.config, run.role, run.generator, run.device
     step = run.state.step
@@ -191,12 +191,12 @@ def train_step(run: RoleRun, sampler: ClipCrops, tables: tuple[torch.Tensor, tor
     # 1. Data: clean target crop x0, conditioning frames, k.
     k = None
     if role == "predictor":
-        cond, x0, k = sampler.pair(cfg.batch_size, k_limit(step, run.total, cfg.k_max, cfg.k_ramp))
+        cond, x0, k = crops.pair(cfg.batch_size, k_limit(step, run.total, cfg.k_max, cfg.k_ramp))
     elif role == "interpolator":
-        before, after, x0 = sampler.triplet(cfg.batch_size)
+        before, after, x0 = crops.triplet(cfg.batch_size)
         cond = torch.cat([before, after], dim=1)
     else:
-        cond, x0 = None, sampler.single(cfg.batch_size)
+        cond, x0 = None, crops.single(cfg.batch_size)
 
     # 2. Forward process (eq. 1) at a random level t in 1..T.
     b = x0.shape[0]
@@ -257,7 +257,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     from tqdm import tqdm
 
     cfg, total = run.config, run.total
-    sampler = ClipCrops(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip)
+    crops = ClipCrops(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip)
     tables = tuple(torch.tensor(a, dtype=torch.float32, device=run.device)
                    for a in (run.schedule.sqrt_alpha_bars, run.schedule.sqrt_one_minus_alpha_bars))
     window = max(1, total // 200)  # the stored loss curve keeps ~200 points
@@ -271,7 +271,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     try:
         with stop_flag() as interrupted:
             while run.state.step < total and not run.out_of_time:
-                loss = train_step(run, sampler, tables)
+                loss = train_step(run, crops, tables)
                 step = run.state.step
                 acc, acc_n = acc + loss, acc_n + 1
                 if step % window == 0 or step == total:
