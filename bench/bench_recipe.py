@@ -43,7 +43,7 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
     from sinfusion.quality.nextframe import evaluate, make_split
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
     from sinfusion.sampling import SamplingOptions
-    from sinfusion.trainer.monitor import NextFrameMonitor
+    from sinfusion.trainer.monitor import NextFrameMonitor, verdict
     from sinfusion.trainer.training import train_bundle
     from sinfusion.video import read_clip
 
@@ -57,8 +57,7 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
     bundle = train_bundle(frames[split.train], work / name, config, roles=["predictor"],
                           overwrite=True, progress=False, device="cpu", monitor=monitor)
     train_s = time.monotonic() - started
-    beat = next((m for m in monitor.history
-                 if m.gain_db >= 0.5 and 2 * m.pairs_won > m.pairs), None)
+    beat = next((m for m in monitor.history if verdict(m) == "beats copy"), None)
     denoiser = TorchDenoiser(bundle, roles=["predictor"])
     final = {}
     for label, options in (("ddpm50", SamplingOptions(correction_steps=0)),

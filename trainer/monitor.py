@@ -88,12 +88,11 @@ class NextFrameMonitor:
     min_gain_db: float = 0.05
     patience: int = 3
     seed: int = 0
-    history: list[Measurement] = field(default_factory=list)
-    _last_eval: float = field(default=-1.0, repr=False)
-
     holdout: tuple[int, int] = (0, 0)  # [first, end) of the held-out frames, for the record
     keep_best: bool = True  # serve the best-scoring EMA weights, not the last ones
+    history: list[Measurement] = field(default_factory=list)
     served: Measurement | None = None  # the measurement of the weights that end up served
+    _last_eval: float = field(default=-1.0, repr=False)
     _projector: object = field(default=None, repr=False)
     _best_state: dict | None = field(default=None, repr=False)
 
@@ -120,7 +119,8 @@ class NextFrameMonitor:
             roles["projector"] = bundle.sampling()["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        return self.measure_with(denoiser, BundleSampling(roles), run.state.step, run.state.elapsed_s)
+        return self.measure_with(denoiser, BundleSampling(roles), run.state.step,
+                                 run.state.elapsed_s)
 
     def finish(self, run, bundle) -> None:
         """Measure the final weights (unless just measured), put back the best ones if they scored
@@ -140,7 +140,8 @@ class NextFrameMonitor:
         m = self.served or (self.history[-1] if self.history else None)
         return short_text(m) if m else ""
 
-    def measure_with(self, denoiser, sampling: BundleSampling, step: int, elapsed_s: float) -> Measurement:
+    def measure_with(self, denoiser, sampling: BundleSampling, step: int,
+                     elapsed_s: float) -> Measurement:
         """Predict and score every pair with the given runtime; appends to the history."""
         predictions = nextframe.predict_pairs(denoiser, sampling, self.frames, self.pairs, self.k,
                                               self.options, self.seed)
