@@ -17,7 +17,7 @@ from sinfusion.schedule import make_schedule
 from sinfusion.trainer.monitor import (Measurement, NextFrameMonitor, holdout_count, holdout_pairs,
                              summary_line, verdict)
 from sinfusion.trainer.presets import get_preset
-from sinfusion.trainer.training import train_bundle
+from sinfusion.trainer.training import TrainerError, train_bundle
 
 
 def test_holdout_is_the_clip_tail_sized_automatically_or_as_asked():
@@ -173,3 +173,10 @@ def test_the_best_weights_are_served_when_the_last_score_worse(scores, served_st
     assert q["predictor_steps"] == served_step and q["trained_steps"] == 3
     assert q["model_psnr"] == scores[served_step - 1] and q["measurements"] == 3
     assert float(run.ema.weight[0, 0]) == served_step  # the served weights are those measured
+
+
+def test_a_holdout_the_clip_cannot_spare_is_a_trainer_error(tmp_path):
+    cfg = get_preset("tiny", channels=8, blocks=2, holdout=12).with_steps(1)
+    with pytest.raises(TrainerError, match="holdout 12 leaves 2 frames"):
+        train_bundle(tiny_clip(14, 16, 24), tmp_path / "b", cfg, progress=False, device="cpu")
+    assert not (tmp_path / "b").exists()  # refused before anything is written

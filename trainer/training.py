@@ -160,6 +160,10 @@ def train_bundle(
         roles = record["roles"] if record and record["roles"] else None
     chosen = resolve_roles(roles, mode, frames.shape[0])
     dev = resolve_device(device)
+    try:
+        held = holdout_count(len(frames), config.holdout) if mode == "video" else 0
+    except ValueError as exc:
+        raise TrainerError(str(exc)) from None
 
     bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite,
                                                                   config.correction_steps)
@@ -167,7 +171,6 @@ def train_bundle(
                       {"config": config.to_dict(), "roles": chosen, "mode": mode})
     schedule = make_schedule("linear" if mode == "image" else "cosine", config.schedule_steps)
     crop = crop_size(clip.height, clip.width, config.crop_fraction)
-    held = holdout_count(len(frames), config.holdout) if mode == "video" else 0
     train_frames = frames[:len(frames) - held]
 
     # The Projector first, so that the Predictor's held-out score uses the served sampler
