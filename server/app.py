@@ -163,7 +163,8 @@ async def serve(config: ServerConfig, models: dict[str, ServedModel] | None = No
     if models is None:
         # Engines load in a thread: a big bundle must not stall an event loop that may run other work.
         models, refused = await asyncio.to_thread(load_models, config.models, config.runtime,
-                                                  config.max_batch, config.strict)
+                                                  config.max_batch, config.strict,
+                                                  config.compile_cache)
     metrics = Metrics()
     metrics.bundles.labels("served").set(len(models))
     metrics.bundles.labels("refused").set(len(refused))

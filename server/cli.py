@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest request message (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=d.max_batch,
                    help="largest batch for runtimes without fixed engine sizes (default %(default)s)")
+    p.add_argument("--compile-cache", type=Path, metavar="DIR",
+                   help="torch-cuda's compile cache, kept across restarts (default: "
+                        "$TORCHINDUCTOR_CACHE_DIR, else ~/.cache/sinfusion/inductor)")
     p.add_argument("--fixed-batch", action="store_true",
                    help="pad every engine call to the largest batch: seeded streams are bit-identical "
                         "alone or batched, at the cost of compute when few streams are live")
@@ -115,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         max_message_bytes=args.max_message_bytes, max_batch=args.max_batch,
         fixed_batch=args.fixed_batch, metrics_port=args.metrics_port, tls_cert=args.tls_cert,
         tls_key=args.tls_key, token=token, grace=args.grace, drain_delay=args.drain_delay,
-        strict=args.strict,
+        strict=args.strict, compile_cache=args.compile_cache,
     )
     try:
         config.validate()

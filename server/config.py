@@ -9,8 +9,11 @@ from pathlib import Path
 from sinfusion.io.cli import EXIT_INPUT, EXIT_USAGE
 
 # Best first: the order `--runtime auto` tries for each bundle (DESIGN.md, "Engines and runtimes").
+# torch-cuda is the compiled, graph-captured runtime (sinfusion/runtimes/torch_compiled.py, docs/gpu.md);
+# torch-cuda-eager, the plain fp32 PyTorch step on CUDA, is only used when forced (the reference).
 RUNTIME_ORDER = ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu", "torch-cpu")
-RUNTIME_CHOICES = ("auto", *RUNTIME_ORDER)
+FORCED_ONLY = ("torch-cuda-eager",)
+RUNTIME_CHOICES = ("auto", *RUNTIME_ORDER, *FORCED_ONLY)
 
 
 class ConfigError(ValueError):
@@ -43,6 +46,9 @@ class ServerConfig:
     # process (tests, benchmarks) nobody probes.
     drain_delay: float = 0.0
     strict: bool = False  # any bundle that cannot be served stops the server (default: serve the rest)
+    # torch-cuda's compile cache (inductor's, process-wide); None: $TORCHINDUCTOR_CACHE_DIR, else
+    # ~/.cache/sinfusion/inductor. A warm cache turns minutes of compiling at start into seconds.
+    compile_cache: Path | None = None
 
     def validate(self) -> None:
         """Check what can be checked before loading anything; raises ConfigError with one line."""

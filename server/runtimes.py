@@ -1,7 +1,9 @@
 """Runtime selection: which engine runs a bundle's diffusion steps, chosen once per bundle at startup.
 
 `--runtime auto` tries, per bundle, tensorrt, onnxruntime-cuda, torch-cuda, onnxruntime-cpu, torch-cpu
-and keeps the first that loads. A runtime is skipped quietly (debug log) when its package is not
+and keeps the first that loads. torch-cuda is the compiled, graph-captured step with the sampling loop's
+arrays on the GPU (sinfusion.runtimes.torch_compiled, docs/gpu.md), warmed up (compiled) at load;
+torch-cuda-eager, the plain fp32 step, is never picked by auto (the reference it is measured against). A runtime is skipped quietly (debug log) when its package is not
 installed, its device is absent or the bundle has no engines for it: that is the machine, not the
 bundle. It is skipped with a WARNING when the bundle has files for it that fail to load (a checksum
 mismatch, an engine ONNX Runtime cannot read, a plan built for another GPU): then the server runs
@@ -15,12 +17,13 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.engines import has_engines
 from sinfusion.sampling import Denoiser
 
-from .config import RUNTIME_ORDER, ConfigError
+from .config import RUNTIME_CHOICES, RUNTIME_ORDER, ConfigError
 
 log = logging.getLogger("sinfusion.server")
 
@@ -108,10 +111,38 @@ def _load_torch(bundle: Bundle, device: str, max_batch: int) -> LoadedRuntime:
         raise Unavailable(str(exc), broken=True) from None
     # PyTorch runs any batch size; the scheduler groups up to max_batch streams per call.
     sizes = tuple(range(1, max_batch + 1))
-    return LoadedRuntime(f"torch-{device}", denoiser, {role: sizes for role in bundle.roles})
+    name = "torch-cuda-eager" if device == "cuda" else "torch-cpu"
+    return LoadedRuntime(name, denoiser, {role: sizes for role in bundle.roles})
 
 
-def load_runtime(bundle: Bundle, name: str, max_batch: int) -> LoadedRuntime:
+def compiled_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The batches torch-cuda compiles and captures: powers of two up to max_batch, and max_batch.
+    Each costs a compile at a cold start; other batches are padded up to the next of them."""
+    sizes = {max_batch}
+    size = 1
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return tuple(sorted(sizes))
+
+
+def _load_torch_compiled(bundle: Bundle, max_batch: int, compile_cache: Path | None) -> LoadedRuntime:
+    torch = _import("torch", "PyTorch")
+    if not torch.cuda.is_available():
+        raise Unavailable("no CUDA device")
+    from sinfusion.runtimes.torch_compiled import CompiledTorchDenoiser
+
+    sizes = compiled_batch_sizes(max_batch)
+    try:  # compiles and captures every (role, batch) now: minutes cold, seconds with the cache
+        denoiser = CompiledTorchDenoiser(bundle, "cuda", batch_sizes=sizes, cache_dir=compile_cache)
+    except BundleError as exc:
+        raise Unavailable(str(exc), broken=True) from None
+    log.info("bundle %s: torch-cuda %s", bundle.name, denoiser.describe())
+    return LoadedRuntime("torch-cuda", denoiser, {role: sizes for role in bundle.roles})
+
+
+def load_runtime(bundle: Bundle, name: str, max_batch: int, *, compile_cache: Path | None = None
+                 ) -> LoadedRuntime:
     """Load one named runtime for a bundle; Unavailable says why it cannot."""
     if name == "tensorrt":
         return _load_tensorrt(bundle, max_batch)
@@ -120,19 +151,22 @@ def load_runtime(bundle: Bundle, name: str, max_batch: int) -> LoadedRuntime:
     if name == "onnxruntime-cpu":
         return _load_onnx(bundle, "CPUExecutionProvider", name)
     if name == "torch-cuda":
+        return _load_torch_compiled(bundle, max_batch, compile_cache)
+    if name == "torch-cuda-eager":
         return _load_torch(bundle, "cuda", max_batch)
     if name == "torch-cpu":
         return _load_torch(bundle, "cpu", max_batch)
-    raise ConfigError(f"unknown runtime {name!r}; valid: auto, {', '.join(RUNTIME_ORDER)}")
+    raise ConfigError(f"unknown runtime {name!r}; valid: {', '.join(RUNTIME_CHOICES)}")
 
 
-def select_runtime(bundle: Bundle, choice: str, max_batch: int) -> LoadedRuntime:
+def select_runtime(bundle: Bundle, choice: str, max_batch: int, *, compile_cache: Path | None = None
+                   ) -> LoadedRuntime:
     """The runtime for a bundle: the forced one, or with "auto" the best that loads."""
     candidates = RUNTIME_ORDER if choice == "auto" else (choice,)
     reasons, broken = [], []
     for name in candidates:
         try:
-            runtime = load_runtime(bundle, name, max_batch)
+            runtime = load_runtime(bundle, name, max_batch, compile_cache=compile_cache)
         except Unavailable as exc:
             reasons.append(f"{name}: {exc}")
             if exc.broken:

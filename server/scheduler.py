@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sinfusion.frames import to_uint8
+from sinfusion import arrays
 from sinfusion.sampling import Loop, Stepper, run_requests
 
 from .runtimes import LoadedRuntime
@@ -91,7 +91,7 @@ class Job(Stepper):
 
     def __init__(self, loop: Loop, runahead: int = RUNAHEAD,
                  on_room: Callable[[], None] | None = None, readahead: int = 0) -> None:
-        super().__init__(loop)
+        super().__init__(loop, host_frames=False)  # frames become uint8 where they are (advance_wire)
         self.id = next(self._ids)
         self.runahead = runahead
         # A streamed-input loop's frames, read ahead of it up to `readahead` (then gRPC flow control).
@@ -145,9 +145,12 @@ class Job(Stepper):
     # --- worker-thread side ---------------------------------------------------------------------
 
     def advance_wire(self, reply: np.ndarray | None) -> list[WireFrame]:
-        """Stepper.advance, with the frames converted to the wire layout. Worker thread only."""
+        """Stepper.advance, with the frames converted to the wire layout. Worker thread only.
+
+        A device runtime's frame is converted to uint8 on its device: it crosses to the host once,
+        as the bytes that go on the wire."""
         self.started = True
-        return [WireFrame(f.index, to_uint8(f.image).tobytes(), f.synthesized)
+        return [WireFrame(f.index, arrays.to_uint8(f.image).tobytes(), f.synthesized)
                 for f in self.advance(reply)]
 
 

@@ -107,7 +107,8 @@ class BundleRefused(Exception):
         self.reason = reason
 
 
-def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
+def load_model(path: Path, runtime: str, max_batch: int, compile_cache: Path | None = None
+               ) -> ServedModel:
     """One bundle, every file it serves from checksum-verified; BundleRefused says why not."""
     name = path.name
     try:
@@ -116,7 +117,7 @@ def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
         if not bundle.roles:
             raise BundleRefused(name, "no trained roles")
         clip = bundle.frames()
-        loaded = select_runtime(bundle, runtime, max_batch)
+        loaded = select_runtime(bundle, runtime, max_batch, compile_cache=compile_cache)
     except (BundleError, ConfigError) as exc:
         raise BundleRefused(name, str(exc)) from None
     served = {r: rs for r, rs in bundle.sampling().roles.items() if r in loaded.batch_sizes}
@@ -137,7 +138,8 @@ def load_model(path: Path, runtime: str, max_batch: int) -> ServedModel:
     return ServedModel(bundle, loaded, BundleSampling(served), clip)
 
 
-def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, strict: bool = False
+def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, strict: bool = False,
+                compile_cache: Path | None = None
                 ) -> tuple[dict[str, ServedModel], list[RefusedBundle]]:
     """Every bundle under models_dir: (served by manifest name, refused with reasons).
 
@@ -148,7 +150,7 @@ def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, str
     refused: list[RefusedBundle] = []
     for path in bundle_dirs(models_dir):
         try:
-            model = load_model(path, runtime, max_batch)
+            model = load_model(path, runtime, max_batch, compile_cache)
             if model.name in served:
                 raise BundleRefused(model.name, f"another bundle has the name {model.name!r}: "
                                                 f"{served[model.name].bundle.path}")

@@ -9,7 +9,11 @@ the server's scheduler stacks the pending requests of many streams into one batc
 of them advance loops through one `Stepper`. The loop owns every random draw, from the numpy Generator it is given, so a seeded
 stream produces the same frames on any runtime, alone or batched.
 
-Frames inside the loops are float32 (3, H, W) in [-1, 1] (see sinfusion.frames).
+Frames inside the loops are float32 (3, H, W) in [-1, 1] (see sinfusion.frames). They are numpy
+arrays, except with a device-resident runtime (runtimes/torch_compiled.py), whose step outputs are
+device tensors: the loop passes each output back unchanged into its next request and does what little
+arithmetic it does itself through sinfusion.arrays, so a frame stays on the device between its steps.
+`Stepper` hands frames out as numpy (or, for the server, leaves the uint8 conversion to the device).
 
 A runtime is a `Denoiser`: a callable (role, x, cond, t, k, coef, noise) -> x_next over batched arrays
 that computes one step of `sinfusion.network.DiffusionStep`.
@@ -23,6 +27,7 @@ from typing import Protocol
 
 import numpy as np
 
+from . import arrays
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim")
@@ -70,7 +75,7 @@ class Frame:
     """A finished frame of a stream."""
 
     index: int  # position in the stream's output, from 0
-    image: np.ndarray  # (3, H, W) float32 in [-1, 1]
+    image: np.ndarray  # (3, H, W) float32 in [-1, 1]; a device tensor only inside a Stepper
     synthesized: bool = True
 
 
@@ -165,10 +170,16 @@ def step_plan(
 
 
 def noise_to_level(x0: np.ndarray, schedule: Schedule, t: int, rng: np.random.Generator) -> np.ndarray:
-    """Forward process, paper eq. (1): sqrt(abar_t) x0 + sqrt(1 - abar_t) eps."""
-    eps = rng.standard_normal(x0.shape, dtype=np.float32)
+    """Forward process, paper eq. (1): sqrt(abar_t) x0 + sqrt(1 - abar_t) eps.
+
+    x0 may be a device tensor (a predicted frame of a device-resident runtime): the noise, drawn from
+    the stream's generator as always, is then uploaded and the frame noised where it is.
+    """
+    eps = rng.standard_normal(tuple(x0.shape), dtype=np.float32)
     ab = schedule.alpha_bars[t]
-    return (np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps).astype(np.float32)
+    if arrays.is_host(x0):
+        return (np.sqrt(ab) * x0 + np.sqrt(1.0 - ab) * eps).astype(np.float32)
+    return float(np.sqrt(ab)) * x0 + float(np.sqrt(1.0 - ab)) * arrays.like(eps, x0)
 
 
 # --- the loops ---------------------------------------------------------------------------------------
@@ -189,12 +200,16 @@ def denoise(
     k: float = 0.0,
 ) -> Loop:
     """Denoise x from noise level `start` to a clean frame, one StepRequest per step."""
+    # Noise stays a host array drawn step by step: a device runtime uploads it with the step's other
+    # inputs, while the device still runs the previous step (drawing a whole frame's noise up front
+    # would leave the device idle for the draw: 53 draws are ~40 ms at 256x144).
     zeros = None
+    shape = tuple(x.shape)
     for t, coef in step_plan(rs.schedule, rs.target, start, steps, method):
         if coef[4] != 0.0:
-            noise = rng.standard_normal(x.shape, dtype=np.float32)
+            noise = rng.standard_normal(shape, dtype=np.float32)
         else:  # deterministic step: no draw, so the random sequence only depends on stochastic steps
-            zeros = np.zeros(x.shape, np.float32) if zeros is None else zeros
+            zeros = np.zeros(shape, np.float32) if zeros is None else zeros
             noise = zeros
         x = yield StepRequest(role, x, cond, float(t), float(k), coef, noise)
     return x
@@ -223,7 +238,7 @@ def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.ra
                   options: SamplingOptions) -> Loop:
     """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction."""
     rs = sampling["predictor"]
-    x = rng.standard_normal(prev.shape, dtype=np.float32)
+    x = rng.standard_normal(tuple(prev.shape), dtype=np.float32)
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=prev, k=float(k))
     return (yield from correct(sampling, x, rng, options))
@@ -233,8 +248,8 @@ def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.nd
                       rng: np.random.Generator, options: SamplingOptions) -> Loop:
     """The frame between two frames: Interpolator conditioned on both, then Projector correction."""
     rs = sampling["interpolator"]
-    x = rng.standard_normal(before.shape, dtype=np.float32)
-    cond = np.concatenate([before, after], axis=0)
+    x = rng.standard_normal(tuple(before.shape), dtype=np.float32)
+    cond = arrays.concat([before, after])
     x = yield from denoise("interpolator", rs, x, rng, start=rs.schedule.steps,
                            steps=options.steps, method=options.method, cond=cond)
     return (yield from correct(sampling, x, rng, options))
@@ -337,26 +352,30 @@ def run_requests(denoiser: Denoiser, requests: Sequence[StepRequest]) -> list[np
     first = requests[0]
     if any(r.batch_key != first.batch_key for r in requests):
         raise ValueError("requests of one batch must share role and shape")
-    cond = None if first.cond is None else np.stack([r.cond for r in requests])
+    cond = None if first.cond is None else arrays.stack([r.cond for r in requests])
     out = denoiser(
         first.role,
-        np.stack([r.x for r in requests]),
+        arrays.stack([r.x for r in requests]),
         cond,
         np.array([r.t for r in requests], np.float32),
         np.array([r.k for r in requests], np.float32),
         np.stack([r.coef for r in requests]),
-        np.stack([r.noise for r in requests]),
+        arrays.stack([r.noise for r in requests]),
     )
-    return [np.asarray(o, dtype=np.float32) for o in out]
+    return arrays.rows(out)
 
 
 class Stepper:
     """One loop being driven: `advance` sends a step's output (or the input frame it asked for) in
     and runs the loop to its next StepRequest (`pending`), its next NextInput (`needs_input`) or its
-    end (`finished`, with its return value in `value`), returning the frames it finished on the way."""
+    end (`finished`, with its return value in `value`), returning the frames it finished on the way.
 
-    def __init__(self, loop: Loop) -> None:
+    `host_frames`: hand frames (and the value) out as numpy arrays even when a device runtime made
+    them; the server turns that off and converts frames to uint8 on the device instead."""
+
+    def __init__(self, loop: Loop, host_frames: bool = True) -> None:
         self.loop = loop
+        self.host_frames = host_frames
         self.pending: StepRequest | None = None
         self.needs_input = False
         self.finished = False
@@ -369,7 +388,10 @@ class Stepper:
             try:
                 event = self.loop.send(reply)
             except StopIteration as stop:
-                self.pending, self.finished, self.value = None, True, stop.value
+                value = stop.value
+                if self.host_frames and value is not None and not arrays.is_host(value):
+                    value = arrays.to_host(value)
+                self.pending, self.finished, self.value = None, True, value
                 return frames
             if isinstance(event, StepRequest):
                 self.pending = event
@@ -379,6 +401,8 @@ class Stepper:
                 return frames
             if not isinstance(event, Frame):
                 raise TypeError(f"sampling loop yielded {type(event).__name__}")
+            if self.host_frames and not arrays.is_host(event.image):
+                event = Frame(event.index, arrays.to_host(event.image), event.synthesized)
             frames.append(event)
             reply = None  # a frame needs no engine call: go on at once
 
@@ -532,6 +556,7 @@ def summary_sizes(size: tuple[int, int], scales: Sequence[float], axes: str = "b
 def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A model-layout image (3, H, W) float32 resized to (height, width): Lanczos, in float (no
     rounding to 8 bits between summary steps)."""
+    x = arrays.to_host(x)  # PIL resizes on the host
     if x.shape[1:] == tuple(size):
         return x
     from PIL import Image

@@ -1,0 +1,87 @@
+"""The few array operations the sampling loop does itself, for host and device arrays alike.
+
+The loop (sinfusion.sampling) passes each step's output back into the next request unchanged, so a
+runtime that answers with device tensors (runtimes/torch_compiled.py) keeps a frame on its device from
+step to step: no host round trip inside a frame. Where the loop combines arrays itself (stacking a
+batch, the Interpolator's two conditioning frames, noising a frame for the correction) it goes through
+these functions, which keep numpy arrays numpy (the very same operations as before, so the ONNX
+Runtime and torch-cpu paths are unchanged bit for bit) and put everything on the device of the first
+tensor when one is a torch tensor. A frame leaves the device once, through `to_host` or `to_uint8`.
+
+torch is imported only when a tensor is actually seen: an ONNX Runtime server never imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .frames import to_uint8 as _host_to_uint8
+
+
+def is_host(a) -> bool:
+    """A numpy array (or scalar): what every runtime but the device-resident ones works with."""
+    return isinstance(a, (np.ndarray, np.generic))
+
+
+def _first_tensor(arrays: Sequence):
+    return next((a for a in arrays if a is not None and not is_host(a)), None)
+
+
+def like(a, reference):
+    """`a` as an array of `reference`'s kind: numpy stays numpy; next to a tensor, a float32 tensor on
+    its device (a host array is uploaded, asynchronously where the source allows)."""
+    if is_host(reference):
+        return a
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return a.to(reference.device, torch.float32)
+    src = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    return src.to(reference.device, non_blocking=True)
+
+
+def stack(arrays: Sequence):
+    """np.stack, or torch.stack on the device of the first tensor among them."""
+    ref = _first_tensor(arrays)
+    if ref is None:
+        return np.stack(arrays)
+    import torch
+
+    return torch.stack([like(a, ref) for a in arrays])
+
+
+def concat(arrays: Sequence):
+    """Concatenation along the first axis (channels of one frame), host or device as `stack`."""
+    ref = _first_tensor(arrays)
+    if ref is None:
+        return np.concatenate(arrays, axis=0)
+    import torch
+
+    return torch.cat([like(a, ref) for a in arrays], dim=0)
+
+
+def rows(batch) -> list:
+    """A batched output split into its samples: float32 numpy rows, or views of the device tensor."""
+    if is_host(batch) or not hasattr(batch, "unbind"):
+        return [np.asarray(o, dtype=np.float32) for o in batch]
+    return list(batch.unbind(0))
+
+
+def to_host(a) -> np.ndarray:
+    """A float32 numpy array (a no-op for numpy): where a frame leaves its device as floats."""
+    if is_host(a):
+        return a
+    return a.detach().to("cpu", copy=False).float().numpy()
+
+
+def to_uint8(x) -> np.ndarray:
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), as sinfusion.frames.to_uint8. A device
+    tensor is converted on its device, so the frame crosses to the host once, as bytes."""
+    if is_host(x):
+        return _host_to_uint8(x)
+    import torch
+
+    y = ((x.float() + 1.0) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8)
+    return np.ascontiguousarray(y.movedim(-3, -1).cpu().numpy())
