@@ -32,6 +32,7 @@ from sinfusion.network import SinFusionNet
 from sinfusion.schedule import Schedule
 
 from . import checkpoint
+from .compiled import compile_network, make_optimizer
 from .crops import ClipCrops, k_limit
 from .monitor import NextFrameMonitor
 from .presets import TrainConfig
@@ -142,11 +143,12 @@ def default_amp_dtype(device: torch.device) -> torch.dtype | None:
 
 def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.device,
               settings: dict, *, channels_last: bool | None = None,
-              amp_dtype: torch.dtype | None | str = "auto") -> RoleRun:
+              amp_dtype: torch.dtype | None | str = "auto", compiled: bool | None = None) -> RoleRun:
     """A fresh run: network initialised from the role's seed, EMA copy, Adam, generator.
 
     channels_last / amp_dtype default to the device's fast path (on CUDA: channels-last, bfloat16
-    autocast; on the CPU: neither); tests force them on the CPU to exercise that path.
+    autocast; on the CPU: neither); tests force them on the CPU to exercise that path. So does
+    `compiled`: torch.compile'd forward and fused Adam (trainer/compiled.py), default on CUDA.
     """
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     amp_dtype = default_amp_dtype(device) if isinstance(amp_dtype, str) else amp_dtype
@@ -159,7 +161,10 @@ def build_run(role: str, config: TrainConfig, schedule: Schedule, device: torch.
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    optimizer = make_optimizer(net.parameters(), config.lr, device)
+    compiled = device.type == "cuda" if compiled is None else compiled
+    if compiled:
+        compile_network(net, device)  # after the EMA copy: the EMA stays a plain module
     generator = torch.Generator(device=device)
     generator.manual_seed(role_seed(config.seed + 1, role))
     state = checkpoint.RoleState(step=0, total_steps=config.steps_for(role),
