@@ -18,8 +18,8 @@ from pathlib import Path
 
 from sinfusion.bundle import BundleError
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError, duration,
-                              fail, fraction_arg, int_at_least, non_negative_float, positive_float,
-                              scales_arg, size_within, strength_arg, usage_failed)
+                              fail, int_at_least, non_negative_float, positive_float, scales_arg,
+                              size_within, strength_arg, usage_failed)
 from sinfusion.io.files import VideoError
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
 
@@ -64,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
                    help="the bundle's default Projector correction level for serving (cpu and "
                         "tiny presets 0: measured to cost PSNR at their size; paper 3)")
-    t.add_argument("--rollout", type=fraction_arg, metavar="P",
-                   help="share of predictor samples conditioned on the model's own prediction of "
-                        "their input frame, so long extrapolations stay on the clip (preset default)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -149,7 +146,6 @@ def _train_config(args: argparse.Namespace):
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
         "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
-        "rollout": args.rollout,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

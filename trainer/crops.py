@@ -106,18 +106,6 @@ class ClipCrops:
         mirror = self._mirrors(batch)
         return self.gather(n, top, left, mirror), self.gather(n + k, top, left, mirror), k
 
-    def chain(self, batch: int, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rollout batch: (frame n-k, frame n, frame n+k, k) with the same crop; k in +-[1, k_max]."""
-        if self.count < 3:
-            raise ValueError("a rollout needs a clip of at least 3 frames")
-        k = self.sample_k(batch, min(k_max, (self.count - 1) // 2))
-        # n-k and n+k both exist: n uniform over [|k|, N - |k|).
-        n = k.abs() + self._randint(self.count - 2 * k.abs(), batch)
-        top, left = self._offsets(batch)
-        mirror = self._mirrors(batch)
-        return (self.gather(n - k, top, left, mirror), self.gather(n, top, left, mirror),
-                self.gather(n + k, top, left, mirror), k)
-
     def triplet(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interpolator batch: (frame n, frame n+2, frame n+1) with the same crop."""
         if self.count < 3:

@@ -186,41 +186,6 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     run.state = state
 
 
-def _rollout_now(run: RoleRun, crops: ClipCrops) -> bool:
-    """Whether this Predictor batch is conditioned on the model's own prediction (config.rollout)."""
-    cfg = run.config
-    if cfg.rollout <= 0 or crops.count < 3 or run.fraction < cfg.rollout_from:
-        return False
-    return bool(torch.rand((), generator=run.generator, device=run.device) < cfg.rollout)
-
-
-@torch.no_grad()
-def own_prediction(run: RoleRun, prev: torch.Tensor, k: torch.Tensor,
-                   tables: tuple[torch.Tensor, torch.Tensor], steps: int = 2) -> torch.Tensor:
-    """The served (EMA) Predictor's prediction of the frames k after `prev`: a short DDIM sample.
-
-    Conditioning the next training target on it, rather than on the real frame, shows the network
-    the errors it makes itself, so it learns to correct them instead of compounding them over a long
-    extrapolation (its own blur, merged detail). Its cost: `steps` forward passes without gradients.
-    """
-    sab, s1mab = tables
-    levels = torch.linspace(run.schedule.steps, 0, steps + 1).round().long().tolist()
-    x = torch.randn(prev.shape, generator=run.generator, device=run.device)
-    amp = run.amp_dtype
-    for t, t_next in zip(levels[:-1], levels[1:]):
-        inp = torch.cat([prev, x], dim=1)
-        if run.channels_last:
-            inp = inp.contiguous(memory_format=torch.channels_last)
-        level = torch.full((prev.shape[0],), float(t), device=run.device)
-        with torch.autocast(run.device.type, dtype=amp, enabled=amp is not None):
-            out = run.ema(inp, level, k.float()).float()
-        x0 = out if run.target == "x0" else (x - s1mab[t] * out) / sab[t]
-        x0 = x0.clamp(-1.0, 1.0)
-        eps = (x - sab[t] * x0) / s1mab[t]
-        x = sab[t_next] * x0 + s1mab[t_next] * eps if t_next > 0 else x0
-    return x
-
-
 def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
     """One optimisation step; returns the loss."""
     cfg, role, g, dev = run.config, run.role, run.generator, run.device
@@ -231,12 +196,7 @@ def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch
     # 1. Data: clean target crop x0, conditioning frames, k.
     k = None
     if role == "predictor":
-        k_max = k_limit(step, run.total, cfg.k_max, cfg.k_ramp)
-        if _rollout_now(run, crops):
-            prev, _, x0, k = crops.chain(cfg.batch_size, k_max)
-            cond = own_prediction(run, prev, k, tables)
-        else:
-            cond, x0, k = crops.pair(cfg.batch_size, k_max)
+        cond, x0, k = crops.pair(cfg.batch_size, k_limit(step, run.total, cfg.k_max, cfg.k_ramp))
     elif role == "interpolator":
         before, after, x0 = crops.triplet(cfg.batch_size)
         cond = torch.cat([before, after], dim=1)

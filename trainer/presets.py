@@ -48,11 +48,6 @@ class TrainConfig:
     # k_ramp fraction of its steps; both signs (negative k = predict the previous frame).
     k_max: int = 3
     k_ramp: float = 0.5
-    # Share of Predictor samples conditioned on the served (EMA) model's own prediction of their
-    # conditioning frame instead of the real one (trainer/loop.py): it learns to pull a drifting
-    # extrapolation back towards the clip. Starts after rollout_from of the run; the paper does not.
-    rollout: float = 0.0
-    rollout_from: float = 0.25
     # Optimiser: Adam at lr, lowered to lr_min ("step": after lr_decay_at of the steps, as the
     # paper's drop at 100k of 200k; "cosine": smoothly from lr_decay_at to the end).
     lr: float = 2e-4
@@ -94,9 +89,6 @@ class TrainConfig:
              f"crop_fraction must be in [0.1, 1], got {self.crop_fraction}"),
             (1 <= self.k_max <= 3, f"k_max must be in [1, 3], got {self.k_max}"),
             (0.0 <= self.k_ramp <= 1.0, f"k_ramp must be in [0, 1], got {self.k_ramp}"),
-            (0.0 <= self.rollout <= 1.0, f"rollout must be in [0, 1], got {self.rollout}"),
-            (0.0 <= self.rollout_from <= 1.0,
-             f"rollout_from must be in [0, 1], got {self.rollout_from}"),
             (self.lr > 0 and 0 <= self.lr_min <= self.lr,
              f"need lr > 0 and 0 <= lr_min <= lr, got lr={self.lr} lr_min={self.lr_min}"),
             (self.lr_decay in LR_DECAYS,

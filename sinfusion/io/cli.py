@@ -107,13 +107,10 @@ def non_negative_float(text: str) -> float:
     return _checked(value, value >= 0 and math.isfinite(value), "a finite number >= 0", text)
 
 
-def fraction_arg(text: str) -> float:
-    """A number in [0, 1]."""
+def strength_arg(text: str) -> float:
+    """--strength: a number in [0, 1] (sinfusion.sampling.strength_level)."""
     value = _number(text)
     return _checked(value, 0.0 <= value <= 1.0, "a number in [0, 1]", text)
-
-
-strength_arg = fraction_arg  # --strength (sinfusion.sampling.strength_level)
 
 
 def scales_arg(text: str) -> list[float]:
