@@ -10,9 +10,9 @@ What it does to `sinfusion.network.DiffusionStep` (the same step every runtime r
   (role, batch) is compiled at load (`warm_up`), which logs how long each took.
 - **CUDA graphs**: one per (role, batch, frame size), captured after warm-up into one shared memory
   pool and replayed: a step is a few input copies and one graph launch. A call with a batch size that
-  was not captured is padded to the next captured one (runtimes/fixed.py's plan, zero... rather, stale
-  padding rows: rows are independent and their outputs dropped). Frame sizes other than the bundle's
-  (a visual summary's) run the same step eagerly rather than compiling a new shape per request.
+  was not captured is padded up to a captured one (runtimes/fixed.py's plan; rows are independent and
+  the padding rows' outputs are dropped). Frame sizes other than the bundle's (a visual summary's)
+  run the same step eagerly rather than compiling a new shape per request.
 - **device-resident loop**: outputs are torch tensors on the device, which the sampling loop passes
   back unchanged (sinfusion.arrays); only the noise, t, k and the coefficients are uploaded each step,
   asynchronously. Nothing waits for the device inside a frame.
