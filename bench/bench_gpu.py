@@ -34,6 +34,33 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+
+def _checkout_packages() -> None:
+    """Run from a bare checkout (the GPU machine) without `pip install -e .`: map sinfusion.server and
+    sinfusion.trainer to their folders, as pyproject's package-dir does for an install."""
+    import importlib
+    import importlib.util
+
+    import sinfusion
+
+    for name in ("server", "trainer"):
+        full = f"sinfusion.{name}"
+        try:
+            importlib.import_module(full)
+            continue
+        except ModuleNotFoundError as exc:
+            if exc.name != full:
+                raise
+        spec = importlib.util.spec_from_file_location(full, ROOT / name / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT / name)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[full] = module
+        setattr(sinfusion, name, module)
+        spec.loader.exec_module(module)
+
+
+_checkout_packages()
+
 from sinfusion.config import default_config  # noqa: E402
 from sinfusion.network import SinFusionNet  # noqa: E402
 from sinfusion.runtimes.torch_compiled import CompiledTorchDenoiser  # noqa: E402
