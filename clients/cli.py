@@ -35,8 +35,9 @@ import grpc  # noqa: E402
 import numpy as np
 
 from sinfusion.io.cli import (EXIT_FAILED, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_OUTPUT, EXIT_USAGE,
-                              InputError, Parser, UsageError, fail, frame_size, int_at_least,
-                              positive_float, scales_arg, strength_arg, usage_failed)
+                              InputError, Parser, UsageError, add_sampling_args, fail, frame_size,
+                              int_at_least, positive_float, sampling_choice, scales_arg, strength_arg,
+                              usage_failed)
 from sinfusion.io.files import VideoError
 from sinfusion.io.pipes import PipeError, frame_size_problem
 from sinfusion.io.stills import StillsError, is_pattern, is_still, write_stills
@@ -79,11 +80,8 @@ def _connection_args(p: argparse.ArgumentParser, defaults: bool) -> None:
 
 def _sampling_args(p: argparse.ArgumentParser, correction: bool = True) -> None:
     g = p.add_argument_group("sampling")
-    g.add_argument("--steps", type=int_at_least(0), default=0, help="denoising steps per frame (0 = the model's T)")
-    g.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
-    if correction:  # a projection is itself the correction: project and summarize have none
-        g.add_argument("--correction-steps", type=int_at_least(0), default=None,
-                       help="Projector correction level T_corr (default: the model's; 0 = off)")
+    # a projection is itself the correction: project and summarize have none
+    add_sampling_args(g, correction=correction)
     g.add_argument("--seed", type=int_at_least(0), default=None, help="random seed (default: random)")
 
 
@@ -217,8 +215,7 @@ def _progress(args, frames: Iterable[Frame], total: int | None, notices: list[st
 
 
 def _sampling(args) -> Sampling:
-    return Sampling(steps=args.steps, method=args.method,
-                    correction_steps=getattr(args, "correction_steps", None), seed=args.seed)
+    return Sampling(**sampling_choice(args), seed=args.seed)
 
 
 def cmd_models(client: Client, args) -> int:
@@ -388,6 +385,8 @@ def cmd_frames(client: Client, args) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if hasattr(args, "paper_sampler"):
+            sampling_choice(args)  # conflicting sampling flags fail before connecting
     except UsageError as exc:
         return usage_failed(PROG, exc)
     try:

@@ -86,27 +86,35 @@ class ModelInfo:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How frames are sampled; the defaults are the server's (the paper's settings).
+    """How frames are sampled; what is left None is the server's default.
 
-    steps: denoising steps per frame, 0 = all of the model's schedule_steps.
-    method: "ddpm" (ancestral, the paper) or "ddim" (deterministic, fewer steps).
+    steps: denoising steps per frame, 0 = all of the model's schedule_steps; None = the server's
+        default for the method (DDIM: 5; DDPM: all).
+    method: "ddpm" (ancestral, the paper) or "ddim" (deterministic, fewer steps); None = the server's
+        default, DDIM.
     correction_steps: Projector correction level T_corr; None = the model's default, 0 = off.
     seed: the stream's random seed; None = random. Same seed and parameters, same frames.
+    `Sampling.paper()` is the paper's sampler: DDPM over every step, T_corr 3.
     """
 
-    steps: int = 0
-    method: str = "ddpm"
+    steps: int | None = None
+    method: str | None = None
     correction_steps: int | None = None
     seed: int | None = None
 
+    @classmethod
+    def paper(cls, seed: int | None = None) -> Sampling:
+        return cls(steps=0, method="ddpm", correction_steps=3, seed=seed)
+
     def to_proto(self) -> pb.SamplingParams:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        msg = pb.SamplingParams(steps=self.steps, method=METHODS[self.method])
-        if self.correction_steps is not None:
-            msg.correction_steps = self.correction_steps
-        if self.seed is not None:
-            msg.seed = self.seed
+        msg = pb.SamplingParams()
+        if self.method is not None:
+            if self.method not in METHODS:
+                raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+            msg.method = METHODS[self.method]
+        for name in ("steps", "correction_steps", "seed"):
+            if getattr(self, name) is not None:
+                setattr(msg, name, getattr(self, name))
         return msg
 
 

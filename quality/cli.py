@@ -22,7 +22,7 @@ from pathlib import Path
 
 from sinfusion.io.atomic import atomic_write_json
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, InputError, Parser, UsageError,
-                              duration, fail, usage_failed)
+                              add_sampling_args, duration, fail, sampling_choice, usage_failed)
 
 PROG = "sinfusion-quality"
 
@@ -51,14 +51,14 @@ def _patchmatch_options(args):
     return options
 
 
-def _sampling_options(args, correction: int, bundle=None):
-    """The sampling flags; with a bundle, checked against its schedules."""
+def _sampling_options(args, correction: int | None, bundle=None):
+    """The sampling flags over the service's default; with a bundle, checked against its schedules.
+    correction: T_corr when --correction-steps is not given (None: the bundle's, as the server samples)."""
     from sinfusion.sampling import SamplingOptions
 
-    if correction is None:  # the bundle's serving default, as the server samples
+    if correction is None:
         correction = bundle.manifest.correction_steps if bundle is not None else 3
-    options = SamplingOptions(steps=args.sampling_steps, method=args.method,
-                              correction_steps=correction)
+    options = SamplingOptions.chosen(**sampling_choice(args), default_correction=correction)
     if bundle is not None:
         try:
             options.validate(min(rs.schedule.steps for rs in bundle.sampling().roles.values()))
@@ -199,7 +199,7 @@ def cmd_diversity(args) -> None:
     clips, frames = _positive("clips", args.clips), _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor"))
     result = diversity_report(args.bundle, clips=clips, frames=frames,
-                              sampling=_sampling_options(args, args.correction_steps, bundle),
+                              sampling=_sampling_options(args, None, bundle),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
@@ -221,7 +221,7 @@ def cmd_stability(args) -> None:
         raise UsageError(f"--{exc}") from None
     result = stability_report(args.bundle, frames=frames, generated=args.generate,
                               start=args.start_frame, k=args.k,
-                              sampling=_sampling_options(args, args.correction_steps, bundle),
+                              sampling=_sampling_options(args, None, bundle),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
@@ -231,7 +231,7 @@ def cmd_upsample(args) -> None:
     from .upsampling import upsampling_report
 
     bundle = _bundle(args.bundle, ("interpolator",), min_frames=3)
-    options = _sampling_options(args, args.correction_steps, bundle)
+    options = _sampling_options(args, None, bundle)
     sheet = None
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)
@@ -253,11 +253,7 @@ def _add_patchmatch(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser, correction: bool) -> None:
-    p.add_argument("--sampling-steps", type=int, default=0, help="denoising steps, 0 = all T")
-    p.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm", help="ddpm (paper) or ddim")
-    if correction:
-        p.add_argument("--correction-steps", type=int, default=None,
-                       help="Projector T_corr (default: the bundle's, as the server samples)")
+    add_sampling_args(p, correction, steps_flag="--sampling-steps")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,13 @@ import numpy as np
 
 from sinfusion.frames import to_model
 from sinfusion.io.files import resize as resize_lanczos
-from sinfusion.sampling import DEFAULT_STRENGTH, SamplingOptions, summary_sizes
+from sinfusion.sampling import (DEFAULT_METHOD, DEFAULT_STRENGTH, SamplingOptions, default_steps,
+                                summary_sizes)
 from sinfusion.v1 import sinfusion_pb2 as pb
 
 from .served import MAX_STEP, RefusedBundle, ServedModel, short
 
-METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: "ddpm", pb.SAMPLING_METHOD_DDPM: "ddpm",
+METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: DEFAULT_METHOD, pb.SAMPLING_METHOD_DDPM: "ddpm",
            pb.SAMPLING_METHOD_DDIM: "ddim"}
 RESIZE_POLICIES = (pb.RESIZE_POLICY_UNSPECIFIED, pb.RESIZE_POLICY_RESIZE, pb.RESIZE_POLICY_REFUSE)
 FACTORS = (2, 4, 8)
@@ -214,8 +215,12 @@ def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ..
         raise invalid(f"sampling.method must be SAMPLING_METHOD_DDPM (1) or SAMPLING_METHOD_DDIM (2), "
                       f"got {params.method}")
     bound = min(model.steps_bound(r) for r in roles)
-    if params.steps > bound:
+    if not params.HasField("steps"):
+        steps = min(default_steps(method), bound)
+    elif params.steps > bound:
         raise invalid(f"sampling.steps must be in [0, {bound}] (0 = all), got {params.steps}")
+    else:
+        steps = params.steps
     manifest = model.bundle.manifest
     corr_bound = model.steps_bound("projector") if "projector" in model.sampling.roles else bound
     if params.HasField("correction_steps"):
@@ -229,4 +234,4 @@ def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ..
         seed = params.seed
     else:  # a fresh seed, logged with the stream so that a run can be repeated
         seed = int(np.random.SeedSequence().generate_state(1, np.uint64)[0])
-    return Sampling(SamplingOptions(params.steps, method, correction), seed)
+    return Sampling(SamplingOptions(steps, method, correction), seed)

@@ -31,6 +31,16 @@ from . import arrays
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim")
+# The default sampler of the server, the client CLI and `trainer sample`: DDIM with few steps is as
+# good as the paper's 50 ancestral steps on next-frame prediction and long extrapolation, at a
+# fraction of the cost (bench/bench_sampler.py, docs/benchmarks.md). PAPER_SAMPLING is one flag away.
+DEFAULT_METHOD = "ddim"
+DEFAULT_DDIM_STEPS = 5
+
+
+def default_steps(method: str) -> int:
+    """Steps per frame when only the method is given: DDIM's default, or all T for DDPM (the paper)."""
+    return DEFAULT_DDIM_STEPS if method == "ddim" else 0
 
 
 class Denoiser(Protocol):
@@ -89,11 +99,19 @@ class RoleSampling:
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    """User-facing knobs of the loops, with the paper's defaults."""
+    """User-facing knobs of the loops; the defaults are the service's (PAPER_SAMPLING: the paper's)."""
 
-    steps: int = 0  # denoising steps per frame; 0 = all T of the schedule
-    method: str = "ddpm"  # "ddpm": ancestral (paper); "ddim": deterministic, strided
+    steps: int = DEFAULT_DDIM_STEPS  # denoising steps per frame; 0 = all T of the schedule
+    method: str = DEFAULT_METHOD  # "ddpm": ancestral (paper); "ddim": deterministic, strided
     correction_steps: int = 3  # T_corr: noise a predicted frame to this level, then denoise; 0 = off
+
+    @classmethod
+    def chosen(cls, steps: int | None = None, method: str | None = None,
+               correction_steps: int | None = None, default_correction: int = 3) -> SamplingOptions:
+        """What a user asked for, the defaults where None: DDIM, its default steps, the bundle's T_corr."""
+        method = DEFAULT_METHOD if method is None else method
+        steps = default_steps(method) if steps is None else steps
+        return cls(steps, method, default_correction if correction_steps is None else correction_steps)
 
     def validate(self, schedule_steps: int) -> None:
         if self.method not in METHODS:
@@ -104,6 +122,10 @@ class SamplingOptions:
             raise ValueError(
                 f"correction_steps must be in [0, {schedule_steps}], got {self.correction_steps}"
             )
+
+
+# The paper's sampler (appendix D): every one of the T ancestral steps, then T_corr = 3.
+PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,8 @@ def test_server_down_is_one_line_with_the_unavailable_code():
     (["extrapolate", "--model", "m", "--frames", "2", "--start-frame", "1", "--start-from-input"],
      "not allowed with argument"),
     (["generate", "--model", "m", "--frames", "1", "--steps", "-1"], "--steps: must be an integer >= 0"),
+    (["generate", "--model", "m", "--frames", "1", "--paper-sampler", "--method", "ddim"],
+     "--paper-sampler sets --steps, --method and --correction-steps; give it or them, not both (got --method)"),
     (["--timeout", "0", "models"], "--timeout: must be a finite number > 0"),
     ([], "required: COMMAND"),
 ])
@@ -134,6 +136,11 @@ def test_messages_roundtrip_and_validation():
     assert req.WhichOneof("start") == "start_image" and req.sampling.HasField("seed")
     assert not req.sampling.HasField("correction_steps")
     assert extrapolate_request("m", 3).start_frame == 0
+    # Unset fields are the server's defaults (DDIM, its steps, the model's T_corr); paper() is explicit.
+    assert Sampling().to_proto() == pb.SamplingParams()
+    paper = Sampling.paper(seed=1).to_proto()
+    assert (paper.steps, paper.method, paper.correction_steps, paper.seed) == (
+        0, pb.SAMPLING_METHOD_DDPM, 3, 1) and paper.HasField("steps")
     with pytest.raises(ValueError, match="method must be one of ddpm, ddim"):
         Sampling(method="euler").to_proto()
     with pytest.raises(ValueError, match="not both"):

@@ -110,7 +110,7 @@ def test_lockstep_gives_the_frames_of_separate_runs(tiny_bundle):
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
     denoiser = TorchDenoiser(tiny_bundle)
-    bundle_sampling, options = tiny_bundle.sampling(), S.SamplingOptions(steps=4)
+    bundle_sampling, options = tiny_bundle.sampling(), S.SamplingOptions(steps=4, method="ddpm")
 
     def loops():
         return [S.generate(bundle_sampling, (16, 24), 3, np.random.default_rng(s), options) for s in (1, 2)]

@@ -88,18 +88,22 @@ def test_generate_streams_a_new_clip(stub):
 
 
 def test_default_sampling_parameters_work(stub, running):
-    """An empty SamplingParams: DDPM over all 50 steps, the bundle's default 3 correction steps."""
+    """An empty SamplingParams: DDIM with its default steps, the bundle's default 3 correction steps;
+    DDPM without steps: all 50 steps (the paper's sampler)."""
     frames = list(stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=1)))
     assert len(frames) == 1
-    # Only a seed set: the frames are the core loop's with those defaults, from the clip's frame 0.
-    served = [pixels(f) for f in stub.Extrapolate(pb.ExtrapolateRequest(
-        model="tiny", frames=2, sampling=pb.SamplingParams(seed=11)))]
     model = running.models["tiny"]
-    defaults = sampling.SamplingOptions(steps=0, method="ddpm", correction_steps=3)
-    loop = sampling.extrapolate(model.sampling, to_model(model.clip[0]), 2, 1, np.random.default_rng(11),
-                                defaults)
-    assert len(served) == 2
-    assert_core_frames(served, model, loop)
+    # Only a seed (and the method) set: the frames are the core loop's with those defaults.
+    for params, defaults in [
+        (pb.SamplingParams(seed=11), sampling.SamplingOptions(sampling.DEFAULT_DDIM_STEPS, "ddim", 3)),
+        (pb.SamplingParams(seed=11, method=pb.SAMPLING_METHOD_DDPM), sampling.PAPER_SAMPLING),
+    ]:
+        served = [pixels(f) for f in stub.Extrapolate(pb.ExtrapolateRequest(model="tiny", frames=2,
+                                                                            sampling=params))]
+        loop = sampling.extrapolate(model.sampling, to_model(model.clip[0]), 2, 1,
+                                    np.random.default_rng(11), defaults)
+        assert len(served) == 2
+        assert_core_frames(served, model, loop)
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])

@@ -17,11 +17,12 @@ import time
 from pathlib import Path
 
 from sinfusion.bundle import BundleError
-from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError, duration,
-                              fail, int_at_least, non_negative_float, positive_float, scales_arg,
-                              size_within, strength_arg, usage_failed)
+from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError,
+                              add_sampling_args, duration, fail, int_at_least, non_negative_float,
+                              positive_float, sampling_choice, scales_arg, size_within, strength_arg,
+                              usage_failed)
 from sinfusion.io.files import VideoError
-from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES
+from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions
 
 PROG = "trainer"
 
@@ -115,11 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start frame (default: the last frame for k>0, the first for k<0)")
     s.add_argument("--k", type=int, default=1, help="frame step, nonzero in [-3, 3] (default 1)")
     s.add_argument("--seed", type=int_at_least(0), default=0)
-    s.add_argument("--steps", type=int_at_least(0), default=0,
-                   help="denoising steps per frame (0 = all T; fewer with --method ddim)")
-    s.add_argument("--method", choices=("ddpm", "ddim"), default="ddpm")
-    s.add_argument("--correction-steps", type=int_at_least(0), default=None,
-                   help="Projector correction level T_corr (default: the bundle's, 3)")
+    add_sampling_args(s)
     s.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
     s.add_argument("--device", default="cpu", help="torch runtime device (cpu, cuda)")
     s.add_argument("--sheet", help="also write the frames as a contact sheet PNG")
@@ -129,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", help="bundle folder written by `trainer train`")
     p.add_argument("--out", required=True, help="PNG to write")
     return parser
+
+
+def _sampling_options(args: argparse.Namespace, correction: int) -> SamplingOptions:
+    """The sampler the flags ask for over the service's default; `correction`: the bundle's T_corr."""
+    return SamplingOptions.chosen(**sampling_choice(args), default_correction=correction)
 
 
 # --- train --------------------------------------------------------------------------------------------
@@ -203,7 +205,6 @@ def quality_report(record: dict) -> str:
 def cmd_sample(args: argparse.Namespace) -> int:
     from sinfusion.bundle import Bundle
     from sinfusion.io.files import write_image, write_video
-    from sinfusion.sampling import SamplingOptions
     from sinfusion.video import contact_sheet
 
     from .render import RenderRequest, make_denoiser, render, required_roles
@@ -224,11 +225,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         mode, count = "generate", args.generate
     else:
         mode, count = "upsample", 0
-    correction = (args.correction_steps if args.correction_steps is not None
-                  else bundle.manifest.correction_steps)
     request = RenderRequest(mode=mode, count=count, factor=args.upsample or 2, start=args.start,
                             k=args.k, seed=args.seed,
-                            options=SamplingOptions(args.steps, args.method, correction))
+                            options=_sampling_options(args, bundle.manifest.correction_steps))
     roles = [r for r in bundle.roles if r in required_roles(mode) or r == "projector"]
     try:
         from .render import check_request
@@ -261,7 +260,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     from sinfusion.bundle import Bundle
     from sinfusion.io.files import write_image
     from sinfusion.io.stills import is_still, one_image_problem, sizes_sheet, write_stills
-    from sinfusion.sampling import SamplingOptions, strength_level, summary_sizes
+    from sinfusion.sampling import strength_level, summary_sizes
 
     from .render import make_denoiser, render_projection, still_input
 
@@ -280,7 +279,7 @@ def cmd_project(args: argparse.Namespace) -> int:
     if "projector" not in bundle.roles:
         raise BundleError(f"{bundle.path}: {'--summary' if summary else '--project'} needs a "
                           f"trained projector; this bundle has {', '.join(bundle.roles) or 'no roles'}")
-    options = SamplingOptions(args.steps, args.method)
+    options = _sampling_options(args, correction=0)  # a projection is its own correction
     schedule = bundle.sampling()["projector"].schedule
     m = bundle.manifest
     try:

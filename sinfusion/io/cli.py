@@ -167,3 +167,34 @@ def duration(text: str) -> float:
     scale = DURATION_UNITS.get(t[-1:], None)
     value = _number(t[:-1] if scale else t) * (scale or 1)
     return _checked(value, value > 0 and math.isfinite(value), "a duration like 90s, 15m or 1h", text)
+
+
+# --- the sampling flags of `sinfusion`, `trainer sample` and `sinfusion-quality` -----------------------
+
+# The paper's sampler (appendix D), as flag values: sinfusion.sampling.PAPER_SAMPLING.
+PAPER_SAMPLER = {"steps": 0, "method": "ddpm", "correction_steps": 3}
+
+
+def add_sampling_args(parser, correction: bool = True, steps_flag: str = "--steps") -> None:
+    """--steps (or steps_flag), --method, --correction-steps and --paper-sampler; None = the default."""
+    parser.add_argument(steps_flag, dest="steps", type=int_at_least(0), default=None,
+                        help="denoising steps per frame (0 = all T; default: 5 with ddim, all with ddpm)")
+    parser.add_argument("--method", choices=("ddpm", "ddim"), default=None,
+                        help="ddim (default: deterministic, few steps) or ddpm (the paper's, ancestral)")
+    if correction:
+        parser.add_argument("--correction-steps", type=int_at_least(0), default=None,
+                            help="Projector correction level T_corr (default: the model's; 0 = off)")
+    parser.add_argument("--paper-sampler", action="store_true",
+                        help="the paper's sampler: ddpm over every step, correction 3 (about 10x slower)")
+
+
+def sampling_choice(args: argparse.Namespace) -> dict:
+    """{steps, method, correction_steps} from the flags of add_sampling_args, None where not given."""
+    chosen = {name: getattr(args, name, None) for name in PAPER_SAMPLER}
+    if not args.paper_sampler:
+        return chosen
+    given = [name for name, value in chosen.items() if value is not None]
+    if given:
+        raise UsageError(f"--paper-sampler sets --steps, --method and --correction-steps; give it or "
+                         f"them, not both (got --{given[0].replace('_', '-')})")
+    return {name: value if hasattr(args, name) else None for name, value in PAPER_SAMPLER.items()}

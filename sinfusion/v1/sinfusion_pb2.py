@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csinfusion/v1/sinfusion.proto\x12\x0csinfusion.v1\"6\n\x08RawFrame\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"}\n\x05\x46rame\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03rgb\x18\x04 \x01(\x0c\x12\x13\n\x0bsynthesized\x18\x05 \x01(\x08\x12\x0f\n\x07resized\x18\x06 \x01(\x08\x12\x13\n\x0bnoise_level\x18\x07 \x01(\r\"\x9d\x01\n\x0eSamplingParams\x12\r\n\x05steps\x18\x01 \x01(\r\x12,\n\x06method\x18\x02 \x01(\x0e\x32\x1c.sinfusion.v1.SamplingMethod\x12\x1d\n\x10\x63orrection_steps\x18\x03 \x01(\rH\x00\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x01\x88\x01\x01\x42\x13\n\x11_correction_stepsB\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sinfusion.v1.ModelInfo\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x13\n\x0b\x66rame_count\x18\x05 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\r\n\x05roles\x18\x08 \x03(\t\x12\x16\n\x0eschedule_steps\x18\t \x01(\r\x12 \n\x18\x64\x65\x66\x61ult_correction_steps\x18\n \x01(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\x0b \x03(\r\x12\x0c\n\x04mode\x18\x0c \x01(\t\x12\x10\n\x08max_step\x18\r \x01(\r\x12/\n\x07quality\x18\x0e \x01(\x0b\x32\x1e.sinfusion.v1.NextFrameQuality\"\xa0\x01\n\x10NextFrameQuality\x12\x12\n\nmodel_psnr\x18\x01 \x01(\x01\x12\x11\n\tcopy_psnr\x18\x02 \x01(\x01\x12\r\n\x05pairs\x18\x03 \x01(\r\x12\x11\n\tpairs_won\x18\x04 \x01(\r\x12\x17\n\x0fpredictor_steps\x18\x05 \x01(\x04\x12\x19\n\x11predictor_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07verdict\x18\x07 \x01(\t\"\xec\x01\n\x12\x45xtrapolateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x15\n\x0bstart_frame\x18\x04 \x01(\rH\x00\x12-\n\x0bstart_image\x18\x05 \x01(\x0b\x32\x16.sinfusion.v1.RawFrameH\x00\x12*\n\x06resize\x18\x06 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParamsB\x07\n\x05start\"`\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\"\xb3\x01\n\x0fUpsampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\r\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\x12%\n\x05\x66rame\x18\x05 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\"\xe2\x01\n\x0eProjectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12\x15\n\x08strength\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\x12\x1a\n\x12intermediate_steps\x18\x06 \x01(\x08\x42\x0b\n\t_strength\"\x81\x02\n\x10SummarizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12\x0e\n\x06scales\x18\x04 \x03(\x01\x12\'\n\x04\x61xes\x18\x05 \x01(\x0e\x32\x19.sinfusion.v1.SummaryAxes\x12\x15\n\x08strength\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParamsB\x0b\n\t_strength*a\n\x0cResizePolicy\x12\x1d\n\x19RESIZE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14RESIZE_POLICY_RESIZE\x10\x01\x12\x18\n\x14RESIZE_POLICY_REFUSE\x10\x02*e\n\x0eSamplingMethod\x12\x1f\n\x1bSAMPLING_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14SAMPLING_METHOD_DDPM\x10\x01\x12\x18\n\x14SAMPLING_METHOD_DDIM\x10\x02*s\n\x0bSummaryAxes\x12\x1c\n\x18SUMMARY_AXES_UNSPECIFIED\x10\x00\x12\x15\n\x11SUMMARY_AXES_BOTH\x10\x01\x12\x16\n\x12SUMMARY_AXES_WIDTH\x10\x02\x12\x17\n\x13SUMMARY_AXES_HEIGHT\x10\x03\x32\xfc\x03\n\tSinFusion\x12O\n\nListModels\x12\x1f.sinfusion.v1.ListModelsRequest\x1a .sinfusion.v1.ListModelsResponse\x12L\n\rDescribeModel\x12\".sinfusion.v1.DescribeModelRequest\x1a\x17.sinfusion.v1.ModelInfo\x12\x46\n\x0b\x45xtrapolate\x12 .sinfusion.v1.ExtrapolateRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12@\n\x08Generate\x12\x1d.sinfusion.v1.GenerateRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12\x42\n\x08Upsample\x12\x1d.sinfusion.v1.UpsampleRequest\x1a\x13.sinfusion.v1.Frame(\x01\x30\x01\x12>\n\x07Project\x12\x1c.sinfusion.v1.ProjectRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12\x42\n\tSummarize\x12\x1e.sinfusion.v1.SummarizeRequest\x1a\x13.sinfusion.v1.Frame0\x01\x42+\n\x0f\x61i.sinfusion.v1Z\x18sinfusion/v1;sinfusionv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1csinfusion/v1/sinfusion.proto\x12\x0csinfusion.v1\"6\n\x08RawFrame\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x0b\n\x03rgb\x18\x03 \x01(\x0c\"}\n\x05\x46rame\x12\r\n\x05index\x18\x01 \x01(\x04\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03rgb\x18\x04 \x01(\x0c\x12\x13\n\x0bsynthesized\x18\x05 \x01(\x08\x12\x0f\n\x07resized\x18\x06 \x01(\x08\x12\x13\n\x0bnoise_level\x18\x07 \x01(\r\"\xac\x01\n\x0eSamplingParams\x12\x12\n\x05steps\x18\x01 \x01(\rH\x00\x88\x01\x01\x12,\n\x06method\x18\x02 \x01(\x0e\x32\x1c.sinfusion.v1.SamplingMethod\x12\x1d\n\x10\x63orrection_steps\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x02\x88\x01\x01\x42\x08\n\x06_stepsB\x13\n\x11_correction_stepsB\x07\n\x05_seed\"\x13\n\x11ListModelsRequest\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.sinfusion.v1.ModelInfo\"%\n\x14\x44\x65scribeModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xb0\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\x0b\n\x03\x66ps\x18\x04 \x01(\x01\x12\x13\n\x0b\x66rame_count\x18\x05 \x01(\r\x12\x14\n\x0c\x63\x61pabilities\x18\x06 \x03(\t\x12\x0f\n\x07runtime\x18\x07 \x01(\t\x12\r\n\x05roles\x18\x08 \x03(\t\x12\x16\n\x0eschedule_steps\x18\t \x01(\r\x12 \n\x18\x64\x65\x66\x61ult_correction_steps\x18\n \x01(\r\x12\x13\n\x0b\x62\x61tch_sizes\x18\x0b \x03(\r\x12\x0c\n\x04mode\x18\x0c \x01(\t\x12\x10\n\x08max_step\x18\r \x01(\r\x12/\n\x07quality\x18\x0e \x01(\x0b\x32\x1e.sinfusion.v1.NextFrameQuality\"\xa0\x01\n\x10NextFrameQuality\x12\x12\n\nmodel_psnr\x18\x01 \x01(\x01\x12\x11\n\tcopy_psnr\x18\x02 \x01(\x01\x12\r\n\x05pairs\x18\x03 \x01(\r\x12\x11\n\tpairs_won\x18\x04 \x01(\r\x12\x17\n\x0fpredictor_steps\x18\x05 \x01(\x04\x12\x19\n\x11predictor_seconds\x18\x06 \x01(\x01\x12\x0f\n\x07verdict\x18\x07 \x01(\t\"\xec\x01\n\x12\x45xtrapolateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x15\n\x0bstart_frame\x18\x04 \x01(\rH\x00\x12-\n\x0bstart_image\x18\x05 \x01(\x0b\x32\x16.sinfusion.v1.RawFrameH\x00\x12*\n\x06resize\x18\x06 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParamsB\x07\n\x05start\"`\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\r\x12.\n\x08sampling\x18\x03 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\"\xb3\x01\n\x0fUpsampleRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61\x63tor\x18\x02 \x01(\r\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12.\n\x08sampling\x18\x04 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\x12%\n\x05\x66rame\x18\x05 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\"\xe2\x01\n\x0eProjectRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12\x15\n\x08strength\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x05 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParams\x12\x1a\n\x12intermediate_steps\x18\x06 \x01(\x08\x42\x0b\n\t_strength\"\x81\x02\n\x10SummarizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12%\n\x05image\x18\x02 \x01(\x0b\x32\x16.sinfusion.v1.RawFrame\x12*\n\x06resize\x18\x03 \x01(\x0e\x32\x1a.sinfusion.v1.ResizePolicy\x12\x0e\n\x06scales\x18\x04 \x03(\x01\x12\'\n\x04\x61xes\x18\x05 \x01(\x0e\x32\x19.sinfusion.v1.SummaryAxes\x12\x15\n\x08strength\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12.\n\x08sampling\x18\x07 \x01(\x0b\x32\x1c.sinfusion.v1.SamplingParamsB\x0b\n\t_strength*a\n\x0cResizePolicy\x12\x1d\n\x19RESIZE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14RESIZE_POLICY_RESIZE\x10\x01\x12\x18\n\x14RESIZE_POLICY_REFUSE\x10\x02*e\n\x0eSamplingMethod\x12\x1f\n\x1bSAMPLING_METHOD_UNSPECIFIED\x10\x00\x12\x18\n\x14SAMPLING_METHOD_DDPM\x10\x01\x12\x18\n\x14SAMPLING_METHOD_DDIM\x10\x02*s\n\x0bSummaryAxes\x12\x1c\n\x18SUMMARY_AXES_UNSPECIFIED\x10\x00\x12\x15\n\x11SUMMARY_AXES_BOTH\x10\x01\x12\x16\n\x12SUMMARY_AXES_WIDTH\x10\x02\x12\x17\n\x13SUMMARY_AXES_HEIGHT\x10\x03\x32\xfc\x03\n\tSinFusion\x12O\n\nListModels\x12\x1f.sinfusion.v1.ListModelsRequest\x1a .sinfusion.v1.ListModelsResponse\x12L\n\rDescribeModel\x12\".sinfusion.v1.DescribeModelRequest\x1a\x17.sinfusion.v1.ModelInfo\x12\x46\n\x0b\x45xtrapolate\x12 .sinfusion.v1.ExtrapolateRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12@\n\x08Generate\x12\x1d.sinfusion.v1.GenerateRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12\x42\n\x08Upsample\x12\x1d.sinfusion.v1.UpsampleRequest\x1a\x13.sinfusion.v1.Frame(\x01\x30\x01\x12>\n\x07Project\x12\x1c.sinfusion.v1.ProjectRequest\x1a\x13.sinfusion.v1.Frame0\x01\x12\x42\n\tSummarize\x12\x1e.sinfusion.v1.SummarizeRequest\x1a\x13.sinfusion.v1.Frame0\x01\x42+\n\x0f\x61i.sinfusion.v1Z\x18sinfusion/v1;sinfusionv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,38 +32,38 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sinfusion.v1.sinfusion_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017ai.sinfusion.v1Z\030sinfusion/v1;sinfusionv1'
-  _globals['_RESIZEPOLICY']._serialized_start=1990
-  _globals['_RESIZEPOLICY']._serialized_end=2087
-  _globals['_SAMPLINGMETHOD']._serialized_start=2089
-  _globals['_SAMPLINGMETHOD']._serialized_end=2190
-  _globals['_SUMMARYAXES']._serialized_start=2192
-  _globals['_SUMMARYAXES']._serialized_end=2307
+  _globals['_RESIZEPOLICY']._serialized_start=2005
+  _globals['_RESIZEPOLICY']._serialized_end=2102
+  _globals['_SAMPLINGMETHOD']._serialized_start=2104
+  _globals['_SAMPLINGMETHOD']._serialized_end=2205
+  _globals['_SUMMARYAXES']._serialized_start=2207
+  _globals['_SUMMARYAXES']._serialized_end=2322
   _globals['_RAWFRAME']._serialized_start=46
   _globals['_RAWFRAME']._serialized_end=100
   _globals['_FRAME']._serialized_start=102
   _globals['_FRAME']._serialized_end=227
   _globals['_SAMPLINGPARAMS']._serialized_start=230
-  _globals['_SAMPLINGPARAMS']._serialized_end=387
-  _globals['_LISTMODELSREQUEST']._serialized_start=389
-  _globals['_LISTMODELSREQUEST']._serialized_end=408
-  _globals['_LISTMODELSRESPONSE']._serialized_start=410
-  _globals['_LISTMODELSRESPONSE']._serialized_end=471
-  _globals['_DESCRIBEMODELREQUEST']._serialized_start=473
-  _globals['_DESCRIBEMODELREQUEST']._serialized_end=510
-  _globals['_MODELINFO']._serialized_start=513
-  _globals['_MODELINFO']._serialized_end=817
-  _globals['_NEXTFRAMEQUALITY']._serialized_start=820
-  _globals['_NEXTFRAMEQUALITY']._serialized_end=980
-  _globals['_EXTRAPOLATEREQUEST']._serialized_start=983
-  _globals['_EXTRAPOLATEREQUEST']._serialized_end=1219
-  _globals['_GENERATEREQUEST']._serialized_start=1221
-  _globals['_GENERATEREQUEST']._serialized_end=1317
-  _globals['_UPSAMPLEREQUEST']._serialized_start=1320
-  _globals['_UPSAMPLEREQUEST']._serialized_end=1499
-  _globals['_PROJECTREQUEST']._serialized_start=1502
-  _globals['_PROJECTREQUEST']._serialized_end=1728
-  _globals['_SUMMARIZEREQUEST']._serialized_start=1731
-  _globals['_SUMMARIZEREQUEST']._serialized_end=1988
-  _globals['_SINFUSION']._serialized_start=2310
-  _globals['_SINFUSION']._serialized_end=2818
+  _globals['_SAMPLINGPARAMS']._serialized_end=402
+  _globals['_LISTMODELSREQUEST']._serialized_start=404
+  _globals['_LISTMODELSREQUEST']._serialized_end=423
+  _globals['_LISTMODELSRESPONSE']._serialized_start=425
+  _globals['_LISTMODELSRESPONSE']._serialized_end=486
+  _globals['_DESCRIBEMODELREQUEST']._serialized_start=488
+  _globals['_DESCRIBEMODELREQUEST']._serialized_end=525
+  _globals['_MODELINFO']._serialized_start=528
+  _globals['_MODELINFO']._serialized_end=832
+  _globals['_NEXTFRAMEQUALITY']._serialized_start=835
+  _globals['_NEXTFRAMEQUALITY']._serialized_end=995
+  _globals['_EXTRAPOLATEREQUEST']._serialized_start=998
+  _globals['_EXTRAPOLATEREQUEST']._serialized_end=1234
+  _globals['_GENERATEREQUEST']._serialized_start=1236
+  _globals['_GENERATEREQUEST']._serialized_end=1332
+  _globals['_UPSAMPLEREQUEST']._serialized_start=1335
+  _globals['_UPSAMPLEREQUEST']._serialized_end=1514
+  _globals['_PROJECTREQUEST']._serialized_start=1517
+  _globals['_PROJECTREQUEST']._serialized_end=1743
+  _globals['_SUMMARIZEREQUEST']._serialized_start=1746
+  _globals['_SUMMARIZEREQUEST']._serialized_end=2003
+  _globals['_SINFUSION']._serialized_start=2325
+  _globals['_SINFUSION']._serialized_end=2833
 # @@protoc_insertion_point(module_scope)
