@@ -103,11 +103,11 @@ def test_triplets_are_n_n_plus_2_and_the_middle():
 
 
 def test_k_curriculum_grows_from_1_to_3_over_the_ramp():
-    limits = [k_limit(step, 1000, 3, 0.5) for step in range(0, 1001, 50)]
+    limits = [k_limit(step / 1000, 3, 0.5) for step in range(0, 1001, 50)]
     assert limits[0] == 1 and limits[-1] == 3
     assert limits == sorted(limits)  # never shrinks
-    assert k_limit(499, 1000, 3, 0.5) == 3 and k_limit(100, 1000, 3, 0.5) == 1
-    assert k_limit(0, 1000, 3, 0.0) == 3  # no ramp: full range from the start
+    assert k_limit(0.499, 3, 0.5) == 3 and k_limit(0.1, 3, 0.5) == 1
+    assert k_limit(0.0, 3, 0.0) == 3  # no ramp: full range from the start
     s = clip_crops(coded_clip(n=6))
     assert set(s.sample_k(200, 1).tolist()) == {-1, 1}  # early training: +-1, both directions
     assert set(s.sample_k(400, 3).tolist()) == {-3, -2, -1, 1, 2, 3}

@@ -24,16 +24,17 @@ def crop_size(height: int, width: int, fraction: float) -> tuple[int, int]:
     return h, w
 
 
-def k_limit(step: int, total: int, k_max: int = 3, ramp: float = 0.5) -> int:
-    """Largest |k| the Predictor sees at `step` of `total` (paper section 5's curriculum).
+def k_limit(done: float, k_max: int = 3, ramp: float = 0.5) -> int:
+    """Largest |k| the Predictor sees when `done` (in [0, 1]) of its run is over (paper section 5's
+    curriculum).
 
     |k| = 1 at the start, growing by one at evenly spaced points until k_max is reached after
-    `ramp` of the run; ramp = 0 starts at k_max.
+    `ramp` of the run; ramp = 0 starts at k_max. A time-budgeted run passes the larger of its step
+    and time fractions (RoleRun.fraction), so it too reaches k_max, however large its step cap.
     """
     if k_max <= 1 or ramp <= 0:
         return max(1, k_max)
-    progress = step / max(1, total * ramp)
-    return int(min(k_max, 1 + int(progress * k_max)))
+    return int(min(k_max, 1 + int(done / ramp * k_max)))
 
 
 class ClipCrops:

@@ -196,7 +196,7 @@ def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch
     # 1. Data: clean target crop x0, conditioning frames, k.
     k = None
     if role == "predictor":
-        cond, x0, k = crops.pair(cfg.batch_size, k_limit(step, run.total, cfg.k_max, cfg.k_ramp))
+        cond, x0, k = crops.pair(cfg.batch_size, k_limit(run.fraction, cfg.k_max, cfg.k_ramp))
     elif role == "interpolator":
         before, after, x0 = crops.triplet(cfg.batch_size)
         cond = torch.cat([before, after], dim=1)
