@@ -51,14 +51,15 @@ def _patchmatch_options(args):
     return options
 
 
-def _sampling_options(args, correction: int | None, bundle=None):
-    """The sampling flags over the service's default; with a bundle, checked against its schedules.
-    correction: T_corr when --correction-steps is not given (None: the bundle's, as the server samples)."""
+def _sampling_options(args, correction: int | None, bundle=None, loop: str = "extrapolate"):
+    """The sampling flags over the server's default for `loop`; with a bundle, checked against its
+    schedules. correction: T_corr when --correction-steps is not given (None: the bundle's, as the
+    server samples)."""
     from sinfusion.sampling import SamplingOptions
 
     if correction is None:
         correction = bundle.manifest.correction_steps if bundle is not None else 3
-    options = SamplingOptions.chosen(**sampling_choice(args), default_correction=correction)
+    options = SamplingOptions.chosen(**sampling_choice(args), default_correction=correction, loop=loop)
     if bundle is not None:
         try:
             options.validate(min(rs.schedule.steps for rs in bundle.sampling().roles.values()))
@@ -199,7 +200,7 @@ def cmd_diversity(args) -> None:
     clips, frames = _positive("clips", args.clips), _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor"))
     result = diversity_report(args.bundle, clips=clips, frames=frames,
-                              sampling=_sampling_options(args, None, bundle),
+                              sampling=_sampling_options(args, None, bundle, "generate"),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
@@ -221,7 +222,8 @@ def cmd_stability(args) -> None:
         raise UsageError(f"--{exc}") from None
     result = stability_report(args.bundle, frames=frames, generated=args.generate,
                               start=args.start_frame, k=args.k,
-                              sampling=_sampling_options(args, None, bundle),
+                              sampling=_sampling_options(args, None, bundle,
+                                                         "generate" if args.generate else "extrapolate"),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures, prefix=args.prefix)
     _emit(result, args.out)
@@ -231,7 +233,7 @@ def cmd_upsample(args) -> None:
     from .upsampling import upsampling_report
 
     bundle = _bundle(args.bundle, ("interpolator",), min_frames=3)
-    options = _sampling_options(args, None, bundle)
+    options = _sampling_options(args, None, bundle, "upsample")
     sheet = None
     if args.figures:
         Path(args.figures).mkdir(parents=True, exist_ok=True)

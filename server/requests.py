@@ -15,13 +15,13 @@ import numpy as np
 
 from sinfusion.frames import to_model
 from sinfusion.io.files import resize as resize_lanczos
-from sinfusion.sampling import (DEFAULT_METHOD, DEFAULT_STRENGTH, SamplingOptions, default_steps,
+from sinfusion.sampling import (DEFAULT_STRENGTH, SamplingOptions, default_method, default_steps,
                                 summary_sizes)
 from sinfusion.v1 import sinfusion_pb2 as pb
 
 from .served import MAX_STEP, RefusedBundle, ServedModel, short
 
-METHODS = {pb.SAMPLING_METHOD_UNSPECIFIED: DEFAULT_METHOD, pb.SAMPLING_METHOD_DDPM: "ddpm",
+METHODS = {pb.SAMPLING_METHOD_DDPM: "ddpm",
            pb.SAMPLING_METHOD_DDIM: "ddim"}
 RESIZE_POLICIES = (pb.RESIZE_POLICY_UNSPECIFIED, pb.RESIZE_POLICY_RESIZE, pb.RESIZE_POLICY_REFUSE)
 FACTORS = (2, 4, 8)
@@ -208,9 +208,12 @@ class Sampling:
         return np.random.default_rng(self.seed)
 
 
-def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ...]) -> Sampling:
-    """Check steps against the schedules of `roles` and correction against the Projector's."""
-    method = METHODS.get(params.method)
+def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ...],
+             loop: str = "extrapolate") -> Sampling:
+    """Check steps against the schedules of `roles` and correction against the Projector's; unset
+    fields get the defaults of `loop` (sinfusion.sampling.default_method)."""
+    unset = params.method == pb.SAMPLING_METHOD_UNSPECIFIED
+    method = default_method(loop) if unset else METHODS.get(params.method)
     if method is None:
         raise invalid(f"sampling.method must be SAMPLING_METHOD_DDPM (1) or SAMPLING_METHOD_DDIM (2), "
                       f"got {params.method}")

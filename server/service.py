@@ -302,7 +302,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                                    f"model {short(model.name)} has no Predictor: frames must be 1, "
                                    f"got {count}")
             roles = ("projector", "predictor")
-        s = rq.sampling(request.sampling, model, roles)
+        s = rq.sampling(request.sampling, model, roles, "generate")
         what = (f"frames={count} steps={s.options.steps} {s.options.method} "
                 f"correction={s.options.correction_steps} seed={s.seed}")
         return Stream(model, what, generate(model.sampling, model.size, count, s.rng(), s.options))
@@ -314,7 +314,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         rq.require_projector(model, "project")
         image, resized = rq.required_image(request, model)
         strength = rq.strength(request)
-        s = rq.sampling(request.sampling, model, ("projector",))
+        s = rq.sampling(request.sampling, model, ("projector",), "project")
         schedule = model.sampling["projector"].schedule
         levels = projection_levels(schedule, strength, s.options.steps)
         steps = request.intermediate_steps
@@ -330,7 +330,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         sizes = rq.summary_plan(request.scales, model, axes, self.config.max_frames)
         image, resized = rq.required_image(request, model)
         strength = rq.strength(request)
-        s = rq.sampling(request.sampling, model, ("projector",))
+        s = rq.sampling(request.sampling, model, ("projector",), "summarize")
         h, w = sizes[-1]
         what = (f"scales={len(sizes)} to {w}x{h} axes={axes} strength={strength:g} "
                 f"steps={s.options.steps} {s.options.method} seed={s.seed}")

@@ -38,6 +38,16 @@ DEFAULT_METHOD = "ddim"
 DEFAULT_DDIM_STEPS = 5
 
 
+# Loops whose image the Projector draws from noise (generate) or from a noise level (project,
+# summarize) keep the paper's DDPM unless asked: the benchmark measured Predictor frames, not those.
+PAPER_DEFAULT_LOOPS = ("generate", "project", "summarize")
+
+
+def default_method(loop: str = "extrapolate") -> str:
+    """The sampling method a loop (extrapolate, upsample, generate, project, summarize) gets by default."""
+    return "ddpm" if loop in PAPER_DEFAULT_LOOPS else DEFAULT_METHOD
+
+
 def default_steps(method: str) -> int:
     """Steps per frame when only the method is given: DDIM's default, or all T for DDPM (the paper)."""
     return DEFAULT_DDIM_STEPS if method == "ddim" else 0
@@ -107,9 +117,11 @@ class SamplingOptions:
 
     @classmethod
     def chosen(cls, steps: int | None = None, method: str | None = None,
-               correction_steps: int | None = None, default_correction: int = 3) -> SamplingOptions:
-        """What a user asked for, the defaults where None: DDIM, its default steps, the bundle's T_corr."""
-        method = DEFAULT_METHOD if method is None else method
+               correction_steps: int | None = None, default_correction: int = 3,
+               loop: str = "extrapolate") -> SamplingOptions:
+        """What a user asked for, the defaults where None: the loop's method (default_method), its
+        default steps, `default_correction` (the bundle's T_corr)."""
+        method = default_method(loop) if method is None else method
         steps = default_steps(method) if steps is None else steps
         return cls(steps, method, default_correction if correction_steps is None else correction_steps)
 

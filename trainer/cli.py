@@ -128,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _sampling_options(args: argparse.Namespace, correction: int) -> SamplingOptions:
-    """The sampler the flags ask for over the service's default; `correction`: the bundle's T_corr."""
-    return SamplingOptions.chosen(**sampling_choice(args), default_correction=correction)
+def _sampling_options(args: argparse.Namespace, correction: int, loop: str) -> SamplingOptions:
+    """The sampler the flags ask for over the service's default for `loop`; `correction`: the
+    bundle's T_corr."""
+    return SamplingOptions.chosen(**sampling_choice(args), default_correction=correction, loop=loop)
 
 
 # --- train --------------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         mode, count = "upsample", 0
     request = RenderRequest(mode=mode, count=count, factor=args.upsample or 2, start=args.start,
                             k=args.k, seed=args.seed,
-                            options=_sampling_options(args, bundle.manifest.correction_steps))
+                            options=_sampling_options(args, bundle.manifest.correction_steps, mode))
     roles = [r for r in bundle.roles if r in required_roles(mode) or r == "projector"]
     try:
         from .render import check_request
@@ -279,7 +280,8 @@ def cmd_project(args: argparse.Namespace) -> int:
     if "projector" not in bundle.roles:
         raise BundleError(f"{bundle.path}: {'--summary' if summary else '--project'} needs a "
                           f"trained projector; this bundle has {', '.join(bundle.roles) or 'no roles'}")
-    options = _sampling_options(args, correction=0)  # a projection is its own correction
+    # a projection is its own correction
+    options = _sampling_options(args, 0, "summarize" if summary else "project")
     schedule = bundle.sampling()["projector"].schedule
     m = bundle.manifest
     try:
