@@ -102,7 +102,7 @@ def holdout_reference(original: np.ndarray, patchmatch: PatchMatchOptions) -> di
             **result.summary()}
 
 
-def _sheet(path: Path, clips: list[np.ndarray], per_clip: int, columns: int) -> None:
+def write_sheet(path: Path, clips: list[np.ndarray], per_clip: int, columns: int) -> None:
     """Contact sheet of `per_clip` evenly spaced frames of each clip (first and last included)."""
     from sinfusion.io.files import write_image
     from sinfusion.video import contact_sheet
@@ -149,7 +149,7 @@ def diversity_report(bundle_path, clips: int = 3, frames: int = 33,
     if figures is not None:
         out = Path(figures)
         out.mkdir(parents=True, exist_ok=True)
-        _sheet(out / f"{prefix}generated-sheet.png", [original[:frames], *generated], 8, 8)
+        write_sheet(out / f"{prefix}generated-sheet.png", [original[:frames], *generated], 8, 8)
         plot_nnf_maps({n: fields[n] for n in ("generated_0", "copy", "translated")},
                       {"generated_0": generated[0], "copy": original[:frames],
                        "translated": references(original[:frames], seed)["translated"]},
@@ -224,7 +224,7 @@ def stability_report(bundle_path, frames: int = 300, start: int = 0, k: int = 1,
         out = Path(figures)
         out.mkdir(parents=True, exist_ok=True)
         plot_stability(report, out / f"{prefix}stability.png")
-        _sheet(out / f"{prefix}stability-sheet.png", [clip], 16, 8)
+        write_sheet(out / f"{prefix}stability-sheet.png", [clip], 16, 8)
         report["figures"] = [str(out / f"{prefix}stability.png"),
                              str(out / f"{prefix}stability-sheet.png")]
     return report
