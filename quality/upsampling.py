@@ -21,7 +21,7 @@ import numpy as np
 
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_model, to_uint8
-from sinfusion.nextframe import mse_to_psnr
+from sinfusion.nextframe import compare
 from sinfusion.sampling import SamplingOptions, interpolate_frame, run_lockstep
 
 
@@ -66,19 +66,12 @@ def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, 
         predicted.extend(run_lockstep(loops, denoiser))
     model_frames = to_uint8(np.stack(predicted))
     blends = ((frames[first].astype(np.float64) + frames[[i + 2 for i in first]]) / 2.0)
-    rows = []
-    for j, i in enumerate(first):
-        truth = _unit(frames[i + 1])
-        model = float(np.mean((_unit(model_frames[j]) - truth) ** 2))
-        blend = float(np.mean((blends[j] / 255.0 - truth) ** 2))
-        rows.append({"frame": i + 1, "model_mse": model, "blend_mse": blend})
-    model_mse = float(np.mean([r["model_mse"] for r in rows]))
-    blend_mse = float(np.mean([r["blend_mse"] for r in rows]))
+    means, per_triplet = compare(_unit(frames[[i + 1 for i in first]]), _unit(model_frames),
+                                 blends / 255.0, "blend")
+    rows = [{"frame": i + 1, "model_mse": model, "blend_mse": blend}
+            for i, (model, blend) in zip(first, per_triplet)]
     result = {
-        "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows),
-        "model_mse": model_mse, "blend_mse": blend_mse,
-        "model_psnr": mse_to_psnr(model_mse), "blend_psnr": mse_to_psnr(blend_mse),
-        "model_wins": int(sum(r["model_mse"] < r["blend_mse"] for r in rows)),
+        "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows), **means,
         "sharpness": {"model": _sharpness(model_frames), "blend": _sharpness(blends),
                       "truth": _sharpness(frames[[i + 1 for i in first]])},
         "sampling": asdict(sampling), "seed": seed,

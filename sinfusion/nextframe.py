@@ -43,26 +43,30 @@ def predict_pairs(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarr
     return np.stack(out)
 
 
+def compare(truths: np.ndarray, predictions: np.ndarray, baselines: np.ndarray,
+            baseline: str) -> tuple[dict, list[tuple[float, float]]]:
+    """Predictions and a baseline's frames scored against the true frames, all (P, H, W, 3) on [0, 1]:
+    ({"model_mse", f"{baseline}_mse", "model_psnr", f"{baseline}_psnr", "model_wins"}, per item
+    (model MSE, baseline MSE)). Next-frame prediction compares with copy, upsampling with the blend."""
+    per_item = [(float(np.mean((p - t) ** 2)), float(np.mean((b - t) ** 2)))
+                for t, p, b in zip(truths, predictions, baselines)]
+    model_mse = float(np.mean([m for m, _ in per_item]))
+    base_mse = float(np.mean([b for _, b in per_item]))
+    means = {"model_mse": model_mse, f"{baseline}_mse": base_mse, "model_psnr": mse_to_psnr(model_mse),
+             f"{baseline}_psnr": mse_to_psnr(base_mse),
+             "model_wins": int(sum(m < b for m, b in per_item))}
+    return means, per_item
+
+
 def score_pairs(frames: np.ndarray, pairs: Sequence[Pair], predictions: np.ndarray) -> dict:
     """Per-pair and mean MSE / PSNR of the predictions and of the copy baseline."""
     truth = frames.astype(np.float64) / 255.0
-    rows = []
-    for (i, j), pred in zip(pairs, predictions):
-        target = truth[j]
-        model = float(np.mean((_unit(pred).transpose(1, 2, 0) - target) ** 2))
-        copy = float(np.mean((truth[i] - target) ** 2))
-        rows.append({"frame": i, "target": j, "model_mse": model, "copy_mse": copy,
-                     "model_psnr": mse_to_psnr(model), "copy_psnr": mse_to_psnr(copy)})
-    model_mse = float(np.mean([r["model_mse"] for r in rows]))
-    copy_mse = float(np.mean([r["copy_mse"] for r in rows]))
-    return {
-        "model_mse": model_mse,
-        "copy_mse": copy_mse,
-        "model_psnr": mse_to_psnr(model_mse),
-        "copy_psnr": mse_to_psnr(copy_mse),
-        "model_wins": int(sum(r["model_mse"] < r["copy_mse"] for r in rows)),
-        "pairs": rows,
-    }
+    means, per_pair = compare(truth[[j for _, j in pairs]], _unit(predictions).transpose(0, 2, 3, 1),
+                              truth[[i for i, _ in pairs]], "copy")
+    rows = [{"frame": i, "target": j, "model_mse": model, "copy_mse": copy,
+             "model_psnr": mse_to_psnr(model), "copy_psnr": mse_to_psnr(copy)}
+            for (i, j), (model, copy) in zip(pairs, per_pair)]
+    return {**means, "pairs": rows}
 
 
 def summary_line(record: dict) -> str:
