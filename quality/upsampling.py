@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from sinfusion.bundle import Bundle
-from sinfusion.frames import to_model, to_uint8
-from sinfusion.nextframe import compare
-from sinfusion.sampling import SamplingOptions, interpolate_frame, run_lockstep
+from sinfusion.frames import to_uint8
+from sinfusion.nextframe import predict_middles, score_middles
+from sinfusion.sampling import SamplingOptions
 
 
 def triplets(bundle: Bundle) -> tuple[list[int], bool]:
@@ -32,10 +32,6 @@ def triplets(bundle: Bundle) -> tuple[list[int], bool]:
     if held and held[1] - held[0] >= 3:
         return list(range(held[0], held[1] - 2)), True
     return list(range(0, n - 2, 2)), False
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float64) / 255.0
 
 
 def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, batch: int = 16,
@@ -57,21 +53,14 @@ def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, 
 
         denoiser = TorchDenoiser(bundle, roles=[r for r in ("interpolator", "projector")
                                                 if r in bundle.roles])
-    bundle_sampling, x = bundle.sampling(), to_model(frames)
     started = time.monotonic()
-    predicted = []
-    for s in range(0, len(first), batch):
-        loops = [interpolate_frame(bundle_sampling, x[i], x[i + 2], np.random.default_rng([seed, s + j]),
-                                   sampling) for j, i in enumerate(first[s:s + batch])]
-        predicted.extend(run_lockstep(loops, denoiser))
-    model_frames = to_uint8(np.stack(predicted))
+    predicted = predict_middles(denoiser, bundle.sampling(), frames, first, sampling, seed, batch)
+    model_frames = to_uint8(predicted)
     blends = ((frames[first].astype(np.float64) + frames[[i + 2 for i in first]]) / 2.0)
-    means, per_triplet = compare(_unit(frames[[i + 1 for i in first]]), _unit(model_frames),
-                                 blends / 255.0, "blend")
-    rows = [{"frame": i + 1, "model_mse": model, "blend_mse": blend}
-            for i, (model, blend) in zip(first, per_triplet)]
+    score = score_middles(frames, first, predicted)
+    rows = score.pop("triplets")
     result = {
-        "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows), **means,
+        "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows), **score,
         "sharpness": {"model": _sharpness(model_frames), "blend": _sharpness(blends),
                       "truth": _sharpness(frames[[i + 1 for i in first]])},
         "sampling": asdict(sampling), "seed": seed,

@@ -53,7 +53,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
 
 def quality_info(record: dict) -> pb.NextFrameQuality | None:
     """The manifest's "quality" record (trainer/monitor.py) as the wire message; None when absent."""
-    if not record:
+    if "pairs" not in record:  # nothing held out, or no Predictor measured
         return None
     return pb.NextFrameQuality(
         model_psnr=record["model_psnr"], copy_psnr=record["copy_psnr"], pairs=record["pairs"],

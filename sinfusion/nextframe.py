@@ -6,6 +6,8 @@ pairs (i, j) of clip frames, the model predicts frame j from frame i with the co
 baseline "predicts" frame i itself. Scores are on [0, 1] pixels at the model's resolution: MSE per
 pair, the mean over pairs, PSNR = 10 log10(1 / mean MSE), and the pairs the model wins. Each pair
 draws from its own Generator seeded by (seed, pair index), so a score does not depend on batching.
+In-between frames (upsampling) are scored the same way against the 50/50 blend of their neighbours
+(`predict_middles`, `score_middles`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from .frames import to_model
-from .sampling import BundleSampling, Denoiser, SamplingOptions, predict_frame, run_lockstep
+from .sampling import (BundleSampling, Denoiser, SamplingOptions, interpolate_frame, predict_frame,
+                       run_lockstep)
 
 Pair = tuple[int, int]
 
@@ -41,6 +44,30 @@ def predict_pairs(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarr
                  for j, (i, _) in enumerate(pairs[s:s + batch])]
         out.extend(run_lockstep(loops, denoiser))
     return np.stack(out)
+
+
+def predict_middles(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarray,
+                    firsts: Sequence[int], options: SamplingOptions, seed: int = 0,
+                    batch: int = 16) -> np.ndarray:
+    """The Interpolator's frame i+1 from frames i and i+2, for each i in `firsts`: float32
+    (P, 3, H, W) in [-1, 1]. Seeded per triplet, like predict_pairs."""
+    x = to_model(frames)
+    out = []
+    for s in range(0, len(firsts), batch):
+        loops = [interpolate_frame(sampling, x[i], x[i + 2], np.random.default_rng([seed, s + j]), options)
+                 for j, i in enumerate(firsts[s:s + batch])]
+        out.extend(run_lockstep(loops, denoiser))
+    return np.stack(out)
+
+
+def score_middles(frames: np.ndarray, firsts: Sequence[int], predictions: np.ndarray) -> dict:
+    """Mean MSE / PSNR and wins of predicted middles and of the 50/50 blend of their neighbours."""
+    truth = frames.astype(np.float64) / 255.0
+    blends = (truth[list(firsts)] + truth[[i + 2 for i in firsts]]) / 2.0
+    means, per_triplet = compare(truth[[i + 1 for i in firsts]],
+                                 _unit(predictions).transpose(0, 2, 3, 1), blends, "blend")
+    return {**means, "triplets": [{"frame": i + 1, "model_mse": model, "blend_mse": blend}
+                                  for i, (model, blend) in zip(firsts, per_triplet)]}
 
 
 def compare(truths: np.ndarray, predictions: np.ndarray, baselines: np.ndarray,
@@ -74,7 +101,7 @@ def summary_line(record: dict) -> str:
 
     'next frame on 15 held-out pairs: model 30.12 dB vs copy 29.50 dB (+0.62, 12/15 won): beats copy'
     """
-    if not record:
+    if "pairs" not in record:  # nothing held out (or only the Interpolator was trained)
         return "next frame: not measured (no held-out frames)"
     return (f"next frame on {record['pairs']} held-out pairs: model {record['model_psnr']:.2f} dB vs "
             f"copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"

@@ -14,8 +14,8 @@ from sinfusion.network import SinFusionNet
 from sinfusion.nextframe import score_pairs
 from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
 from sinfusion.schedule import make_schedule
-from sinfusion.trainer.monitor import (Measurement, NextFrameMonitor, holdout_count, holdout_pairs,
-                             summary_line, verdict)
+from sinfusion.trainer.monitor import (InBetweenMonitor, Measurement, NextFrameMonitor, holdout_count,
+                                       holdout_pairs, summary_line, upsampling_line, verdict)
 from sinfusion.trainer.presets import get_preset
 from sinfusion.trainer.training import TrainerError, train_bundle
 
@@ -60,6 +60,7 @@ def test_verdict_and_summary_line():
     assert summary_line(record) == ("next frame on 5 held-out pairs: model 31.23 dB vs copy "
                                     "30.00 dB (+1.23, 4/5 won): beats copy")
     assert "not measured" in summary_line({})
+    assert "not measured" in summary_line({"upsampling": {"triplets": 3}})  # Interpolator alone
 
 
 @pytest.mark.parametrize("role", ["predictor", "interpolator"])
@@ -100,6 +101,23 @@ def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
     assert m.model_psnr == pytest.approx(m.copy_psnr, abs=0.05)  # the anchor is the copy
 
 
+def test_in_between_monitor_scores_an_untrained_anchored_interpolator_as_the_blend():
+    frames = tiny_clip(6, 16, 24)
+    net = SinFusionNet(default_config("interpolator", channels=8, blocks=2, anchored=True))
+    from sinfusion.runtimes.torch_runtime import TorchDenoiser
+
+    denoiser = TorchDenoiser.from_networks({"interpolator": net})
+    bundle_sampling = BundleSampling({"interpolator": RoleSampling(make_schedule("cosine", 50), "x0")})
+    monitor = InBetweenMonitor(frames, [(0, 2), (3, 5)],
+                               options=SamplingOptions(steps=5, method="ddim", correction_steps=0))
+    m = monitor.measure_with(denoiser, bundle_sampling, step=0, elapsed_s=0.0)
+    truth = frames.astype(np.float64) / 255.0
+    blend_mse = np.mean([np.mean(((truth[i] + truth[i + 2]) / 2 - truth[i + 1]) ** 2) for i in (0, 3)])
+    assert m.copy_psnr == pytest.approx(10 * np.log10(1 / blend_mse), abs=1e-3)
+    assert m.model_psnr == pytest.approx(m.copy_psnr, abs=0.05)  # the anchor is the blend
+    assert monitor.record()["verdict"] in ("ties blend", "beats blend", "loses to blend")
+
+
 def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
     clip = tiny_clip(14, 16, 24)
     cfg = get_preset("tiny", channels=8, blocks=2, batch_size=1, checkpoint_every=0,
@@ -116,6 +134,12 @@ def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
     assert bundle.role("predictor").settings["holdout_frames"] == 3
     assert bundle.role("predictor").network.anchored
     assert not bundle.role("projector").network.anchored
+    # the Interpolator is scored on the tail's triplet against the blend, under its own key
+    up = q["upsampling"]
+    assert up["triplets"] == 1 and up["interpolator_steps"] <= 6 and up["trained_steps"] == 6
+    assert up["gain_db"] == pytest.approx(up["model_psnr"] - up["blend_psnr"], abs=2e-3)
+    assert up["sampling"]["method"] == "ddim" and up["sampling"]["correction_steps"] == 2
+    assert "blend" in upsampling_line(up)
 
 
 def test_time_budget_ends_a_role_early_and_resume_does_not_redo_it(tmp_path):

@@ -187,6 +187,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
           f"{m.width}x{m.height}) in {time.monotonic() - began:.0f}s", file=sys.stderr)
     if "predictor" in m.roles:
         print(f"trainer: {quality_report(m.quality)}", file=sys.stderr)
+    if "upsampling" in m.quality:
+        from .monitor import upsampling_line
+
+        print(f"trainer: {upsampling_line(m.quality['upsampling'])}", file=sys.stderr)
     return 0
 
 
@@ -195,7 +199,7 @@ def quality_report(record: dict) -> str:
     from .monitor import summary_line
 
     line = summary_line(record)
-    if record and record["verdict"] != "beats copy":
+    if "verdict" in record and record["verdict"] != "beats copy":
         line += ("; streams from this model will not look better than repeating the last frame: "
                  "train longer (--time), or on a clip with more motion")
     return line

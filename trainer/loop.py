@@ -257,7 +257,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     """Train one role from run.state.step to its total, checkpointing; Ctrl-C -> TrainingInterrupted.
 
     Stops early when the role's time budget is spent or the monitor's stop rule fires; the monitor
-    (Predictor only) measures now and then and its latest score goes into the manifest.
+    (Predictor and Interpolator) measures now and then and its latest score goes into the manifest.
     """
     from tqdm import tqdm
 
@@ -285,7 +285,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
                 bar.update(1)
                 run.state.elapsed_s = time.monotonic() - started
                 if monitor is not None and monitor.due(run.state.elapsed_s):
-                    postfix["vs_copy"] = monitor.measure(run, bundle)
+                    postfix[monitor.label] = monitor.measure(run, bundle)
                     run.state.elapsed_s = time.monotonic() - started
                 if step % 10 == 0 or step == total:
                     postfix.update(loss=f"{loss:.4f}",
@@ -313,7 +313,7 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
         bar.total = run.state.step
     if monitor is not None:
         monitor.finish(run, bundle)
-        bar.set_postfix(postfix | {"vs_copy": monitor.latest_text()}, refresh=True)
+        bar.set_postfix(postfix | {monitor.label: monitor.latest_text()}, refresh=True)
     bar.close()
     save_checkpoint(run, bundle)
     write_preview(bundle.path, run.role, run.ema, run.schedule, run.target, frames, run.state.step,

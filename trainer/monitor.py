@@ -23,6 +23,13 @@ clip in docs/training.md). The record then names the step they come from (predic
 long training went on (trained_steps); the score is of the weights served, chosen on these same pairs,
 so it is slightly optimistic.
 
+The Interpolator is watched the same way (`InBetweenMonitor`): on the triplets (i, i+1, i+2) inside
+the tail it rebuilds frame i+1 from its neighbours with the server's default upsampling sampler, scored
+against their 50/50 blend; the best weights are served (an anchored Interpolator starts at the blend,
+so a clip whose tail it cannot learn keeps the blend) and the manifest records the score under
+"quality"."upsampling" ({"triplets", "model_psnr", "blend_psnr", "gain_db", "triplets_won",
+"interpolator_steps", "interpolator_seconds", "verdict", ...}). It does not stop early.
+
 Stop rule: the Predictor stops early once it beats copy by `stop_margin_db` and its best score has not
 improved by `min_gain_db` over the last `patience` measurements (the plateau guard: it never stops a
 model that is still getting better). The wall-clock budget (`--time`) stops it in any case.
@@ -61,14 +68,19 @@ def holdout_pairs(frame_count: int, holdout: int, k: int = 1) -> list[tuple[int,
     return [(i, i + k) for i in range(first, frame_count - k)] if holdout else []
 
 
+def holdout_triplets(frame_count: int, holdout: int) -> list[int]:
+    """First frames i of the triplets (i, i+1, i+2) inside the held-out tail."""
+    return list(range(frame_count - holdout, frame_count - 2)) if holdout else []
+
+
 @dataclass
 class Measurement:
     step: int
     seconds: float
     model_psnr: float
-    copy_psnr: float
+    copy_psnr: float  # the baseline's: copy for next frames, the blend for in-between frames
     pairs_won: int
-    pairs: int
+    pairs: int  # pairs (or triplets) scored
 
     @property
     def gain_db(self) -> float:
@@ -78,6 +90,9 @@ class Measurement:
 @dataclass
 class NextFrameMonitor:
     """Scores the Predictor on held-out pairs now and then, and decides when to stop early."""
+
+    role = "predictor"
+    label = "vs_copy"  # the progress bar's field
 
     frames: np.ndarray  # the whole clip, uint8 (N, H, W, 3)
     pairs: list[tuple[int, int]]
@@ -108,11 +123,11 @@ class NextFrameMonitor:
         return short_text(m)
 
     def score(self, run, bundle) -> Measurement:
-        """Score the run's EMA Predictor (with the bundle's Projector, when trained)."""
+        """Score the run's EMA network (with the bundle's Projector, when trained)."""
         from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
 
-        roles = {"predictor": RoleSampling(run.schedule, run.target)}
-        networks = {"predictor": run.ema}
+        roles = {self.role: RoleSampling(run.schedule, run.target)}
+        networks = {self.role: run.ema}
         if "projector" in bundle.manifest.roles and self.options.correction_steps > 0:
             if self._projector is None:
                 self._projector = load_network(bundle, "projector").to(run.device)
@@ -134,7 +149,11 @@ class NextFrameMonitor:
             run.ema.load_state_dict(self._best_state)
         else:
             self.served = last
-        bundle.manifest.quality = self.record()
+        self.write_record(bundle)
+
+    def write_record(self, bundle) -> None:
+        bundle.manifest.quality = {**self.record(), **{k: v for k, v in bundle.manifest.quality.items()
+                                                       if k == "upsampling"}}
 
     def latest_text(self) -> str:
         m = self.served or (self.history[-1] if self.history else None)
@@ -143,14 +162,18 @@ class NextFrameMonitor:
     def measure_with(self, denoiser, sampling: BundleSampling, step: int,
                      elapsed_s: float) -> Measurement:
         """Predict and score every pair with the given runtime; appends to the history."""
-        predictions = nextframe.predict_pairs(denoiser, sampling, self.frames, self.pairs, self.k,
-                                              self.options, self.seed)
-        score = nextframe.score_pairs(self.frames, self.pairs, predictions)
-        m = Measurement(step, round(elapsed_s, 1), round(score["model_psnr"], 3),
-                        round(score["copy_psnr"], 3), score["model_wins"], len(self.pairs))
+        model_psnr, base_psnr, won = self._predict_and_score(denoiser, sampling)
+        m = Measurement(step, round(elapsed_s, 1), round(model_psnr, 3), round(base_psnr, 3), won,
+                        len(self.pairs))
         self.history.append(m)
         self._last_eval = elapsed_s
         return m
+
+    def _predict_and_score(self, denoiser, sampling: BundleSampling) -> tuple[float, float, int]:
+        predictions = nextframe.predict_pairs(denoiser, sampling, self.frames, self.pairs, self.k,
+                                              self.options, self.seed)
+        score = nextframe.score_pairs(self.frames, self.pairs, predictions)
+        return score["model_psnr"], score["copy_psnr"], score["model_wins"]
 
     def should_stop(self) -> bool:
         """Beats copy by the margin and has stopped improving (see the module docstring)."""
@@ -175,6 +198,47 @@ class NextFrameMonitor:
             "predictor_steps": m.step, "predictor_seconds": m.seconds, "verdict": verdict(m),
             "trained_steps": self.history[-1].step, "measurements": len(self.history),
         }
+
+
+@dataclass
+class InBetweenMonitor(NextFrameMonitor):
+    """Scores the Interpolator on held-out triplets against the blend and keeps its best weights.
+
+    `pairs` holds (i, i+2) for each triplet; it never stops early (stop_margin_db 0)."""
+
+    role = "interpolator"
+    label = "vs_blend"
+    stop_margin_db: float = 0.0
+
+    def _predict_and_score(self, denoiser, sampling: BundleSampling) -> tuple[float, float, int]:
+        firsts = [i for i, _ in self.pairs]
+        predictions = nextframe.predict_middles(denoiser, sampling, self.frames, firsts, self.options,
+                                                self.seed)
+        score = nextframe.score_middles(self.frames, firsts, predictions)
+        return score["model_psnr"], score["blend_psnr"], score["model_wins"]
+
+    def write_record(self, bundle) -> None:
+        bundle.manifest.quality = {**bundle.manifest.quality, "upsampling": self.record()}
+
+    def record(self) -> dict:
+        if not self.history:
+            return {}
+        m = self.served or self.history[-1]
+        return {
+            "triplets": m.pairs, "sampling": asdict(self.options), "model_psnr": m.model_psnr,
+            "blend_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "triplets_won": m.pairs_won,
+            "interpolator_steps": m.step, "interpolator_seconds": m.seconds,
+            "verdict": verdict(m).replace("copy", "blend"),
+            "trained_steps": self.history[-1].step, "measurements": len(self.history),
+        }
+
+
+def upsampling_line(record: dict) -> str:
+    """The manifest's "quality"."upsampling" record as one line."""
+    return (f"in-between frames on {record['triplets']} held-out triplets: model "
+            f"{record['model_psnr']:.2f} dB vs blend {record['blend_psnr']:.2f} dB "
+            f"({record['gain_db']:+.2f}, {record['triplets_won']}/{record['triplets']} won): "
+            f"{record['verdict']}")
 
 
 def short_text(m: Measurement) -> str:

@@ -30,7 +30,8 @@ from . import checkpoint
 from .crops import crop_size
 from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
                    train_role)
-from .monitor import NextFrameMonitor, holdout_count, holdout_pairs
+from .monitor import (InBetweenMonitor, NextFrameMonitor, holdout_count, holdout_pairs,
+                      holdout_triplets)
 from .presets import RUN_FILE, TrainConfig, get_preset, load_run_config, load_run_record
 
 # Training order: the Projector first, so the Predictor's held-out score can use correction.
@@ -188,12 +189,18 @@ def train_bundle(
             if role in bundle.manifest.roles and (run.state.step >= run.total or run.out_of_time):
                 continue  # finished in an earlier run
         role_monitor = monitor if role == "predictor" else None
+        tail = (len(frames) - held, len(frames))
+        correction = bundle.manifest.correction_steps
         if role == "predictor" and held and monitor is None:
             role_monitor = NextFrameMonitor(
                 frames, holdout_pairs(len(frames), held),
-                options=SamplingOptions(correction_steps=bundle.manifest.correction_steps),
-                eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db,
-                holdout=(len(frames) - held, len(frames)))
+                options=SamplingOptions.chosen(default_correction=correction, loop="extrapolate"),
+                eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db, holdout=tail)
+        if role == "interpolator" and holdout_triplets(len(frames), held):
+            role_monitor = InBetweenMonitor(
+                frames, [(i, i + 2) for i in holdout_triplets(len(frames), held)],
+                options=SamplingOptions.chosen(default_correction=correction, loop="upsample"),
+                eval_every_s=config.eval_every_s, holdout=tail)
         train_role(run, bundle, train_frames, progress=progress, callback=callback,
                    monitor=role_monitor)
     return bundle
