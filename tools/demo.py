@@ -109,7 +109,7 @@ def demo(out: Path, quick: bool, frames: int, seed: int) -> dict[str, Path]:
         address = f"127.0.0.1:{port}"
         step(f"5/6 stream over gRPC from {address}")
         run("sinfusion", "--address", address, "models")
-        sampling = ["--seed", seed] + (["--method", "ddim", "--steps", "5"] if quick else [])
+        sampling = ["--seed", seed]  # the server's default sampler (DDIM, 5 steps)
         outputs["extrapolated"] = out / "extrapolated.mp4"
         run("sinfusion", "--address", address, "extrapolate", "--model", MODEL,
             "--frames", frames, "--start-frame", len(clip.frames) - 1, *sampling,
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=24, help="future frames to stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help="train 20 steps per role and sample with 5 DDIM steps (a smoke run)")
+                        help="train 20 steps per role (a smoke run)")
     parser.add_argument("--clean", action="store_true", help="delete --out first")
     args = parser.parse_args(argv)
     if args.clean and args.out.exists():
