@@ -89,7 +89,7 @@ class Sampling:
     """How frames are sampled; what is left None is the server's default.
 
     steps: denoising steps per frame, 0 = all of the model's schedule_steps; None = the server's
-        default for the method (DDIM: 5; DDPM: all).
+        default for the method (DDIM: 4; DDPM: all).
     method: "ddpm" (ancestral, the paper) or "ddim" (deterministic, fewer steps); None = the server's
         default, DDIM.
     correction_steps: Projector correction level T_corr; None = the model's default, 0 = off.
