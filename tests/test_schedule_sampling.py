@@ -129,6 +129,21 @@ def test_bad_k_is_refused(bad):
                            np.random.default_rng(0), S.SamplingOptions()))
 
 
+def test_defaults_per_loop_and_the_papers_sampler():
+    # Predictor / Interpolator loops: the fast default; Projector-first loops: the paper's DDPM.
+    assert S.SamplingOptions.chosen(default_correction=0) == S.SamplingOptions(S.DEFAULT_DDIM_STEPS,
+                                                                                "ddim", 0)
+    assert S.SamplingOptions.chosen(loop="upsample").method == "ddim"
+    for loop in ("generate", "project", "summarize"):
+        assert S.SamplingOptions.chosen(loop=loop) == S.SamplingOptions(0, "ddpm", 3)
+    # a method without steps gets that method's default; what is given is kept
+    assert S.SamplingOptions.chosen(method="ddpm").steps == 0
+    assert S.SamplingOptions.chosen(method="ddim", loop="generate").steps == S.DEFAULT_DDIM_STEPS
+    assert S.SamplingOptions.chosen(steps=7, correction_steps=1, loop="project") == S.SamplingOptions(
+        7, "ddpm", 1)
+    assert S.PAPER_SAMPLING == S.SamplingOptions(0, "ddpm", 3)
+
+
 def test_bad_options_name_the_field():
     with pytest.raises(ValueError, match="steps must be in"):
         S.SamplingOptions(steps=51).validate(50)

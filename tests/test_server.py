@@ -104,6 +104,12 @@ def test_default_sampling_parameters_work(stub, running):
                                     np.random.default_rng(11), defaults)
         assert len(served) == 2
         assert_core_frames(served, model, loop)
+    # Generate draws its first frame from noise with the Projector: it keeps the paper's DDPM.
+    served = [pixels(f) for f in stub.Generate(pb.GenerateRequest(
+        model="tiny", frames=2, sampling=pb.SamplingParams(seed=11)))]
+    loop = sampling.generate(model.sampling, model.size, 2, np.random.default_rng(11),
+                             sampling.SamplingOptions(0, "ddpm", 3))
+    assert_core_frames(served, model, loop)
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
