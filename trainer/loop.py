@@ -186,8 +186,9 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     run.state = state
 
 
-def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """One optimisation step; returns the loss."""
+def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """One optimisation step; returns the loss as a detached scalar on the device (reading it as a
+    float waits for the step: on a GPU the loop only does that every few steps)."""
     cfg, role, g, dev = run.config, run.role, run.generator, run.device
     step = run.state.step
     for group in run.optimizer.param_groups:
@@ -229,7 +230,7 @@ def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch
         for average, param in zip(run.ema.parameters(), run.net.parameters()):
             average.lerp_(param.detach(), 1.0 - decay)
     run.state.step = step + 1
-    return float(loss.detach())
+    return loss.detach()
 
 
 def role_entry(run: RoleRun) -> RoleEntry:
@@ -278,9 +279,9 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
             while run.state.step < total and not run.out_of_time:
                 loss = train_step(run, crops, tables)
                 step = run.state.step
-                acc, acc_n = acc + loss, acc_n + 1
+                acc, acc_n = acc + loss, acc_n + 1  # summed on the device: no wait per step
                 if step % window == 0 or step == total:
-                    run.state.losses.append([step, round(acc / acc_n, 6)])
+                    run.state.losses.append([step, round(float(acc) / acc_n, 6)])
                     acc, acc_n = 0.0, 0
                 bar.update(1)
                 run.state.elapsed_s = time.monotonic() - started
@@ -288,13 +289,13 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
                     postfix[monitor.label] = monitor.measure(run, bundle)
                     run.state.elapsed_s = time.monotonic() - started
                 if step % 10 == 0 or step == total:
-                    postfix.update(loss=f"{loss:.4f}",
+                    postfix.update(loss=f"{float(loss):.4f}",
                                    lr=f"{lr_at(cfg, step - 1, total, run.fraction):.1e}")
                     bar.set_postfix(postfix, refresh=False)
                     if run.time_budget_s > 0:  # the bar's end: where the budget will stop it
                         bar.total = _expected_end(run, step - first_step, time.monotonic() - began)
                 if callback is not None:
-                    callback(run.role, step, loss)
+                    callback(run.role, step, float(loss))
                 if interrupted.is_set():
                     raise KeyboardInterrupt
                 if monitor is not None and monitor.should_stop():
