@@ -105,15 +105,6 @@ def denoiser_for(setting: Setting, bundle):
 
 # --- speed: the server --------------------------------------------------------------------------------
 
-async def _stream(stub, model: str, frames: int, params) -> int:
-    from sinfusion.v1 import sinfusion_pb2 as pb
-
-    count = 0
-    async for _ in stub.Extrapolate(pb.ExtrapolateRequest(model=model, frames=frames, sampling=params)):
-        count += 1
-    return count
-
-
 async def _speed(folder: Path, model: str, setting: Setting, frames: int, repeats: int) -> dict[int, float]:
     """Best frames/s of Extrapolate for 1 and 4 concurrent streams, served with the setting's runtime."""
     import grpc
@@ -121,20 +112,22 @@ async def _speed(folder: Path, model: str, setting: Setting, frames: int, repeat
     from sinfusion.server import ServerConfig, serve
     from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
+    from .bench_server import one_stream  # (first-frame latency, frames) of one Extrapolate
+
     config = ServerConfig(models=folder.parent, runtime=RUNTIMES[setting.runtime], max_streams=8,
                           max_batch=4, grace=1.0, strict=True)
     result = {}
     async with serve(config) as running:
         async with grpc.aio.insecure_channel(running.target) as channel:
             stub = pb_grpc.SinFusionStub(channel)
-            await _stream(stub, model, 1, setting.params(0))  # warm-up
+            await one_stream(stub, model, 1, setting.params(0))  # warm-up
             for streams in (1, 4):
                 best = 0.0
                 for _ in range(repeats):
                     start = time.perf_counter()
-                    counts = await asyncio.gather(*(_stream(stub, model, frames, setting.params(s + 1))
-                                                    for s in range(streams)))
-                    best = max(best, sum(counts) / (time.perf_counter() - start))
+                    done = await asyncio.gather(*(one_stream(stub, model, frames, setting.params(s + 1))
+                                                  for s in range(streams)))
+                    best = max(best, sum(count for _, count in done) / (time.perf_counter() - start))
                 result[streams] = best
     return result
 
@@ -142,12 +135,14 @@ async def _speed(folder: Path, model: str, setting: Setting, frames: int, repeat
 # --- quality: held-out pairs and a long extrapolation ---------------------------------------------------
 
 def heldout_pairs(bundle) -> list[tuple[int, int]]:
+    from sinfusion.nextframe import holdout_pairs
+
     record = bundle.manifest.quality or {}
     if "holdout_frames" not in record:
         raise SystemExit(f"bench_sampler: {bundle.path} records no held-out frames; train it with "
                          "`trainer train` (default --holdout)")
-    first, end = record["holdout_frames"]
-    return [(i, i + 1) for i in range(first, end - 1)]
+    first, end = record["holdout_frames"]  # [first, end): the clip's tail
+    return holdout_pairs(end, end - first)
 
 
 def next_frame(bundle, denoiser, setting: Setting, seeds: int) -> dict:

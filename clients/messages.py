@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sinfusion.io.cli import PAPER_SAMPLER
 from sinfusion.v1 import sinfusion_pb2 as pb
 
 from .errors import ClientError
@@ -104,7 +105,7 @@ class Sampling:
 
     @classmethod
     def paper(cls, seed: int | None = None) -> Sampling:
-        return cls(steps=0, method="ddpm", correction_steps=3, seed=seed)
+        return cls(**PAPER_SAMPLER, seed=seed)
 
     def to_proto(self) -> pb.SamplingParams:
         msg = pb.SamplingParams()

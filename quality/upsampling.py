@@ -21,16 +21,16 @@ import numpy as np
 
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_uint8
-from sinfusion.nextframe import predict_middles, score_middles
+from sinfusion.nextframe import holdout_triplets, predict_middles, score_middles
 from sinfusion.sampling import SamplingOptions
 
 
 def triplets(bundle: Bundle) -> tuple[list[int], bool]:
     """First frames i of the scored triplets, and whether they were held out of training."""
     n = bundle.manifest.frame_count
-    held = bundle.manifest.quality.get("holdout_frames")
+    held = bundle.manifest.quality.get("holdout_frames")  # [first, end): the clip's tail
     if held and held[1] - held[0] >= 3:
-        return list(range(held[0], held[1] - 2)), True
+        return holdout_triplets(held[1], held[1] - held[0]), True
     return list(range(0, n - 2, 2)), False
 
 

@@ -33,6 +33,17 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return np.clip((np.asarray(x, np.float64) + 1.0) / 2.0, 0.0, 1.0)
 
 
+def holdout_pairs(frame_count: int, holdout: int, k: int = 1) -> list[tuple[int, int]]:
+    """The (i, i+k) pairs inside the held-out tail."""
+    first = frame_count - holdout
+    return [(i, i + k) for i in range(first, frame_count - k)] if holdout else []
+
+
+def holdout_triplets(frame_count: int, holdout: int) -> list[int]:
+    """First frames i of the triplets (i, i+1, i+2) inside the held-out tail."""
+    return list(range(frame_count - holdout, frame_count - 2)) if holdout else []
+
+
 def predict_pairs(denoiser: Denoiser, sampling: BundleSampling, frames: np.ndarray, pairs: Sequence[Pair],
                   k: int, options: SamplingOptions, seed: int = 0,
                   batch: int = 16) -> np.ndarray:

@@ -142,6 +142,10 @@ def test_defaults_per_loop_and_the_papers_sampler():
     assert S.SamplingOptions.chosen(steps=7, correction_steps=1, loop="project") == S.SamplingOptions(
         7, "ddpm", 1)
     assert S.PAPER_SAMPLING == S.SamplingOptions(0, "ddpm", 3)
+    from dataclasses import asdict
+
+    from sinfusion.io.cli import PAPER_SAMPLER  # the torch-free flag values (CLIs, client)
+    assert PAPER_SAMPLER == asdict(S.PAPER_SAMPLING)
 
 
 def test_bad_options_name_the_field():

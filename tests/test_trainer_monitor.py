@@ -85,13 +85,18 @@ def test_anchored_network_starts_at_copy_or_blend(role):
         default_config("projector", channels=8, blocks=2, anchored=True)
 
 
-def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
-    frames = tiny_clip(6, 16, 24)
-    net = SinFusionNet(default_config("predictor", channels=8, blocks=2, anchored=True))
+def untrained_anchored(role: str):
+    """A runtime over an untrained anchored network of `role` (it returns its anchor), and its sampling."""
     from sinfusion.runtimes.torch_runtime import TorchDenoiser
 
-    denoiser = TorchDenoiser.from_networks({"predictor": net})
-    bundle_sampling = BundleSampling({"predictor": RoleSampling(make_schedule("cosine", 50), "x0")})
+    net = SinFusionNet(default_config(role, channels=8, blocks=2, anchored=True))
+    return (TorchDenoiser.from_networks({role: net}),
+            BundleSampling({role: RoleSampling(make_schedule("cosine", 50), "x0")}))
+
+
+def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
+    frames = tiny_clip(6, 16, 24)
+    denoiser, bundle_sampling = untrained_anchored("predictor")
     monitor = NextFrameMonitor(frames, [(0, 1), (2, 3)],
                                options=SamplingOptions(steps=5, method="ddim", correction_steps=0))
     m = monitor.measure_with(denoiser, bundle_sampling, step=0, elapsed_s=0.0)
@@ -103,11 +108,7 @@ def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
 
 def test_in_between_monitor_scores_an_untrained_anchored_interpolator_as_the_blend():
     frames = tiny_clip(6, 16, 24)
-    net = SinFusionNet(default_config("interpolator", channels=8, blocks=2, anchored=True))
-    from sinfusion.runtimes.torch_runtime import TorchDenoiser
-
-    denoiser = TorchDenoiser.from_networks({"interpolator": net})
-    bundle_sampling = BundleSampling({"interpolator": RoleSampling(make_schedule("cosine", 50), "x0")})
+    denoiser, bundle_sampling = untrained_anchored("interpolator")
     monitor = InBetweenMonitor(frames, [(0, 2), (3, 5)],
                                options=SamplingOptions(steps=5, method="ddim", correction_steps=0))
     m = monitor.measure_with(denoiser, bundle_sampling, step=0, elapsed_s=0.0)

@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sinfusion import nextframe
-from sinfusion.nextframe import summary_line  # noqa: F401  (re-exported for the CLI)
+from sinfusion.nextframe import holdout_pairs, holdout_triplets, summary_line  # noqa: F401  (re-exported)
 from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
 
 MIN_FRAMES_FOR_HOLDOUT = 12
@@ -60,17 +60,6 @@ def holdout_count(frame_count: int, requested: int = -1) -> int:
     if frame_count < MIN_FRAMES_FOR_HOLDOUT:
         return 0
     return int(min(16, max(3, round(frame_count / 6))))
-
-
-def holdout_pairs(frame_count: int, holdout: int, k: int = 1) -> list[tuple[int, int]]:
-    """The (i, i+k) pairs inside the held-out tail."""
-    first = frame_count - holdout
-    return [(i, i + k) for i in range(first, frame_count - k)] if holdout else []
-
-
-def holdout_triplets(frame_count: int, holdout: int) -> list[int]:
-    """First frames i of the triplets (i, i+1, i+2) inside the held-out tail."""
-    return list(range(frame_count - holdout, frame_count - 2)) if holdout else []
 
 
 @dataclass
@@ -152,8 +141,10 @@ class NextFrameMonitor:
         self.write_record(bundle)
 
     def write_record(self, bundle) -> None:
-        bundle.manifest.quality = {**self.record(), **{k: v for k, v in bundle.manifest.quality.items()
-                                                       if k == "upsampling"}}
+        """The Predictor's figures are the record's top level; the Interpolator's entry is kept."""
+        previous = bundle.manifest.quality
+        kept = {"upsampling": previous["upsampling"]} if "upsampling" in previous else {}
+        bundle.manifest.quality = {**self.record(), **kept}
 
     def latest_text(self) -> str:
         m = self.served or (self.history[-1] if self.history else None)
@@ -228,7 +219,7 @@ class InBetweenMonitor(NextFrameMonitor):
             "triplets": m.pairs, "sampling": asdict(self.options), "model_psnr": m.model_psnr,
             "blend_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "triplets_won": m.pairs_won,
             "interpolator_steps": m.step, "interpolator_seconds": m.seconds,
-            "verdict": verdict(m).replace("copy", "blend"),
+            "verdict": verdict(m, "blend"),
             "trained_steps": self.history[-1].step, "measurements": len(self.history),
         }
 
@@ -245,10 +236,11 @@ def short_text(m: Measurement) -> str:
     return f"{m.gain_db:+.2f}dB {m.pairs_won}/{m.pairs}"
 
 
-def verdict(m: Measurement) -> str:
-    """One word on the model against copying the frame: what a user needs to decide."""
+def verdict(m: Measurement, baseline: str = "copy") -> str:
+    """One word on the model against its baseline (copying the frame, or the blend for in-between
+    frames): what a user needs to decide."""
     if m.gain_db >= 0.5 and 2 * m.pairs_won > m.pairs:
-        return "beats copy"
+        return f"beats {baseline}"
     if m.gain_db > -0.5:
-        return "ties copy"
-    return "loses to copy"
+        return f"ties {baseline}"
+    return f"loses to {baseline}"

@@ -196,9 +196,10 @@ def train_bundle(
                 frames, holdout_pairs(len(frames), held),
                 options=SamplingOptions.chosen(default_correction=correction, loop="extrapolate"),
                 eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db, holdout=tail)
-        if role == "interpolator" and holdout_triplets(len(frames), held):
+        triplets = holdout_triplets(len(frames), held) if role == "interpolator" else []
+        if triplets:
             role_monitor = InBetweenMonitor(
-                frames, [(i, i + 2) for i in holdout_triplets(len(frames), held)],
+                frames, [(i, i + 2) for i in triplets],
                 options=SamplingOptions.chosen(default_correction=correction, loop="upsample"),
                 eval_every_s=config.eval_every_s, holdout=tail)
         train_role(run, bundle, train_frames, progress=progress, callback=callback,
