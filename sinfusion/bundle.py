@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import BundleSampling, RoleSampling
+from .sampling import BundleSampling, Palette, RoleSampling
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -165,6 +165,9 @@ class Manifest:
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
     quality: dict = field(default_factory=dict)
     frames_sha256: str = ""  # of the frames file; empty in bundles written before it was recorded
+    # The clip's colour statistics (sinfusion.sampling.Palette), recorded with the frames; Generate
+    # sets its first frame's colours to them. None in bundles written before it was recorded.
+    palette: Palette | None = None
     created_by: str = f"sinfusion {__version__}"
 
     def to_dict(self) -> dict:
@@ -185,6 +188,7 @@ class Manifest:
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
+            **({"palette": self.palette.to_dict()} if self.palette else {}),
         }
 
     @classmethod
@@ -216,6 +220,7 @@ class Manifest:
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
+                palette=Palette.from_dict(d["palette"]) if d.get("palette") else None,
                 created_by=str(d.get("created_by", "")),
             )
         except KeyError as exc:
@@ -310,7 +315,7 @@ class Bundle:
     def sampling(self) -> BundleSampling:
         """The sampling facts of every trained role."""
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
-                               for r, e in self.manifest.roles.items()})
+                               for r, e in self.manifest.roles.items()}, self.manifest.palette)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())
@@ -327,6 +332,7 @@ class Bundle:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
         manifest.frames_sha256 = save_tensors(path / FRAMES, {"frames": frames})
+        manifest.palette = Palette.of(frames)
         bundle = cls(path, manifest)
         bundle.save_manifest()
         return bundle

@@ -141,10 +141,39 @@ PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
 @dataclass(frozen=True)
+class Palette:
+    """A clip's colour statistics in the networks' [-1, 1] scale: each channel's mean and standard
+    deviation over a frame, averaged over the clip's frames (what a frame of the clip looks like)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def of(cls, frames: np.ndarray) -> Palette:
+        """The palette of uint8 frames (N, H, W, 3)."""
+        x = frames.astype(np.float32) / 127.5 - 1.0
+        mean = x.mean(axis=(1, 2)).mean(axis=0)
+        std = x.std(axis=(1, 2)).mean(axis=0)
+        return cls(tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std))
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Palette:
+        mean, std = (tuple(float(v) for v in d[k]) for k in ("mean", "std"))
+        if len(mean) != 3 or len(std) != 3 or min(std) < 0:
+            raise ValueError(f"a palette needs 3 means and 3 non-negative deviations, got {d}")
+        return cls(mean, std)
+
+
+@dataclass(frozen=True)
 class BundleSampling:
-    """The sampling facts of a bundle's roles, by role (only the trained ones are present)."""
+    """The sampling facts of a bundle's roles, by role (only the trained ones are present), and the
+    clip's palette (None in bundles written before it was recorded)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
+    palette: Palette | None = None
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -251,11 +280,19 @@ def denoise(
 
 def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.random.Generator,
                    options: SamplingOptions) -> Loop:
-    """A new frame from pure noise with the Projector (paper section 6.2 / first frame of 6.1)."""
+    """A new frame from pure noise with the Projector (paper section 6.2 / first frame of 6.1).
+
+    Its colours are then set to the clip's palette (each channel's mean and contrast), when the bundle
+    records one: a Projector trained for minutes draws the clip's textures but not its exposure, and
+    a generated clip keeps its first frame's (the anchored Predictor locks mean and contrast).
+    """
     rs = sampling["projector"]
     x = rng.standard_normal((3, *shape), dtype=np.float32)
-    return (yield from denoise("projector", rs, x, rng, start=rs.schedule.steps,
-                               steps=options.steps, method=options.method))
+    x = yield from denoise("projector", rs, x, rng, start=rs.schedule.steps,
+                           steps=options.steps, method=options.method)
+    if sampling.palette is None:
+        return x
+    return arrays.match_channels(x, sampling.palette.mean, sampling.palette.std)
 
 
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,

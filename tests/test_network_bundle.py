@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
+from sinfusion.arrays import match_channels
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -103,3 +104,34 @@ def test_channel_norm_normalises_each_pixel_over_channels():
     var = x.var(dim=1, unbiased=False, keepdim=True)
     expected = (x - mean) / torch.sqrt(var + 1e-6) * norm.weight[:, None, None] + 0.5
     torch.testing.assert_close(norm(x), expected)
+
+
+def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundle):
+    """Generate's first frame gets the clip's per-channel mean and contrast; a manifest without a
+    palette (older bundles) loads and generates as before; a malformed one is refused."""
+    frames = tiny_bundle.frames()
+    palette = tiny_bundle.manifest.palette
+    assert palette == S.Palette.of(frames)
+    x = frames.astype(np.float32) / 127.5 - 1
+    np.testing.assert_allclose(palette.mean, x.mean(axis=(1, 2)).mean(axis=0), atol=1e-5)
+    sampling = Bundle.open(tiny_bundle.path).sampling()
+    assert sampling.palette == palette
+    first = S.run_to_value(S.generate_frame(sampling, (16, 24), np.random.default_rng(0),
+                                            S.SamplingOptions(steps=3)), TorchDenoiser(tiny_bundle))
+    np.testing.assert_allclose(first.mean(axis=(1, 2)), palette.mean, atol=1e-4)
+    np.testing.assert_allclose(first.std(axis=(1, 2)), palette.std, atol=1e-4)
+    # the same arithmetic on a device tensor (the device-resident runtime's frames)
+    on_device = match_channels(torch.from_numpy(x[0].transpose(2, 0, 1).copy()),
+                                        palette.mean, palette.std)
+    on_host = match_channels(x[0].transpose(2, 0, 1).copy(), palette.mean, palette.std)
+    np.testing.assert_allclose(on_device.numpy(), on_host, atol=1e-5)
+
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    del data["palette"]
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().palette is None
+    data["palette"] = {"mean": [0.1, 0.2], "std": [0.1, 0.1, 0.1]}
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="palette needs 3 means"):
+        Bundle.open(tiny_bundle.path)

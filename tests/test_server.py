@@ -104,7 +104,10 @@ def test_default_sampling_parameters_work(stub, running):
                                     np.random.default_rng(11), defaults)
         assert len(served) == 2
         assert_core_frames(served, model, loop)
-    # Generate draws its first frame from noise with the Projector: it keeps the paper's DDPM.
+    # Generate draws its first frame from noise with the Projector: it keeps the paper's DDPM, and
+    # paints it with the clip's palette, as the core loop does with the bundle's.
+    assert model.sampling.palette is not None
+    assert model.sampling.palette == model.bundle.manifest.palette
     served = [pixels(f) for f in stub.Generate(pb.GenerateRequest(
         model="tiny", frames=2, sampling=pb.SamplingParams(seed=11)))]
     loop = sampling.generate(model.sampling, model.size, 2, np.random.default_rng(11),
