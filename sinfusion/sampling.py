@@ -150,10 +150,12 @@ class Palette:
 
     @classmethod
     def of(cls, frames: np.ndarray) -> Palette:
-        """The palette of uint8 frames (N, H, W, 3)."""
-        x = frames.astype(np.float32) / 127.5 - 1.0
-        mean = x.mean(axis=(1, 2)).mean(axis=0)
-        std = x.std(axis=(1, 2)).mean(axis=0)
+        """The palette of uint8 frames (N, H, W, 3), a frame at a time (a long clip is not copied)."""
+        per_frame = []
+        for frame in frames:
+            x = frame.reshape(-1, 3).astype(np.float32) / 127.5 - 1.0
+            per_frame.append((x.mean(axis=0), x.std(axis=0)))
+        mean, std = np.mean(per_frame, axis=0)
         return cls(tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std))
 
     def to_dict(self) -> dict:
