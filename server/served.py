@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,8 +120,8 @@ def load_model(path: Path, runtime: str, max_batch: int, compile_cache: Path | N
         loaded = select_runtime(bundle, runtime, max_batch, compile_cache=compile_cache)
     except (BundleError, ConfigError) as exc:
         raise BundleRefused(name, str(exc)) from None
-    everything = bundle.sampling()
-    served = {r: rs for r, rs in everything.roles.items() if r in loaded.batch_sizes}
+    bundle_sampling = bundle.sampling()
+    served = {r: rs for r, rs in bundle_sampling.roles.items() if r in loaded.batch_sizes}
     if not loaded.name.startswith("torch"):
         # Engines do not read the weights, but a damaged weights file means damaged storage and a
         # later fallback to PyTorch would refuse it: say so now rather than at the next restart.
@@ -136,7 +136,7 @@ def load_model(path: Path, runtime: str, max_batch: int, compile_cache: Path | N
         log.warning("bundle %s: the manifest records no checksum for %s, so damage there cannot be "
                     "detected (written by an older version; re-train or re-export to add them)",
                     name, ", ".join(unverifiable))
-    return ServedModel(bundle, loaded, BundleSampling(served, everything.palette), clip)
+    return ServedModel(bundle, loaded, replace(bundle_sampling, roles=served), clip)
 
 
 def load_models(models_dir: Path, runtime: str = "auto", max_batch: int = 8, strict: bool = False,

@@ -72,13 +72,9 @@ def rows(batch) -> list:
 def match_channels(x, mean: Sequence[float], std: Sequence[float]):
     """A frame (3, H, W) with each channel's mean and standard deviation set to `mean` and `std`."""
     if is_host(x):
-        m = x.mean(axis=(1, 2), keepdims=True)
-        s = x.std(axis=(1, 2), keepdims=True)
-        target_mean = np.asarray(mean, np.float32)[:, None, None]
-        target_std = np.asarray(std, np.float32)[:, None, None]
-        return ((x - m) / (s + 1e-6) * target_std + target_mean).astype(np.float32)
-    m = x.mean(dim=(1, 2), keepdim=True)
-    s = x.std(dim=(1, 2), keepdim=True, correction=0)
+        m, s = x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True)
+    else:
+        m, s = x.mean(dim=(1, 2), keepdim=True), x.std(dim=(1, 2), keepdim=True, correction=0)
     target_mean = like(np.asarray(mean, np.float32)[:, None, None], x)
     target_std = like(np.asarray(std, np.float32)[:, None, None], x)
     return (x - m) / (s + 1e-6) * target_std + target_mean

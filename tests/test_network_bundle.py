@@ -122,7 +122,7 @@ def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundl
     np.testing.assert_allclose(first.std(axis=(1, 2)), palette.std, atol=1e-4)
     # the same arithmetic on a device tensor (the device-resident runtime's frames)
     on_device = match_channels(torch.from_numpy(x[0].transpose(2, 0, 1).copy()),
-                                        palette.mean, palette.std)
+                               palette.mean, palette.std)
     on_host = match_channels(x[0].transpose(2, 0, 1).copy(), palette.mean, palette.std)
     np.testing.assert_allclose(on_device.numpy(), on_host, atol=1e-5)
 
