@@ -1,8 +1,8 @@
 """Time to beat "copy the frame": next-frame PSNR on unseen frames while the Predictor trains.
 
     nice .venv/bin/python -m bench.bench_recipe [--clips tornado,ants,boat_race,fish] [--minutes 10]
-        [--preset cpu] [--set field=value ...] [--threads 2] [--eval-every 60] [--out results.json]
-        [--plot curves.png]
+        [--preset cpu] [--set field=value ...] [--threads 2] [--device cpu] [--eval-every 60]
+        [--out results.json] [--plot curves.png]
 
 For each clip: the `sinfusion-quality nextframe` protocol (train the Predictor on frames 0-15, n=16,
 k=1, on nothing else; test every pair of unseen frames, at most 100), with the preset's sizes. While
@@ -37,7 +37,7 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
+def run_clip(name: str, config, work: Path, eval_every: float, device: str = "cpu") -> dict:
     import numpy as np
 
     from sinfusion.quality.nextframe import evaluate, make_split
@@ -55,10 +55,10 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
                                stop_margin_db=0.0, keep_best=False)  # test pairs: watch only
     started = time.monotonic()
     bundle = train_bundle(frames[split.train], work / name, config, roles=["predictor"],
-                          overwrite=True, progress=False, device="cpu", monitor=monitor)
+                          overwrite=True, progress=False, device=device, monitor=monitor)
     train_s = time.monotonic() - started
     beat = next((m for m in monitor.history if verdict(m) == "beats copy"), None)
-    denoiser = TorchDenoiser(bundle, roles=["predictor"])
+    denoiser = TorchDenoiser(bundle, device=device, roles=["predictor"])
     final = {}
     for label, options in (("ddpm50", SamplingOptions(correction_steps=0)),
                            ("ddim10", SamplingOptions(**CHEAP))):
@@ -70,6 +70,15 @@ def run_clip(name: str, config, work: Path, eval_every: float) -> dict:
             "curve": [vars(m) for m in monitor.history], "final": final}
 
 
+def device_name(device: str) -> str:
+    """What ran it, for the record: the GPU's name, or the CPU count."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clips", default=",".join(CLIPS))
@@ -78,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a TrainConfig field (repeatable)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training and scoring)")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds between scores")
     parser.add_argument("--work", default="out/bench_recipe")
     parser.add_argument("--out", help="JSON file for every measurement")
@@ -99,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if not (DATA / CLIPS[name]).exists():
             print(f"skip {name}: {DATA / CLIPS[name]} not found", file=sys.stderr)
             continue
-        row = run_clip(name, config, Path(args.work), args.eval_every)
+        row = run_clip(name, config, Path(args.work), args.eval_every, args.device)
+        row["device"] = device_name(args.device)
         rows.append(row)
         d, q = row["final"]["ddpm50"], row["final"]["ddim10"]
         print(f"{name:>10} {row['size']:>7} {row['steps']:>6} steps {row['train_s']:>6.0f} s | "
