@@ -16,7 +16,7 @@ import numpy as np
 from sinfusion.frames import to_model
 from sinfusion.io.files import resize as resize_lanczos
 from sinfusion.sampling import (DEFAULT_STRENGTH, SamplingOptions, default_method, default_steps,
-                                summary_sizes)
+                                loop_correction, summary_sizes)
 from sinfusion.v1 import sinfusion_pb2 as pb
 
 from .served import MAX_STEP, RefusedBundle, ServedModel, short
@@ -232,7 +232,7 @@ def sampling(params: pb.SamplingParams, model: ServedModel, roles: tuple[str, ..
             raise invalid(f"sampling.correction_steps must be in [0, {corr_bound}] (0 = off), "
                           f"got {correction}")
     else:
-        correction = min(manifest.correction_steps, corr_bound)
+        correction = min(loop_correction(loop, manifest.correction_steps), corr_bound)
     if params.HasField("seed"):
         seed = params.seed
     else:  # a fresh seed, logged with the stream so that a run can be repeated

@@ -348,7 +348,7 @@ class SinFusionService(pb_grpc.SinFusionServicer):
         rq.require(model, "upsample", "an Interpolator")
         factor = rq.upsample_factor(first.factor)
         policy = rq.resize_policy(first.resize)
-        s = rq.sampling(first.sampling, model, ("interpolator",))
+        s = rq.sampling(first.sampling, model, ("interpolator",), "upsample")
         what = (f"factor={factor} steps={s.options.steps} {s.options.method} "
                 f"correction={s.options.correction_steps} seed={s.seed}")
         resized: list[bool] = []  # per input frame, appended as the frames are read

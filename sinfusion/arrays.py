@@ -69,15 +69,28 @@ def rows(batch) -> list:
     return list(batch.unbind(0))
 
 
+def _channel_stats(x):
+    """Each channel's mean and standard deviation of a frame (3, H, W), shaped (3, 1, 1), where x is."""
+    if is_host(x):
+        return x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True)
+    return x.mean(dim=(1, 2), keepdim=True), x.std(dim=(1, 2), keepdim=True, correction=0)
+
+
+def _set_channels(x, mean, std):
+    m, s = _channel_stats(x)
+    return (x - m) / (s + 1e-6) * std + mean
+
+
 def match_channels(x, mean: Sequence[float], std: Sequence[float]):
     """A frame (3, H, W) with each channel's mean and standard deviation set to `mean` and `std`."""
-    if is_host(x):
-        m, s = x.mean(axis=(1, 2), keepdims=True), x.std(axis=(1, 2), keepdims=True)
-    else:
-        m, s = x.mean(dim=(1, 2), keepdim=True), x.std(dim=(1, 2), keepdim=True, correction=0)
-    target_mean = like(np.asarray(mean, np.float32)[:, None, None], x)
-    target_std = like(np.asarray(std, np.float32)[:, None, None], x)
-    return (x - m) / (s + 1e-6) * target_std + target_mean
+    return _set_channels(x, like(np.asarray(mean, np.float32)[:, None, None], x),
+                         like(np.asarray(std, np.float32)[:, None, None], x))
+
+
+def keep_channels(x, reference):
+    """x (3, H, W) with each channel's mean and standard deviation set to `reference`'s, both frames
+    on the same side (host or device: nothing crosses)."""
+    return _set_channels(x, *_channel_stats(reference))
 
 
 def to_host(a) -> np.ndarray:

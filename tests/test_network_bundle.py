@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import match_channels
+from sinfusion.arrays import keep_channels, match_channels
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -135,3 +135,21 @@ def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundl
     path.write_text(json.dumps(data))
     with pytest.raises(BundleError, match="palette needs 3 means"):
         Bundle.open(tiny_bundle.path)
+
+
+def test_correction_keeps_the_frames_exposure(tiny_bundle):
+    """The Projector's correction mends a frame without changing any channel's mean or contrast (a
+    bias would add up over a stream), on host and device frames alike; off, it returns the frame."""
+    sampling, denoiser = tiny_bundle.sampling(), TorchDenoiser(tiny_bundle)
+    frame = tiny_bundle.frames()[3].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    on = S.SamplingOptions(correction_steps=2)
+    fixed = S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), on), denoiser)
+    assert np.abs(fixed - frame).mean() > 1e-3  # the Projector did change it
+    np.testing.assert_allclose(fixed.mean(axis=(1, 2)), frame.mean(axis=(1, 2)), atol=1e-5)
+    np.testing.assert_allclose(fixed.std(axis=(1, 2)), frame.std(axis=(1, 2)), atol=1e-5)
+    off = S.SamplingOptions(correction_steps=0)
+    assert S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), off), denoiser) is frame
+    rng = np.random.default_rng(1)
+    x, reference = rng.normal(0, 0.3, (2, 3, 8, 12)).astype(np.float32)
+    np.testing.assert_allclose(keep_channels(torch.from_numpy(x), torch.from_numpy(reference)).numpy(),
+                               keep_channels(x, reference), atol=1e-5)

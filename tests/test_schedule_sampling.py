@@ -134,6 +134,10 @@ def test_defaults_per_loop_and_the_papers_sampler():
     assert S.SamplingOptions.chosen(default_correction=0) == S.SamplingOptions(S.DEFAULT_DDIM_STEPS,
                                                                                 "ddim", 0)
     assert S.SamplingOptions.chosen(loop="upsample").method == "ddim"
+    # the bundle's T_corr for streams; in-between frames come from real frames: uncorrected unless asked
+    assert S.SamplingOptions.chosen(default_correction=1).correction_steps == 1
+    assert S.SamplingOptions.chosen(default_correction=1, loop="upsample").correction_steps == 0
+    assert S.SamplingOptions.chosen(correction_steps=2, loop="upsample").correction_steps == 2
     for loop in ("generate", "project", "summarize"):
         assert S.SamplingOptions.chosen(loop=loop) == S.SamplingOptions(0, "ddpm", 3)
     # a method without steps gets that method's default; what is given is kept

@@ -140,6 +140,14 @@ def test_upsample_is_the_core_loop(stub, running):
                              sampling.SamplingOptions(2, "ddim", 1))
     assert len(served) == 5
     assert_core_frames(served, model, loop)
+    # unset, the correction is off for in-between frames (nothing accumulates), whatever the bundle's
+    requests[0] = pb.UpsampleRequest(model="tiny", factor=2, sampling=pb.SamplingParams(seed=8),
+                                     frame=raw(clip[0]))
+    served = [pixels(f) for f in stub.Upsample(iter(requests))]
+    assert model.bundle.manifest.correction_steps == 3
+    loop = sampling.upsample(model.sampling, list(to_model(clip)), 2, np.random.default_rng(8),
+                             sampling.SamplingOptions(sampling.DEFAULT_DDIM_STEPS, "ddim", 0))
+    assert_core_frames(served, model, loop)
 
 
 def test_upsample_output_starts_before_input_ends(stub):

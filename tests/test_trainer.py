@@ -12,7 +12,7 @@ from sinfusion import sampling
 from sinfusion.bundle import Bundle, BundleError, load_tensors
 from sinfusion.frames import to_model
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
-from sinfusion.trainer.loop import TrainingInterrupted, lr_at
+from sinfusion.trainer.loop import TrainingInterrupted, lr_at, noise_levels
 from sinfusion.trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
 from sinfusion.trainer.crops import ClipCrops, crop_size, k_limit
 from sinfusion.trainer.training import TrainerError, train_bundle
@@ -134,6 +134,32 @@ def test_presets_and_config_validation():
         TrainConfig(projector_target="v")
     with pytest.raises(ValueError, match="blocks must be an even number"):
         TrainConfig(blocks=3)
+    with pytest.raises(ValueError, match="projector_correction_share must be in"):
+        TrainConfig(projector_correction_share=1.5)
+
+
+def test_the_projector_trains_a_share_at_the_correction_levels():
+    """The cpu preset serves correction at level 1 and draws half the Projector's levels there; the
+    other roles, and the paper, draw every level alike."""
+    cpu = get_preset("cpu")
+    assert (cpu.correction_steps, cpu.projector_correction_share) == (1, 0.5)
+    assert PaperPreset().projector_correction_share == 0.0
+    cpu_time = {r: cpu.time_for(r, ["predictor", "projector", "interpolator"])
+                for r in ("predictor", "projector", "interpolator")}
+    assert cpu_time == pytest.approx({"predictor": 360, "projector": 360, "interpolator": 180})
+
+    def levels(config, role):
+        g = torch.Generator().manual_seed(0)
+        return noise_levels(config, role, 4000, 50, g, torch.device("cpu"))
+
+    t = levels(cpu, "projector")
+    assert int(t.min()) >= 1 and int(t.max()) == 50
+    assert 0.48 < float((t == 1).float().mean()) < 0.54  # half, plus 1/50 of the uniform half
+    for config, role in ((cpu, "predictor"), (cpu, "interpolator"), (PaperPreset(), "projector"),
+                         (get_preset("cpu", correction_steps=0), "projector")):
+        assert float((levels(config, role) == 1).float().mean()) < 0.04, (role, config)
+    three = levels(get_preset("cpu", correction_steps=3, projector_correction_share=1.0), "projector")
+    assert set(three.tolist()) == {1, 2, 3}
 
 
 def test_learning_rate_decays_from_2e4_to_2e5():

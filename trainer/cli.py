@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"steps for the {role} (overrides --steps and the preset)")
     t.add_argument("--time", type=duration, metavar="DURATION",
                    help="wall-clock budget of the whole run, e.g. 15m (shared by the roles: "
-                        "predictor 60%%, projector and interpolator 20%% each); preset default")
+                        "predictor and projector 40%% each, interpolator 20%%); preset default")
     t.add_argument("--holdout", type=int_at_least(-1), metavar="N",
                    help="frames at the clip's end kept out of training to measure next-frame "
                         "prediction against copying (-1 = automatic, 0 = off)")

@@ -186,6 +186,18 @@ def resume_run(run: RoleRun, bundle_dir: Path, state: checkpoint.RoleState) -> N
     run.state = state
 
 
+def noise_levels(cfg: TrainConfig, role: str, batch: int, steps: int, g: torch.Generator,
+                 device: torch.device) -> torch.Tensor:
+    """Levels t in 1..steps for a batch: uniform (the paper), except the Projector's share drawn at
+    the correction levels 1..correction_steps, where every served frame meets it."""
+    t = torch.randint(1, steps + 1, (batch,), generator=g, device=device)
+    share, top = cfg.projector_correction_share, min(cfg.correction_steps, steps)
+    if role == "projector" and share > 0 and top > 0:
+        low = torch.randint(1, top + 1, (batch,), generator=g, device=device)
+        t = torch.where(torch.rand(batch, generator=g, device=device) < share, low, t)
+    return t
+
+
 def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """One optimisation step; returns the loss as a detached scalar on the device (reading it as a
     float waits for the step: on a GPU the loop only does that every few steps)."""
@@ -206,7 +218,7 @@ def train_step(run: RoleRun, crops: ClipCrops, tables: tuple[torch.Tensor, torch
 
     # 2. Forward process (eq. 1) at a random level t in 1..T.
     b = x0.shape[0]
-    t = torch.randint(1, run.schedule.steps + 1, (b,), generator=g, device=dev)
+    t = noise_levels(cfg, role, b, run.schedule.steps, g, dev)
     eps = torch.randn(x0.shape, generator=g, device=dev)
     sab, s1mab = tables
     xt = sab[t][:, None, None, None] * x0 + s1mab[t][:, None, None, None] * eps

@@ -17,8 +17,10 @@ from sinfusion.config import ROLES, TARGETS
 
 LR_DECAYS = ("step", "cosine")
 RUN_FILE = "run.json"
-# How a wall-clock budget (--time) is shared: the Predictor is what streams are made of.
-TIME_SHARES = {"predictor": 0.6, "projector": 0.2, "interpolator": 0.2}  # training/run.json in a bundle: the config of its training run
+# How a wall-clock budget (--time) is shared: every streamed frame is the Predictor's, mended by the
+# Projector's correction, and a correcting Projector needs as much training as the Predictor
+# (docs/training.md, "Projector correction").
+TIME_SHARES = {"predictor": 0.4, "projector": 0.4, "interpolator": 0.2}  # training/run.json in a bundle: the config of its training run
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,10 @@ class TrainConfig:
     # The bundle's serving default of the Projector's correction level T_corr (paper appendix D: 3;
     # 0 = no correction): what the server, `trainer sample` and the held-out report use unless asked.
     correction_steps: int = 3
+    # Share of the Projector's samples drawn at the correction levels 1..correction_steps (its job in
+    # every predicted frame), the rest at any level 1..T (Generate draws its first frame from noise).
+    # The paper draws every level alike (0).
+    projector_correction_share: float = 0.0
     # Bookkeeping: checkpoint and preview intervals in steps (0 = only at the end).
     checkpoint_every: int = 1000
     preview_every: int = 5000
@@ -104,6 +110,8 @@ class TrainConfig:
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
             (0 <= self.correction_steps <= self.schedule_steps,
              f"correction_steps must be in [0, {self.schedule_steps}], got {self.correction_steps}"),
+            (0.0 <= self.projector_correction_share <= 1.0,
+             f"projector_correction_share must be in [0, 1], got {self.projector_correction_share}"),
             (self.time_budget_s >= 0, f"time budget must be >= 0 s, got {self.time_budget_s}"),
             (self.holdout >= -1, f"holdout must be -1 (auto), 0 (off) or a frame count, got "
                                  f"{self.holdout}"),
@@ -192,12 +200,18 @@ class CpuPreset(TinyPreset):
     """The CPU default: a model that beats copying the frame, in a 15-minute budget on 2 cores.
 
     The tiny network and recipe, anchored (the Predictor and Interpolator predict the change from
-    their conditioning frames), trained for time rather than steps: of 15 minutes the Predictor gets
-    9, the Projector and Interpolator 3 each; the Predictor stops early once it beats copy on the
-    held-out frames and stops improving. Measured on four real clips in docs/training.md.
+    their conditioning frames), trained for time rather than steps: of 15 minutes the Predictor and
+    the Projector get 6 each, the Interpolator 3; the Predictor stops early once it beats copy on the
+    held-out frames and stops improving. Frames are served with the Projector's correction at level 1.
+    Measured on four real clips in docs/training.md.
     """
 
     anchored: bool = True
+    # Served with correction at the lowest level, by a Projector trained half the time at that level:
+    # it keeps a 300-frame stream's detail where no correction lets it drain (docs/training.md,
+    # "Projector correction").
+    correction_steps: int = 1
+    projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
     predictor_steps: int = 200_000  # caps: the time budget ends each role first on a CPU
     projector_steps: int = 100_000
