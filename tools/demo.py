@@ -36,7 +36,7 @@ from sinfusion.video import VideoError, contact_sheet, read_clip, write_image, w
 
 BIN = Path(sys.executable).parent
 MODEL = "sample"
-TRAIN_TIME = "2m"  # the demo's training budget; `trainer train` alone defaults to 15 minutes
+TRAIN_TIME = "3m"  # the demo's training budget; `trainer train` alone defaults to 15 minutes
 
 
 class DemoError(RuntimeError):

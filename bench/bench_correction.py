@@ -1,0 +1,102 @@
+"""What a Projector's correction does to a stream: one bundle's Predictor, another's Projector.
+
+    python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
+        --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--frames 300] [--figures DIR] [--threads 1]
+
+For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
+copying the frame (DDIM 4, then the correction, as served), and a `--frames` extrapolation from the
+clip's frame 0 scored as `sinfusion-quality stability` does (late / early NNFDIST, colour bands),
+with a contact sheet per level in --figures. --train first trains a Projector alone on CLIP with
+the cpu preset and the --set overrides (the Projector gets the whole --minutes), into --work.
+Prints one line per level. docs/training.md, "Projector correction", was measured with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.bench_recipe import parse_value
+
+
+def train_projector(clip: str, minutes: float, overrides: dict, work: Path) -> Path:
+    from sinfusion.trainer.presets import get_preset
+    from sinfusion.trainer.training import train_bundle
+
+    config = get_preset("cpu", **{"projector_steps": 10**7, **overrides,
+                                  "time_budget_s": minutes * 60})
+    bundle = train_bundle(clip, work, config, roles=["projector"], overwrite=True, progress=False,
+                          device="cpu")
+    print(f"projector: {bundle.role('projector').trained_steps} steps in {minutes:g} min, "
+          f"{overrides or 'the cpu preset'}", flush=True)
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("predictor", help="bundle whose Predictor (and clip) is scored")
+    parser.add_argument("--projector", help="bundle whose Projector corrects (default: the same)")
+    parser.add_argument("--train", metavar="CLIP", help="train a Projector alone on CLIP first")
+    parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    parser.add_argument("--work", default="out/bench_correction")
+    parser.add_argument("--tcorr", default="0,1", help="correction levels, comma-separated")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--figures", help="folder for a contact sheet per level")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from sinfusion import nextframe
+    from sinfusion.bundle import Bundle
+    from sinfusion.frames import to_model
+    from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
+    from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
+    from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
+    from sinfusion.sampling import SamplingOptions, extrapolate
+    from sinfusion.trainer.monitor import holdout_count
+
+    torch.set_num_threads(args.threads)
+    projector = args.projector or args.predictor
+    if args.train:
+        overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
+        projector = train_projector(args.train, args.minutes, overrides, Path(args.work))
+    pb, jb = Bundle.open(args.predictor), Bundle.open(projector)
+    denoiser = TorchDenoiser.from_networks({"predictor": load_network(pb, "predictor"),
+                                            "projector": load_network(jb, "projector")})
+    sampling = replace(pb.sampling(), roles={**pb.sampling().roles,
+                                             "projector": jb.sampling()["projector"]})
+    frames = pb.frames()
+    pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
+    for level in (int(v) for v in args.tcorr.split(",")):
+        started = time.monotonic()
+        options = SamplingOptions(4, "ddim", level)
+        scores = nextframe.score_pairs(frames, pairs, nextframe.predict_pairs(
+            denoiser, sampling, frames, pairs, 1, options, 0, 16))
+        loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(0),
+                           options)
+        clip = np.concatenate([frames[:1], _collect([loop], denoiser, [args.frames])[0]])
+        field = nearest_neighbour_field(clip, frames, PatchMatchOptions())
+        checks = stability_checks(field.per_frame_distance().tolist(),
+                                  {"original": colour_stats(frames), "extrapolated": colour_stats(clip)})
+        if args.figures:
+            Path(args.figures).mkdir(parents=True, exist_ok=True)
+            write_sheet(Path(args.figures) / f"{pb.name}-tcorr{level}-sheet.png", [clip], 16, 8)
+        colours = " ".join(f"{stat} {checks[stat]['late_range']} in {checks[stat]['band']}"
+                           for stat in ("mean", "std", "saturation"))
+        print(f"T_corr {level}: next frame {scores['model_psnr']:.2f} vs copy {scores['copy_psnr']:.2f} "
+              f"({scores['model_psnr'] - scores['copy_psnr']:+.2f} dB, {scores['model_wins']}/{len(pairs)} "
+              f"won) | {args.frames} frames: ratio {checks['ratio']:.2f}, late NNFDIST "
+              f"{checks['late_nnfdist']:.2e} | {colours} | {time.monotonic() - started:.0f} s",
+              flush=True)
+    print(f"command: python -m bench.bench_correction {' '.join(sys.argv[1:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
