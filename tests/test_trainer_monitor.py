@@ -61,6 +61,12 @@ def test_verdict_and_summary_line():
                                     "30.00 dB (+1.23, 4/5 won): beats copy")
     assert "not measured" in summary_line({})
     assert "not measured" in summary_line({"upsampling": {"triplets": 3}})  # Interpolator alone
+    # the trainer's last line: a model that does not beat copy is told what to do about it
+    from sinfusion.trainer.cli import quality_report
+    assert quality_report(record) == summary_line(record)
+    tie = dict(record, pairs_won=2, verdict="ties copy")
+    assert quality_report(tie).endswith("no closer to the clip's than repeating the last frame: "
+                                        "train longer (--time), or on a clip with more motion")
 
 
 @pytest.mark.parametrize("role", ["predictor", "interpolator"])

@@ -200,7 +200,7 @@ def quality_report(record: dict) -> str:
 
     line = summary_line(record)
     if "verdict" in record and record["verdict"] != "beats copy":
-        line += ("; streams from this model will not look better than repeating the last frame: "
+        line += ("; its next frames are no closer to the clip's than repeating the last frame: "
                  "train longer (--time), or on a clip with more motion")
     return line
 
