@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     pb, jb = Bundle.open(args.predictor), Bundle.open(projector)
     denoiser = TorchDenoiser.from_networks({"predictor": load_network(pb, "predictor"),
                                             "projector": load_network(jb, "projector")})
-    sampling = replace(pb.sampling(), roles={**pb.sampling().roles,
-                                             "projector": jb.sampling()["projector"]})
+    sampling = pb.sampling()
+    sampling = replace(sampling, roles={**sampling.roles, "projector": jb.sampling()["projector"]})
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):

@@ -39,8 +39,13 @@ def _roles(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS
+    from .presets import PRESETS, TIME_SHARES
 
+    # Help that quotes the presets is built from them, so that it cannot go stale (% is argparse's).
+    shares = ", ".join(f"{role} {share:.0%}" for role, share in TIME_SHARES.items())
+    shares = shares.replace("%", "%%")
+    corrections = ", ".join(f"{name} {preset().correction_steps}"
+                            for name, preset in sorted(PRESETS.items()))
     parser = Parser(prog=PROG, description="Train SinFusion models on one clip; render from them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -55,16 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument(f"--{role}-steps", type=int_at_least(1), metavar="N",
                        help=f"steps for the {role} (overrides --steps and the preset)")
     t.add_argument("--time", type=duration, metavar="DURATION",
-                   help="wall-clock budget of the whole run, e.g. 15m (shared by the roles: "
-                        "predictor and projector 40%% each, interpolator 20%%); preset default")
+                   help=f"wall-clock budget of the whole run, e.g. 15m (shared by the roles: "
+                        f"{shares}); preset default")
     t.add_argument("--holdout", type=int_at_least(-1), metavar="N",
                    help="frames at the clip's end kept out of training to measure next-frame "
                         "prediction against copying (-1 = automatic, 0 = off)")
     t.add_argument("--eval-every", type=positive_float, metavar="SECONDS",
                    help="seconds of predictor training between held-out measurements (default 60)")
     t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
-                   help="the bundle's default Projector correction level for serving (cpu and "
-                        "tiny presets 0: measured to cost PSNR at their size; paper 3)")
+                   help=f"the bundle's default Projector correction level for serving, 0 = none "
+                        f"(preset defaults: {corrections}; measured in docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")

@@ -16,11 +16,11 @@ from pathlib import Path
 from sinfusion.config import ROLES, TARGETS
 
 LR_DECAYS = ("step", "cosine")
-RUN_FILE = "run.json"
+RUN_FILE = "run.json"  # training/run.json in a bundle: the config of its training run
 # How a wall-clock budget (--time) is shared: every streamed frame is the Predictor's, mended by the
 # Projector's correction, and a correcting Projector needs as much training as the Predictor
 # (docs/training.md, "Projector correction").
-TIME_SHARES = {"predictor": 0.4, "projector": 0.4, "interpolator": 0.2}  # training/run.json in a bundle: the config of its training run
+TIME_SHARES = {"predictor": 0.4, "projector": 0.4, "interpolator": 0.2}
 
 
 @dataclass(frozen=True)
