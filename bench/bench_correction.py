@@ -1,11 +1,13 @@
 """What a Projector's correction does to a stream: one bundle's Predictor, another's Projector.
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
-        --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--frames 300] [--figures DIR] [--threads 1]
+        --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--frames 300] [--seed 0]
+        [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
-copying the frame (DDIM 4, then the correction, as served), and a `--frames` extrapolation from the
-clip's frame 0 scored as `sinfusion-quality stability` does (late / early NNFDIST, colour bands),
+copying the frame (DDIM 4, then the correction, as served: with the predictor bundle's correction
+weight unless --weight), and a `--frames` extrapolation from the clip's frame 0 scored as
+`sinfusion-quality stability` does (late / early NNFDIST, colour bands),
 with a contact sheet per level in --figures. --train first trains a Projector alone on CLIP with
 the cpu preset and the --set overrides (the Projector gets the whole --minutes), into --work.
 Prints one line per level. docs/training.md, "Projector correction", was measured with it.
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tcorr", default="0,1", help="correction levels, comma-separated")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--figures", help="folder for a contact sheet per level")
+    parser.add_argument("--weight", type=float, help="correction weight (default: the predictor "
+                                                     "bundle's)")
+    parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
 
@@ -71,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                             "projector": load_network(jb, "projector")})
     sampling = pb.sampling()
     sampling = replace(sampling, roles={**sampling.roles, "projector": jb.sampling()["projector"]})
+    if args.weight is not None:
+        sampling = replace(sampling, correction_weight=args.weight)
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):
@@ -78,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         options = SamplingOptions(4, "ddim", level)
         scores = nextframe.score_pairs(frames, pairs, nextframe.predict_pairs(
             denoiser, sampling, frames, pairs, 1, options, 0, 16))
-        loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(0),
+        loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(args.seed),
                            options)
         clip = np.concatenate([frames[:1], _collect([loop], denoiser, [args.frames])[0]])
         field = nearest_neighbour_field(clip, frames, PatchMatchOptions())

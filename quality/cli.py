@@ -202,7 +202,7 @@ def cmd_diversity(args) -> None:
     result = diversity_report(args.bundle, clips=clips, frames=frames,
                               sampling=_sampling_options(args, None, bundle, "generate"),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
-                              figures=args.figures, prefix=args.prefix)
+                              figures=args.figures or None, prefix=args.prefix)
     _emit(result, args.out)
 
 
@@ -225,7 +225,7 @@ def cmd_stability(args) -> None:
                               sampling=_sampling_options(args, None, bundle,
                                                          "generate" if args.generate else "extrapolate"),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
-                              figures=args.figures, prefix=args.prefix)
+                              figures=args.figures or None, prefix=args.prefix)
     _emit(result, args.out)
 
 
@@ -313,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--generate", action="store_true",
                            help="a generated clip (Generate) instead of extrapolating a real frame")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--figures", default="docs/quality", help="folder for PNG figures")
+        p.add_argument("--figures", default="", help="folder for PNG figures (default: none)")
         p.add_argument("--prefix", default="", help="prefix of the figure file names")
         p.add_argument("--out", help="JSON file (default: stdout)")
         _add_sampling(p, correction=True)

@@ -20,7 +20,8 @@ import numpy as np
 
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_model, to_uint8
-from sinfusion.sampling import Frame, SamplingOptions, extrapolate, generate, run_lockstep
+from sinfusion.sampling import (Frame, SamplingOptions, extrapolate, generate, options_record,
+                                run_lockstep)
 
 from .nnf import NNFResult, PatchMatchOptions, nearest_neighbour_field
 
@@ -135,7 +136,7 @@ def diversity_report(bundle_path, clips: int = 3, frames: int = 33,
         "bundle": str(bundle_path),
         "frames": frames,
         "size": [bundle.manifest.width, bundle.manifest.height],
-        "sampling": asdict(sampling),
+        "sampling": options_record(sampling, bundle.manifest.correction_weight),
         "patchmatch": asdict(patchmatch),
         "seed": seed,
         "sampling_seconds": round(sampling_s, 1),
@@ -210,7 +211,7 @@ def stability_report(bundle_path, frames: int = 300, start: int = 0, k: int = 1,
         "start": None if generated else start, "k": k, "frames": frames,
         "size": [bundle.manifest.width, bundle.manifest.height],
         "seed": seed,
-        "sampling": asdict(sampling),
+        "sampling": options_record(sampling, bundle.manifest.correction_weight),
         "patchmatch": asdict(patchmatch),
         "sampling_seconds": round(sampling_s, 1),
         "nnfdist": result.nnfdist, "nnfdiv": result.nnfdiv,

@@ -14,7 +14,6 @@ so the score flatters it).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ import numpy as np
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_uint8
 from sinfusion.nextframe import holdout_triplets, predict_middles, score_middles
-from sinfusion.sampling import SamplingOptions
+from sinfusion.sampling import SamplingOptions, options_record
 
 
 def triplets(bundle: Bundle) -> tuple[list[int], bool]:
@@ -63,7 +62,7 @@ def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, 
         "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows), **score,
         "sharpness": {"model": _sharpness(model_frames), "blend": _sharpness(blends),
                       "truth": _sharpness(frames[[i + 1 for i in first]])},
-        "sampling": asdict(sampling), "seed": seed,
+        "sampling": options_record(sampling, bundle.manifest.correction_weight), "seed": seed,
         "sampling_seconds": round(time.monotonic() - started, 2), "rows": rows,
     }
     if sheet is not None:

@@ -160,6 +160,7 @@ class Manifest:
     source: dict = field(default_factory=dict)
     roles: dict[str, RoleEntry] = field(default_factory=dict)
     correction_steps: int = 3  # default T_corr for serving
+    correction_weight: float = 1.0  # share of the Projector's change a correction keeps (1: paper)
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -185,6 +186,7 @@ class Manifest:
             "frames_sha256": self.frames_sha256,
             "source": dict(self.source),
             "correction_steps": self.correction_steps,
+            "correction_weight": self.correction_weight,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -217,6 +219,7 @@ class Manifest:
                 source=dict(d.get("source", {})),
                 roles=roles,
                 correction_steps=int(d.get("correction_steps", 3)),
+                correction_weight=float(d.get("correction_weight", 1.0)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -233,6 +236,8 @@ class Manifest:
             raise BundleError(f"{where}: mode {m.mode!r} not in {MODES}")
         if m.width < 1 or m.height < 1 or m.frame_count < 1:
             raise BundleError(f"{where}: frame size and count must be positive")
+        if not 0.0 < m.correction_weight <= 1.0:
+            raise BundleError(f"{where}: correction_weight must be in (0, 1], got {m.correction_weight}")
         return m
 
 
@@ -315,7 +320,8 @@ class Bundle:
     def sampling(self) -> BundleSampling:
         """The sampling facts of every trained role."""
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
-                               for r, e in self.manifest.roles.items()}, self.manifest.palette)
+                               for r, e in self.manifest.roles.items()}, self.manifest.palette,
+                              self.manifest.correction_weight)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

@@ -22,7 +22,7 @@ that computes one step of `sinfusion.network.DiffusionStep`.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -154,6 +154,15 @@ class SamplingOptions:
 PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
+def options_record(options: SamplingOptions, correction_weight: float) -> dict:
+    """What a measurement records of its sampler: the options, and the bundle's correction weight
+    where frames were corrected."""
+    record = asdict(options)
+    if options.correction_steps > 0:
+        record["correction_weight"] = correction_weight
+    return record
+
+
 @dataclass(frozen=True)
 class Palette:
     """A clip's colour statistics in the networks' [-1, 1] scale: each channel's mean and standard
@@ -185,11 +194,13 @@ class Palette:
 
 @dataclass(frozen=True)
 class BundleSampling:
-    """The sampling facts of a bundle's roles, by role (only the trained ones are present), and the
-    clip's palette (None in bundles written before it was recorded)."""
+    """The sampling facts of a bundle's roles, by role (only the trained ones are present), the
+    clip's palette (None in bundles written before it was recorded) and how much of the Projector's
+    change a correction keeps (1 = all of it, the paper's; a cpu bundle keeps half)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
     palette: Palette | None = None
+    correction_weight: float = 1.0
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -312,30 +323,38 @@ def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.ran
 
 
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
-            options: SamplingOptions) -> Loop:
+            options: SamplingOptions, colours=None) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off.
 
-    The corrected frame keeps each channel's mean and contrast: correction mends patches, it does not
-    change the exposure. A small bias of the Projector would otherwise add up over a stream, as the
-    Predictor's did before it kept them (measured: tornado's brightness went from the clip's 0.42 to
-    0.51 in 300 corrected frames; docs/training.md, "Projector correction").
+    The frame moves by the bundle's `correction_weight` of what the Projector changed: the noise it
+    cannot tell from texture costs next-frame PSNR in proportion to the weight squared, while its
+    pull back to the clip's patches falls only in proportion (half of it: +1.0 dB on tornado's next
+    frame for 10-25% more drift over 300 frames; docs/training.md, "Projector correction").
+    The corrected frame then takes the colours of `colours` (default: the frame's own): each
+    channel's mean and the colour covariance, so brightness, contrast and saturation, as shown
+    (clamped). Correction mends patches, it does not change the exposure: a small bias of the
+    Projector, or the contrast a clamp takes from a frame, would otherwise add up over a stream
+    (measured: tornado's brightness went from the clip's 0.42 to 0.51 in 300 corrected frames).
     """
     if options.correction_steps <= 0 or "projector" not in sampling.roles:
         return frame
     rs = sampling["projector"]
     x = noise_to_level(frame, rs.schedule, options.correction_steps, rng)
     x = yield from denoise("projector", rs, x, rng, start=options.correction_steps)
-    return arrays.keep_channels(x, frame)
+    if sampling.correction_weight != 1.0:
+        x = frame + sampling.correction_weight * (x - frame)
+    return arrays.keep_colours(x, frame if colours is None else colours)
 
 
 def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.random.Generator,
-                  options: SamplingOptions) -> Loop:
-    """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction."""
+                  options: SamplingOptions, colours=None) -> Loop:
+    """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction,
+    which gives the frame the colours of `colours` (default: prev's)."""
     rs = sampling["predictor"]
     x = rng.standard_normal(tuple(prev.shape), dtype=np.float32)
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=prev, k=float(k))
-    return (yield from correct(sampling, x, rng, options))
+    return (yield from correct(sampling, x, rng, options, colours=prev if colours is None else colours))
 
 
 def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.ndarray,
@@ -353,12 +372,14 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
                 rng: np.random.Generator, options: SamplingOptions) -> Loop:
     """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`.
 
-    The start frame itself is not emitted. Each frame is yielded as soon as it is final.
+    The start frame itself is not emitted. Each frame is yielded as soon as it is final. Corrected
+    frames keep the start frame's colours: measured against it, a frame's small error (where a clamp
+    takes contrast the rescale cannot give back) stays one frame's, instead of adding up over a stream.
     """
     validate_k(k)
     prev = start
     for i in range(count):
-        prev = yield from predict_frame(sampling, prev, k, rng, options)
+        prev = yield from predict_frame(sampling, prev, k, rng, options, colours=start)
         yield Frame(i, prev)
     return prev
 
@@ -372,7 +393,7 @@ def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: 
     yield Frame(0, first)
     last = first
     for i in range(1, count):
-        last = yield from predict_frame(sampling, last, k, rng, options)
+        last = yield from predict_frame(sampling, last, k, rng, options, colours=first)
         yield Frame(i, last)
     return last
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import keep_channels, match_channels
+from sinfusion.arrays import _colour_moments, keep_colours, match_channels
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -137,19 +138,83 @@ def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundl
         Bundle.open(tiny_bundle.path)
 
 
-def test_correction_keeps_the_frames_exposure(tiny_bundle):
-    """The Projector's correction mends a frame without changing any channel's mean or contrast (a
-    bias would add up over a stream), on host and device frames alike; off, it returns the frame."""
+def test_manifest_records_the_correction_weight(tiny_bundle):
+    """Written and read back; older manifests without it correct fully (the paper's); out of (0, 1]
+    is refused with the field named."""
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    assert data["correction_weight"] == 1.0
+    data["correction_weight"] = 0.5
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().correction_weight == 0.5
+    del data["correction_weight"]
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).manifest.correction_weight == 1.0
+    data["correction_weight"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="correction_weight must be in"):
+        Bundle.open(tiny_bundle.path)
+
+
+def assert_same_colours(x, reference, atol=1e-4):
+    (m, c), (mr, cr) = _colour_moments(np.asarray(x)), _colour_moments(np.asarray(reference))
+    np.testing.assert_allclose(m, mr, atol=atol)
+    np.testing.assert_allclose(c, cr, atol=atol)
+
+
+def test_correction_keeps_the_frames_colours(tiny_bundle):
+    """The Projector's correction mends a frame without changing its colours (mean colour and colour
+    covariance: a bias would add up over a stream), or gives it those of `colours`; the bundle's
+    correction weight keeps that share of the Projector's change; off, it returns the frame."""
     sampling, denoiser = tiny_bundle.sampling(), TorchDenoiser(tiny_bundle)
-    frame = tiny_bundle.frames()[3].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    frames = tiny_bundle.frames().astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+    frame = frames[3]
     on = S.SamplingOptions(correction_steps=2)
-    fixed = S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), on), denoiser)
+
+    def corrected(sampling, colours=None):
+        return S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), on, colours),
+                              denoiser)
+
+    fixed = corrected(sampling)
     assert np.abs(fixed - frame).mean() > 1e-3  # the Projector did change it
-    np.testing.assert_allclose(fixed.mean(axis=(1, 2)), frame.mean(axis=(1, 2)), atol=1e-5)
-    np.testing.assert_allclose(fixed.std(axis=(1, 2)), frame.std(axis=(1, 2)), atol=1e-5)
+    assert_same_colours(fixed, frame)
+    assert_same_colours(corrected(sampling, colours=frames[0]), frames[0])
+    assert sampling.correction_weight == 1.0  # the tiny preset's (and the paper's)
+    half = corrected(dataclasses.replace(sampling, correction_weight=0.5))
+    assert_same_colours(half, frame)
+    rng, rs = np.random.default_rng(0), sampling["projector"]  # the same draws, by hand
+    raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frame, rs.schedule, 2, rng), rng,
+                                   start=2), denoiser)
+    np.testing.assert_allclose(half, keep_colours(frame + 0.5 * (raw - frame), frame), atol=1e-5)
+    np.testing.assert_allclose(fixed, keep_colours(raw, frame), atol=1e-5)
     off = S.SamplingOptions(correction_steps=0)
     assert S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), off), denoiser) is frame
+
+
+def test_keep_colours_holds_after_the_clamp_on_host_and_device():
+    """A rescaled frame is clamped to [-1, 1] as it will be shown, and still has the reference's
+    colours (the clamp's lost contrast given back); a grey frame stays grey; device = host."""
     rng = np.random.default_rng(1)
-    x, reference = rng.normal(0, 0.3, (2, 3, 8, 12)).astype(np.float32)
-    np.testing.assert_allclose(keep_channels(torch.from_numpy(x), torch.from_numpy(reference)).numpy(),
-                               keep_channels(x, reference), atol=1e-5)
+    reference = np.clip(rng.normal(0.3, 0.6, (3, 16, 24)), -1, 1).astype(np.float32)  # 12% at +-1
+    x = rng.normal(0, 0.2, (3, 16, 24)).astype(np.float32)
+    kept = keep_colours(x, reference)
+    assert kept.dtype == np.float32 and kept.min() >= -1 and kept.max() <= 1
+    assert_same_colours(kept, reference, atol=5e-4)
+    np.testing.assert_allclose(keep_colours(torch.from_numpy(x), torch.from_numpy(reference)).numpy(),
+                               kept, atol=1e-4)
+    grey = np.repeat(rng.normal(0, 0.3, (1, 16, 24)), 3, axis=0).astype(np.float32)
+    kept = keep_colours(grey * 0.5, grey)
+    assert np.isfinite(kept).all()
+    np.testing.assert_allclose(kept[0], kept[1], atol=1e-5)
+    np.testing.assert_allclose(kept, grey, atol=1e-3)
+
+
+def test_a_corrected_stream_keeps_its_first_frames_colours(tiny_bundle):
+    """Every corrected frame of an extrapolation is given its start frame's colours, so a frame's
+    small error stays one frame's instead of adding up (a stream does not wash out)."""
+    frames = tiny_bundle.frames().astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+    loop = S.extrapolate(tiny_bundle.sampling(), frames[0], 6, 1, np.random.default_rng(0),
+                         S.SamplingOptions(steps=2, method="ddim", correction_steps=1))
+    out = [f.image for f in S.run(loop, TorchDenoiser(tiny_bundle))]
+    for frame in out:
+        assert_same_colours(frame, frames[0])

@@ -158,12 +158,21 @@ def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
         cli.main(["nnf", str(a), str(a), "--iterations", "1"])
 
 
-def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path):
+def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path, monkeypatch):
     out = tmp_path / "s.json"
+    (tmp_path / "elsewhere").mkdir()
     code = cli.main(["stability", str(tiny_bundle.path), "--frames", "4", "--sampling-steps", "3",
                      "--iterations", "2", "--figures", str(tmp_path), "--out", str(out)])
     assert code == 0
     assert len(json.loads(out.read_text())["per_frame_nnfdist"]) == 3
+    assert (tmp_path / "stability.png").is_file()
+    # without --figures nothing is drawn, anywhere (it used to write into ./docs/quality)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cli.main(["stability", str(tiny_bundle.path), "--frames", "4", "--sampling-steps", "3",
+                     "--iterations", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert "figures" not in report and not any((tmp_path / "elsewhere").iterdir())
+    assert report["sampling"]["correction_weight"] == 1.0  # the bundle's, recorded with its T_corr
 
 
 @pytest.mark.slow

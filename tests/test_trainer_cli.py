@@ -126,6 +126,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["train", clip, "--out", tmp_path / "o", "--size", "96by64"], ["--size", "WxH"]),
         (["train", clip, "--out", tmp_path / "o", "--size", "4x4"], ["--size", "[8, 4096]"]),
         (["train", clip, "--out", tmp_path / "o", "--blocks", "3"], ["blocks must be an even"]),
+        (["train", clip, "--out", tmp_path / "o", "--correction-weight", "0"],
+         ["--correction-weight", "(0, 1]"]),
         (["train", clip, "--out", tmp_path / "o", "--resume"], ["nothing to resume"]),
         (["train", clip, "--out", tmp_path / "o", "--device", "abacus"], ["unknown device"]),
         (["train", clip, "--out", notabundle], ["not a bundle"]),

@@ -20,7 +20,7 @@ from sinfusion.bundle import BundleError
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError,
                               add_sampling_args, duration, fail, int_at_least, non_negative_float,
                               positive_float, sampling_choice, scales_arg, size_within, strength_arg,
-                              usage_failed)
+                              usage_failed, weight_arg)
 from sinfusion.io.files import VideoError
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions
 
@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     shares = shares.replace("%", "%%")
     corrections = ", ".join(f"{name} {preset().correction_steps}"
                             for name, preset in sorted(PRESETS.items()))
+    weights = ", ".join(f"{name} {preset().correction_weight:g}" for name, preset in sorted(PRESETS.items()))
     parser = Parser(prog=PROG, description="Train SinFusion models on one clip; render from them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
                    help=f"the bundle's default Projector correction level for serving, 0 = none "
                         f"(preset defaults: {corrections}; measured in docs/training.md)")
+    t.add_argument("--correction-weight", type=weight_arg, metavar="W",
+                   help=f"share of the Projector's change a served correction keeps, in (0, 1] "
+                        f"(preset defaults: {weights}; docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -154,6 +158,7 @@ def _train_config(args: argparse.Namespace):
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
         "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
+        "correction_weight": args.correction_weight,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

@@ -37,13 +37,13 @@ model that is still getting better). The wall-clock budget (`--time`) stops it i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from sinfusion import nextframe
 from sinfusion.nextframe import holdout_pairs, holdout_triplets, summary_line  # noqa: F401  (re-exported)
-from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
+from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions, options_record
 
 MIN_FRAMES_FOR_HOLDOUT = 12
 
@@ -98,6 +98,7 @@ class NextFrameMonitor:
     served: Measurement | None = None  # the measurement of the weights that end up served
     _last_eval: float = field(default=-1.0, repr=False)
     _projector: object = field(default=None, repr=False)
+    correction_weight: float = 1.0  # the bundle's, read when scoring (the served sampler's)
     _best_state: dict | None = field(default=None, repr=False)
 
     def due(self, elapsed_s: float) -> bool:
@@ -123,8 +124,13 @@ class NextFrameMonitor:
             roles["projector"] = bundle.sampling()["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        return self.measure_with(denoiser, BundleSampling(roles), run.state.step,
-                                 run.state.elapsed_s)
+        self.correction_weight = bundle.manifest.correction_weight
+        return self.measure_with(denoiser, BundleSampling(roles,
+                                                          correction_weight=self.correction_weight),
+                                 run.state.step, run.state.elapsed_s)
+
+    def sampling_record(self) -> dict:
+        return options_record(self.options, self.correction_weight)
 
     def finish(self, run, bundle) -> None:
         """Measure the final weights (unless just measured), put back the best ones if they scored
@@ -184,7 +190,7 @@ class NextFrameMonitor:
         m = self.served or self.history[-1]
         return {
             "holdout_frames": list(self.holdout), "pairs": m.pairs, "k": self.k,
-            "sampling": asdict(self.options), "model_psnr": m.model_psnr,
+            "sampling": self.sampling_record(), "model_psnr": m.model_psnr,
             "copy_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "pairs_won": m.pairs_won,
             "predictor_steps": m.step, "predictor_seconds": m.seconds, "verdict": verdict(m),
             "trained_steps": self.history[-1].step, "measurements": len(self.history),
@@ -216,7 +222,7 @@ class InBetweenMonitor(NextFrameMonitor):
             return {}
         m = self.served or self.history[-1]
         return {
-            "triplets": m.pairs, "sampling": asdict(self.options), "model_psnr": m.model_psnr,
+            "triplets": m.pairs, "sampling": self.sampling_record(), "model_psnr": m.model_psnr,
             "blend_psnr": m.copy_psnr, "gain_db": round(m.gain_db, 3), "triplets_won": m.pairs_won,
             "interpolator_steps": m.step, "interpolator_seconds": m.seconds,
             "verdict": verdict(m, "blend"),

@@ -73,6 +73,9 @@ class TrainConfig:
     # The bundle's serving default of the Projector's correction level T_corr (paper appendix D: 3;
     # 0 = no correction): what the server, `trainer sample` and the held-out report use unless asked.
     correction_steps: int = 3
+    # How much of the Projector's change a served correction keeps (1 = all, the paper's): the
+    # bundle's correction_weight (sinfusion.sampling.correct).
+    correction_weight: float = 1.0
     # Share of the Projector's samples drawn at the correction levels 1..correction_steps (its job in
     # every predicted frame), the rest at any level 1..T (Generate draws its first frame from noise).
     # The paper draws every level alike (0).
@@ -110,6 +113,8 @@ class TrainConfig:
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
             (0 <= self.correction_steps <= self.schedule_steps,
              f"correction_steps must be in [0, {self.schedule_steps}], got {self.correction_steps}"),
+            (0.0 < self.correction_weight <= 1.0,
+             f"correction_weight must be in (0, 1], got {self.correction_weight}"),
             (0.0 <= self.projector_correction_share <= 1.0,
              f"projector_correction_share must be in [0, 1], got {self.projector_correction_share}"),
             (self.time_budget_s >= 0, f"time budget must be >= 0 s, got {self.time_budget_s}"),
@@ -209,8 +214,10 @@ class CpuPreset(TinyPreset):
     anchored: bool = True
     # Served with correction at the lowest level, by a Projector trained half the time at that level:
     # it keeps a 300-frame stream's detail where no correction lets it drain (docs/training.md,
-    # "Projector correction").
+    # "Projector correction"). A frame keeps half of the correction's change: the correction's noise
+    # costs next-frame PSNR as the weight squared, its pull against drift falls only linearly.
     correction_steps: int = 1
+    correction_weight: float = 0.5
     projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
     predictor_steps: int = 200_000  # caps: the time budget ends each role first on a CPU

@@ -108,7 +108,7 @@ def _open_for_resume(out: Path, frames: np.ndarray) -> Bundle:
 
 
 def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
-            correction_steps: int) -> Bundle:
+            config: TrainConfig) -> Bundle:
     if (out / MANIFEST).is_file():
         if not overwrite:
             raise TrainerError(f"{out}: already holds a bundle; pass --resume to continue it or "
@@ -121,7 +121,8 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
     manifest = Manifest(name=name or Path(str(clip.source.get("path", out.name))).stem or out.name,
                         mode=mode, width=clip.width, height=clip.height, fps=float(clip.fps),
                         frame_count=int(clip.frames.shape[0]), source=source,
-                        correction_steps=correction_steps)
+                        correction_steps=config.correction_steps,
+                        correction_weight=config.correction_weight)
     return Bundle.create(out, manifest, clip.frames)
 
 
@@ -167,7 +168,7 @@ def train_bundle(
         raise TrainerError(str(exc)) from None
 
     bundle = _open_for_resume(out, frames) if resume else _create(out, clip, mode, name, overwrite,
-                                                                  config.correction_steps)
+                                                                  config)
     atomic_write_json(out / checkpoint.TRAINING_DIR / RUN_FILE,
                       {"config": config.to_dict(), "roles": chosen, "mode": mode})
     schedule = make_schedule("linear" if mode == "image" else "cosine", config.schedule_steps)
