@@ -74,6 +74,7 @@ class ModelInfo:
     mode: str
     max_step: int
     quality: NextFrameQuality | None = None  # None: trained without held-out frames
+    correction_weight: float = 1.0  # share of the Projector's change a correction keeps
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -82,7 +83,8 @@ class ModelInfo:
                                    q.predictor_steps, q.predictor_seconds, q.verdict)
         return cls(m.name, m.width, m.height, m.fps, m.frame_count, tuple(m.capabilities), m.runtime,
                    tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
-                   m.mode, m.max_step, quality if m.HasField("quality") else None)
+                   m.mode, m.max_step, quality if m.HasField("quality") else None,
+                   m.correction_weight or 1.0)
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         capabilities=model.capabilities, runtime=model.runtime.name, roles=model.roles,
         schedule_steps=model.schedule_steps, default_correction_steps=m.correction_steps,
         batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
-        quality=quality_info(m.quality),
+        quality=quality_info(m.quality), correction_weight=m.correction_weight,
     )
 
 

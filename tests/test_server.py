@@ -55,6 +55,7 @@ def test_list_and_describe(stub):
     assert info.runtime == "torch-cpu" and info.schedule_steps == 50 and info.max_step == 3
     assert list(info.roles) == ["predictor", "projector", "interpolator"]
     assert info.default_correction_steps == 3 and list(info.batch_sizes) == list(range(1, 9))
+    assert info.correction_weight == 1.0  # set: a server before the field sends 0 (clients read 1)
     still = stub.DescribeModel(pb.DescribeModelRequest(model="still"))
     assert list(still.capabilities) == ["generate"]
 
