@@ -121,6 +121,24 @@ def _colour_transform(target, current):
     return target @ torch.linalg.solve_triangular(current, eye, upper=False)
 
 
+def _set_colours(x, mean, target, rounds: int):
+    """x with colour mean `mean` (3, 1) and covariance factor `target`, on x's side, clamped."""
+    shape = tuple(x.shape)
+    for _ in range(rounds):
+        m, c = _colour_moments(x)
+        flat = _colour_transform(target, _colour_factor(c)) @ (x.reshape(3, -1) - m) + mean
+        if is_host(x):
+            x = np.clip(flat, -1.0, 1.0).astype(np.float32).reshape(shape)
+        else:
+            x = flat.clamp(-1.0, 1.0).reshape(shape).to(x.dtype)
+    return x
+
+
+def _on_side_of(a, x):
+    """A small statistic (mean, factor) moved to x's side, in float64 as the moments are."""
+    return to_host(a).astype(np.float64) if is_host(x) else like(a, x).double()
+
+
 def keep_colours(x, reference, rounds: int = 8):
     """x (3, H, W) given `reference`'s mean colour and colour covariance (so its brightness, contrast
     and saturation), as it will be shown: clamped to [-1, 1]. Clamping after a rescale takes back
@@ -131,17 +149,15 @@ def keep_colours(x, reference, rounds: int = 8):
     mean, cov = _colour_moments(reference)
     target = _colour_factor(cov)
     if is_host(x) != is_host(reference):
-        mean, target = ((to_host(a).astype(np.float64) if is_host(x) else like(a, x).double())
-                        for a in (mean, target))
-    shape = tuple(x.shape)
-    for _ in range(rounds):
-        m, c = _colour_moments(x)
-        flat = _colour_transform(target, _colour_factor(c)) @ (x.reshape(3, -1) - m) + mean
-        if is_host(x):
-            x = np.clip(flat, -1.0, 1.0).astype(np.float32).reshape(shape)
-        else:
-            x = flat.clamp(-1.0, 1.0).reshape(shape).to(x.dtype)
-    return x
+        mean, target = _on_side_of(mean, x), _on_side_of(target, x)
+    return _set_colours(x, mean, target, rounds)
+
+
+def match_colours(x, mean: Sequence[float], cov: Sequence[Sequence[float]], rounds: int = 8):
+    """x (3, H, W) given a mean colour (3) and colour covariance (3 x 3), clamped as keep_colours."""
+    mean = np.asarray(mean, np.float64).reshape(3, 1)
+    target = _colour_factor(np.asarray(cov, np.float64))
+    return _set_colours(x, _on_side_of(mean, x), _on_side_of(target, x), rounds)
 
 
 def to_host(a) -> np.ndarray:

@@ -166,30 +166,46 @@ def options_record(options: SamplingOptions, correction_weight: float) -> dict:
 @dataclass(frozen=True)
 class Palette:
     """A clip's colour statistics in the networks' [-1, 1] scale: each channel's mean and standard
-    deviation over a frame, averaged over the clip's frames (what a frame of the clip looks like)."""
+    deviation over a frame, and the 3 x 3 colour covariance over a frame, averaged over the clip's
+    frames (what a frame of the clip looks like). `cov` is None in bundles recorded before it."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    cov: tuple[tuple[float, float, float], ...] | None = None
 
     @classmethod
     def of(cls, frames: np.ndarray) -> Palette:
         """The palette of uint8 frames (N, H, W, 3), a frame at a time (a long clip is not copied)."""
-        per_frame = []
+        means, stds, covs = [], [], []
         for frame in frames:
-            x = frame.reshape(-1, 3).astype(np.float32) / 127.5 - 1.0
-            per_frame.append((x.mean(axis=0), x.std(axis=0)))
-        mean, std = np.mean(per_frame, axis=0)
-        return cls(tuple(round(float(v), 6) for v in mean), tuple(round(float(v), 6) for v in std))
+            x = frame.reshape(-1, 3).astype(np.float64) / 127.5 - 1.0
+            means.append(x.mean(axis=0))
+            stds.append(x.std(axis=0))
+            centred = x - means[-1]
+            covs.append(centred.T @ centred / len(x))
+
+        def rounded(a: np.ndarray):
+            return tuple(round(float(v), 6) for v in a)
+
+        return cls(rounded(np.mean(means, axis=0)), rounded(np.mean(stds, axis=0)),
+                   tuple(rounded(row) for row in np.mean(covs, axis=0)))
 
     def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std)}
+        return {"mean": list(self.mean), "std": list(self.std),
+                **({"cov": [list(row) for row in self.cov]} if self.cov is not None else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> Palette:
         mean, std = (tuple(float(v) for v in d[k]) for k in ("mean", "std"))
         if len(mean) != 3 or len(std) != 3 or min(std) < 0:
             raise ValueError(f"a palette needs 3 means and 3 non-negative deviations, got {d}")
-        return cls(mean, std)
+        cov = None
+        if d.get("cov") is not None:
+            cov = tuple(tuple(float(v) for v in row) for row in d["cov"])
+            c = np.asarray(cov)
+            if c.shape != (3, 3) or not np.allclose(c, c.T, atol=1e-6) or min(np.diag(c)) < 0:
+                raise ValueError(f"a palette's cov must be a symmetric 3 x 3 covariance, got {d['cov']}")
+        return cls(mean, std, cov)
 
 
 @dataclass(frozen=True)
@@ -309,17 +325,21 @@ def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.ran
                    options: SamplingOptions) -> Loop:
     """A new frame from pure noise with the Projector (paper section 6.2 / first frame of 6.1).
 
-    Its colours are then set to the clip's palette (each channel's mean and contrast), when the bundle
-    records one: a Projector trained for minutes draws the clip's textures but not its exposure, and
-    a generated clip keeps its first frame's (the anchored Predictor locks mean and contrast).
+    Its colours are then set to the clip's palette (mean colour and colour covariance; each channel's
+    mean and contrast in bundles recorded before the covariance), when the bundle records one: a
+    Projector trained for minutes draws the clip's textures but not its exposure, and a generated
+    clip keeps its first frame's colours (the correction keeps them frame after frame).
     """
     rs = sampling["projector"]
     x = rng.standard_normal((3, *shape), dtype=np.float32)
     x = yield from denoise("projector", rs, x, rng, start=rs.schedule.steps,
                            steps=options.steps, method=options.method)
-    if sampling.palette is None:
+    palette = sampling.palette
+    if palette is None:
         return x
-    return arrays.match_channels(x, sampling.palette.mean, sampling.palette.std)
+    if palette.cov is None:  # recorded before the covariance was
+        return arrays.match_channels(x, palette.mean, palette.std)
+    return arrays.match_colours(x, palette.mean, palette.cov)
 
 
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,

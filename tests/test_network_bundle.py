@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import _colour_moments, keep_colours, match_channels
+from sinfusion.arrays import _colour_moments, keep_colours, match_channels, match_colours
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -108,34 +108,54 @@ def test_channel_norm_normalises_each_pixel_over_channels():
 
 
 def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundle):
-    """Generate's first frame gets the clip's per-channel mean and contrast; a manifest without a
-    palette (older bundles) loads and generates as before; a malformed one is refused."""
+    """Generate's first frame gets the clip's mean colour and colour covariance (each channel's mean
+    and contrast from a palette recorded before the covariance was); a manifest without a palette
+    (older bundles) loads and generates as before; a malformed one is refused."""
     frames = tiny_bundle.frames()
     palette = tiny_bundle.manifest.palette
     assert palette == S.Palette.of(frames)
     x = frames.astype(np.float32) / 127.5 - 1
     np.testing.assert_allclose(palette.mean, x.mean(axis=(1, 2)).mean(axis=0), atol=1e-5)
+    covs = [np.cov(f.reshape(-1, 3).T, bias=True) for f in x]
+    np.testing.assert_allclose(palette.cov, np.mean(covs, axis=0), atol=1e-5)
     sampling = Bundle.open(tiny_bundle.path).sampling()
     assert sampling.palette == palette
-    first = S.run_to_value(S.generate_frame(sampling, (16, 24), np.random.default_rng(0),
-                                            S.SamplingOptions(steps=3)), TorchDenoiser(tiny_bundle))
+
+    def first_frame(sampling):
+        return S.run_to_value(S.generate_frame(sampling, (16, 24), np.random.default_rng(0),
+                                               S.SamplingOptions(steps=3)), TorchDenoiser(tiny_bundle))
+
+    first = first_frame(sampling)
+    mean, cov = _colour_moments(first)
+    np.testing.assert_allclose(mean[:, 0], palette.mean, atol=1e-4)
+    np.testing.assert_allclose(cov, palette.cov, atol=1e-4)
+    older = dataclasses.replace(sampling, palette=dataclasses.replace(palette, cov=None))
+    first = first_frame(older)
     np.testing.assert_allclose(first.mean(axis=(1, 2)), palette.mean, atol=1e-4)
     np.testing.assert_allclose(first.std(axis=(1, 2)), palette.std, atol=1e-4)
     # the same arithmetic on a device tensor (the device-resident runtime's frames)
-    on_device = match_channels(torch.from_numpy(x[0].transpose(2, 0, 1).copy()),
-                               palette.mean, palette.std)
-    on_host = match_channels(x[0].transpose(2, 0, 1).copy(), palette.mean, palette.std)
-    np.testing.assert_allclose(on_device.numpy(), on_host, atol=1e-5)
+    frame = x[0].transpose(2, 0, 1).copy()
+    np.testing.assert_allclose(match_channels(torch.from_numpy(frame), palette.mean, palette.std).numpy(),
+                               match_channels(frame, palette.mean, palette.std), atol=1e-5)
+    np.testing.assert_allclose(match_colours(torch.from_numpy(frame), palette.mean, palette.cov).numpy(),
+                               match_colours(frame, palette.mean, palette.cov), atol=1e-5)
 
     path = tiny_bundle.path / "manifest.json"
     data = json.loads(path.read_text())
+    assert S.Palette.from_dict(data["palette"]) == palette
+    del data["palette"]["cov"]
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().palette.cov is None
     del data["palette"]
     path.write_text(json.dumps(data))
     assert Bundle.open(tiny_bundle.path).sampling().palette is None
-    data["palette"] = {"mean": [0.1, 0.2], "std": [0.1, 0.1, 0.1]}
-    path.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match="palette needs 3 means"):
-        Bundle.open(tiny_bundle.path)
+    for bad, needle in (({"mean": [0.1, 0.2], "std": [0.1, 0.1, 0.1]}, "palette needs 3 means"),
+                        ({"mean": [0.1] * 3, "std": [0.1] * 3, "cov": [[0.1, 0.2], [0.2, 0.1]]},
+                         "cov must be a symmetric 3 x 3")):
+        data["palette"] = bad
+        path.write_text(json.dumps(data))
+        with pytest.raises(BundleError, match=needle):
+            Bundle.open(tiny_bundle.path)
 
 
 def test_manifest_records_the_correction_weight(tiny_bundle):
