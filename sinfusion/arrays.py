@@ -122,13 +122,18 @@ def _colour_transform(target, current):
 
 
 def _set_colours(x, mean, target, rounds: int):
-    """x with colour mean `mean` (3, 1) and covariance factor `target`, on x's side, clamped."""
+    """x with colour mean `mean` (3, 1) and covariance factor `target`, on x's side, clamped. On the
+    host the rounds stop once a rescale clamps nothing (it is then exact); a device runs them all
+    rather than wait for the device to say so."""
     shape = tuple(x.shape)
     for _ in range(rounds):
         m, c = _colour_moments(x)
         flat = _colour_transform(target, _colour_factor(c)) @ (x.reshape(3, -1) - m) + mean
         if is_host(x):
+            inside = -1.0 <= flat.min() and flat.max() <= 1.0
             x = np.clip(flat, -1.0, 1.0).astype(np.float32).reshape(shape)
+            if inside:
+                break
         else:
             x = flat.clamp(-1.0, 1.0).reshape(shape).to(x.dtype)
     return x

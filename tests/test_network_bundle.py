@@ -225,7 +225,7 @@ def test_keep_colours_holds_after_the_clamp_on_host_and_device():
     grey = np.repeat(rng.normal(0, 0.3, (1, 16, 24)), 3, axis=0).astype(np.float32)
     kept = keep_colours(grey * 0.5, grey)
     assert np.isfinite(kept).all()
-    np.testing.assert_allclose(kept[0], kept[1], atol=1e-5)
+    np.testing.assert_allclose(kept[0], kept[1], atol=1e-4)  # to a hundredth of a grey level
     np.testing.assert_allclose(kept, grey, atol=1e-3)
 
 
