@@ -1,13 +1,13 @@
 """What a Projector's correction does to a stream: one bundle's Predictor, another's Projector.
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
-        --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--frames 300] [--seed 0]
-        [--figures DIR] [--threads 1]
+        --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--passes N]
+        [--frames 300] [--seed 0] [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
 copying the frame (DDIM 4, then the correction, as served: with the predictor bundle's correction
-weight unless --weight), and a `--frames` extrapolation from the clip's frame 0 scored as
-`sinfusion-quality stability` does (late / early NNFDIST, colour bands),
+weight and passes unless --weight, --passes), and a `--frames` extrapolation from the clip's
+frame 0 scored as `sinfusion-quality stability` does (late / early NNFDIST, colour bands),
 with a contact sheet per level in --figures. --train first trains a Projector alone on CLIP with
 the cpu preset and the --set overrides (the Projector gets the whole --minutes), into --work.
 Prints one line per level. docs/training.md, "Projector correction", was measured with it.
@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", help="folder for a contact sheet per level")
     parser.add_argument("--weight", type=float, help="correction weight (default: the predictor "
                                                      "bundle's)")
+    parser.add_argument("--passes", type=int, help="corrections per frame (default: the predictor "
+                                                   "bundle's)")
     parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     sampling = replace(sampling, roles={**sampling.roles, "projector": jb.sampling()["projector"]})
     if args.weight is not None:
         sampling = replace(sampling, correction_weight=args.weight)
+    if args.passes is not None:
+        sampling = replace(sampling, correction_passes=args.passes)
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):

@@ -62,7 +62,7 @@ def upsampling_report(bundle: Bundle, sampling: SamplingOptions, seed: int = 0, 
         "bundle": str(bundle.path), "held_out": held_out, "triplets": len(rows), **score,
         "sharpness": {"model": _sharpness(model_frames), "blend": _sharpness(blends),
                       "truth": _sharpness(frames[[i + 1 for i in first]])},
-        "sampling": options_record(sampling, bundle.manifest.correction_weight), "seed": seed,
+        "sampling": options_record(sampling, bundle.sampling()), "seed": seed,
         "sampling_seconds": round(time.monotonic() - started, 2), "rows": rows,
     }
     if sheet is not None:

@@ -161,6 +161,7 @@ class Manifest:
     roles: dict[str, RoleEntry] = field(default_factory=dict)
     correction_steps: int = 3  # default T_corr for serving
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps (1: paper)
+    correction_passes: int = 1  # corrections per frame, each on the last one's result (1: paper)
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -187,6 +188,7 @@ class Manifest:
             "source": dict(self.source),
             "correction_steps": self.correction_steps,
             "correction_weight": self.correction_weight,
+            "correction_passes": self.correction_passes,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -220,6 +222,7 @@ class Manifest:
                 roles=roles,
                 correction_steps=int(d.get("correction_steps", 3)),
                 correction_weight=float(d.get("correction_weight", 1.0)),
+                correction_passes=int(d.get("correction_passes", 1)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -238,6 +241,8 @@ class Manifest:
             raise BundleError(f"{where}: frame size and count must be positive")
         if not 0.0 < m.correction_weight <= 1.0:
             raise BundleError(f"{where}: correction_weight must be in (0, 1], got {m.correction_weight}")
+        if not 1 <= m.correction_passes <= 8:
+            raise BundleError(f"{where}: correction_passes must be in [1, 8], got {m.correction_passes}")
         return m
 
 
@@ -321,7 +326,7 @@ class Bundle:
         """The sampling facts of every trained role."""
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
                                for r, e in self.manifest.roles.items()}, self.manifest.palette,
-                              self.manifest.correction_weight)
+                              self.manifest.correction_weight, self.manifest.correction_passes)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

@@ -154,12 +154,13 @@ class SamplingOptions:
 PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
-def options_record(options: SamplingOptions, correction_weight: float) -> dict:
+def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
     """What a measurement records of its sampler: the options, and the bundle's correction weight
-    where frames were corrected."""
+    and passes where frames were corrected."""
     record = asdict(options)
     if options.correction_steps > 0:
-        record["correction_weight"] = correction_weight
+        record["correction_weight"] = sampling.correction_weight
+        record["correction_passes"] = sampling.correction_passes
     return record
 
 
@@ -211,12 +212,14 @@ class Palette:
 @dataclass(frozen=True)
 class BundleSampling:
     """The sampling facts of a bundle's roles, by role (only the trained ones are present), the
-    clip's palette (None in bundles written before it was recorded) and how much of the Projector's
-    change a correction keeps (1 = all of it, the paper's; a cpu bundle keeps half)."""
+    clip's palette (None in bundles written before it was recorded), how much of the Projector's
+    change a correction keeps (1 = all of it, the paper's; a cpu bundle keeps half) and how many
+    times a frame is corrected (1, the paper's; a cpu bundle twice)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
     palette: Palette | None = None
     correction_weight: float = 1.0
+    correction_passes: int = 1
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -349,7 +352,9 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     The frame moves by the bundle's `correction_weight` of what the Projector changed: the noise it
     cannot tell from texture costs next-frame PSNR in proportion to the weight squared, while its
     pull back to the clip's patches falls only in proportion (half of it: +1.0 dB on tornado's next
-    frame for 10-25% more drift over 300 frames; docs/training.md, "Projector correction").
+    frame for 10-25% more drift over 300 frames). That is done `correction_passes` times, each on the
+    last one's frame: two half corrections cost about half of a whole one and drift less than one
+    half (docs/training.md, "Projector correction").
     The corrected frame then takes the colours of `colours` (default: the frame's own): each
     channel's mean and the colour covariance, so brightness, contrast and saturation, as shown
     (clamped). Correction mends patches, it does not change the exposure: a small bias of the
@@ -359,11 +364,14 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     if options.correction_steps <= 0 or "projector" not in sampling.roles:
         return frame
     rs = sampling["projector"]
-    x = noise_to_level(frame, rs.schedule, options.correction_steps, rng)
-    x = yield from denoise("projector", rs, x, rng, start=options.correction_steps)
-    if sampling.correction_weight != 1.0:
-        x = frame + sampling.correction_weight * (x - frame)
-    return arrays.keep_colours(x, frame if colours is None else colours)
+    colours = frame if colours is None else colours
+    x = frame
+    for _ in range(sampling.correction_passes):
+        noisy = noise_to_level(x, rs.schedule, options.correction_steps, rng)
+        corrected = yield from denoise("projector", rs, noisy, rng, start=options.correction_steps)
+        x = (corrected if sampling.correction_weight == 1.0
+             else x + sampling.correction_weight * (corrected - x))
+    return arrays.keep_colours(x, colours)
 
 
 def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.random.Generator,

@@ -167,6 +167,15 @@ def test_manifest_records_the_correction_weight(tiny_bundle):
     data["correction_weight"] = 0.5
     path.write_text(json.dumps(data))
     assert Bundle.open(tiny_bundle.path).sampling().correction_weight == 0.5
+    assert data["correction_passes"] == 1
+    data["correction_passes"] = 2
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().correction_passes == 2
+    data["correction_passes"] = 0
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="correction_passes must be in"):
+        Bundle.open(tiny_bundle.path)
+    data["correction_passes"] = 1
     del data["correction_weight"]
     path.write_text(json.dumps(data))
     assert Bundle.open(tiny_bundle.path).manifest.correction_weight == 1.0
@@ -207,6 +216,12 @@ def test_correction_keeps_the_frames_colours(tiny_bundle):
                                    start=2), denoiser)
     np.testing.assert_allclose(half, keep_colours(frame + 0.5 * (raw - frame), frame), atol=1e-5)
     np.testing.assert_allclose(fixed, keep_colours(raw, frame), atol=1e-5)
+    # two passes: the second corrects the first's result, with the next draws
+    twice = corrected(dataclasses.replace(sampling, correction_weight=0.5, correction_passes=2))
+    x = frame + 0.5 * (raw - frame)
+    again = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(x, rs.schedule, 2, rng), rng,
+                                     start=2), denoiser)
+    np.testing.assert_allclose(twice, keep_colours(x + 0.5 * (again - x), frame), atol=1e-5)
     off = S.SamplingOptions(correction_steps=0)
     assert S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), off), denoiser) is frame
 

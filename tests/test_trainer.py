@@ -138,14 +138,18 @@ def test_presets_and_config_validation():
         TrainConfig(projector_correction_share=1.5)
     with pytest.raises(ValueError, match=r"correction_weight must be in \(0, 1\]"):
         TrainConfig(correction_weight=0.0)
+    with pytest.raises(ValueError, match=r"correction_passes must be in \[1, 8\]"):
+        TrainConfig(correction_passes=0)
 
 
 def test_the_projector_trains_a_share_at_the_correction_levels():
     """The cpu preset serves correction at level 1, keeping half of it, and draws half the
     Projector's levels there; the other roles, and the paper, draw every level alike."""
     cpu = get_preset("cpu")
-    assert (cpu.correction_steps, cpu.projector_correction_share, cpu.correction_weight) == (1, 0.5, 0.5)
-    assert (PaperPreset().projector_correction_share, PaperPreset().correction_weight) == (0.0, 1.0)
+    assert (cpu.correction_steps, cpu.projector_correction_share, cpu.correction_weight,
+            cpu.correction_passes) == (1, 0.5, 0.5, 2)
+    paper = PaperPreset()
+    assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)
     cpu_time = {r: cpu.time_for(r, ["predictor", "projector", "interpolator"])
                 for r in ("predictor", "projector", "interpolator")}
     assert cpu_time == pytest.approx({"predictor": 360, "projector": 360, "interpolator": 180})

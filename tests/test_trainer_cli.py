@@ -128,6 +128,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["train", clip, "--out", tmp_path / "o", "--blocks", "3"], ["blocks must be an even"]),
         (["train", clip, "--out", tmp_path / "o", "--correction-weight", "0"],
          ["--correction-weight", "(0, 1]"]),
+        (["train", clip, "--out", tmp_path / "o", "--correction-passes", "9"],
+         ["correction_passes must be in [1, 8]"]),
         (["train", clip, "--out", tmp_path / "o", "--resume"], ["nothing to resume"]),
         (["train", clip, "--out", tmp_path / "o", "--device", "abacus"], ["unknown device"]),
         (["train", clip, "--out", notabundle], ["not a bundle"]),

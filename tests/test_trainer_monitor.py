@@ -129,7 +129,7 @@ def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
     clip = tiny_clip(14, 16, 24)
     cfg = get_preset("tiny", channels=8, blocks=2, batch_size=1, checkpoint_every=0,
                      preview_every=0, anchored=True, eval_every_s=0.01, stop_margin_db=0.0,
-                     correction_steps=2, correction_weight=0.5).with_steps(6)
+                     correction_steps=2, correction_weight=0.5, correction_passes=2).with_steps(6)
     bundle = train_bundle(clip, tmp_path / "b", cfg, progress=False, device="cpu")
     q = Bundle.open(tmp_path / "b").manifest.quality
     assert q["holdout_frames"] == [11, 14] and q["pairs"] == 2 and q["k"] == 1
@@ -138,6 +138,7 @@ def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
     # the served sampler: the bundle's default correction, with the Projector trained first
     assert q["sampling"]["correction_steps"] == 2 == bundle.manifest.correction_steps
     assert q["sampling"]["correction_weight"] == 0.5 == bundle.manifest.correction_weight
+    assert q["sampling"]["correction_passes"] == 2 == bundle.manifest.correction_passes
     assert len(bundle.frames()) == 14  # the tail stays in the bundle for clients
     assert bundle.role("predictor").settings["holdout_frames"] == 3
     assert bundle.role("predictor").network.anchored

@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     corrections = ", ".join(f"{name} {preset().correction_steps}"
                             for name, preset in sorted(PRESETS.items()))
     weights = ", ".join(f"{name} {preset().correction_weight:g}" for name, preset in sorted(PRESETS.items()))
+    passes = ", ".join(f"{name} {preset().correction_passes}" for name, preset in sorted(PRESETS.items()))
     parser = Parser(prog=PROG, description="Train SinFusion models on one clip; render from them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--correction-weight", type=weight_arg, metavar="W",
                    help=f"share of the Projector's change a served correction keeps, in (0, 1] "
                         f"(preset defaults: {weights}; docs/training.md)")
+    t.add_argument("--correction-passes", type=int_at_least(1), metavar="N",
+                   help=f"corrections of each served frame, each on the last one's result "
+                        f"(preset defaults: {passes}; docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -158,7 +162,7 @@ def _train_config(args: argparse.Namespace):
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
         "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
-        "correction_weight": args.correction_weight,
+        "correction_weight": args.correction_weight, "correction_passes": args.correction_passes,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

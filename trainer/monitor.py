@@ -37,7 +37,7 @@ model that is still getting better). The wall-clock budget (`--time`) stops it i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -98,7 +98,7 @@ class NextFrameMonitor:
     served: Measurement | None = None  # the measurement of the weights that end up served
     _last_eval: float = field(default=-1.0, repr=False)
     _projector: object = field(default=None, repr=False)
-    correction_weight: float = 1.0  # the bundle's, read when scoring (the served sampler's)
+    facts: BundleSampling = field(default_factory=BundleSampling)  # the served sampler's, when scored
     _best_state: dict | None = field(default=None, repr=False)
 
     def due(self, elapsed_s: float) -> bool:
@@ -124,13 +124,12 @@ class NextFrameMonitor:
             roles["projector"] = bundle.sampling()["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        self.correction_weight = bundle.manifest.correction_weight
-        return self.measure_with(denoiser, BundleSampling(roles,
-                                                          correction_weight=self.correction_weight),
-                                 run.state.step, run.state.elapsed_s)
+        # the bundle's own sampling facts (correction weight and passes), with the run's network
+        self.facts = replace(bundle.sampling(), roles=roles)
+        return self.measure_with(denoiser, self.facts, run.state.step, run.state.elapsed_s)
 
     def sampling_record(self) -> dict:
-        return options_record(self.options, self.correction_weight)
+        return options_record(self.options, self.facts)
 
     def finish(self, run, bundle) -> None:
         """Measure the final weights (unless just measured), put back the best ones if they scored

@@ -76,6 +76,8 @@ class TrainConfig:
     # How much of the Projector's change a served correction keeps (1 = all, the paper's): the
     # bundle's correction_weight (sinfusion.sampling.correct).
     correction_weight: float = 1.0
+    # How many times a served frame is corrected, each on the last one's result (1 = the paper's).
+    correction_passes: int = 1
     # Share of the Projector's samples drawn at the correction levels 1..correction_steps (its job in
     # every predicted frame), the rest at any level 1..T (Generate draws its first frame from noise).
     # The paper draws every level alike (0).
@@ -113,6 +115,8 @@ class TrainConfig:
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
             (0 <= self.correction_steps <= self.schedule_steps,
              f"correction_steps must be in [0, {self.schedule_steps}], got {self.correction_steps}"),
+            (1 <= self.correction_passes <= 8,
+             f"correction_passes must be in [1, 8], got {self.correction_passes}"),
             (0.0 < self.correction_weight <= 1.0,
              f"correction_weight must be in (0, 1], got {self.correction_weight}"),
             (0.0 <= self.projector_correction_share <= 1.0,
@@ -215,9 +219,11 @@ class CpuPreset(TinyPreset):
     # Served with correction at the lowest level, by a Projector trained half the time at that level:
     # it keeps a 300-frame stream's detail where no correction lets it drain (docs/training.md,
     # "Projector correction"). A frame keeps half of the correction's change: the correction's noise
-    # costs next-frame PSNR as the weight squared, its pull against drift falls only linearly.
+    # costs next-frame PSNR as the weight squared, its pull against drift falls only linearly; and
+    # it is corrected twice, which drifts less than once at about half a whole correction's cost.
     correction_steps: int = 1
     correction_weight: float = 0.5
+    correction_passes: int = 2
     projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
     predictor_steps: int = 200_000  # caps: the time budget ends each role first on a CPU

@@ -122,7 +122,8 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         mode=mode, width=clip.width, height=clip.height, fps=float(clip.fps),
                         frame_count=int(clip.frames.shape[0]), source=source,
                         correction_steps=config.correction_steps,
-                        correction_weight=config.correction_weight)
+                        correction_weight=config.correction_weight,
+                        correction_passes=config.correction_passes)
     return Bundle.create(out, manifest, clip.frames)
 
 
