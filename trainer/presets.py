@@ -211,7 +211,8 @@ class CpuPreset(TinyPreset):
     The tiny network and recipe, anchored (the Predictor and Interpolator predict the change from
     their conditioning frames), trained for time rather than steps: of 15 minutes the Predictor and
     the Projector get 6 each, the Interpolator 3; the Predictor stops early once it beats copy on the
-    held-out frames and stops improving. Frames are served with the Projector's correction at level 1.
+    held-out frames and stops improving. Frames are served with two half corrections by the
+    Projector at level 1.
     Measured on four real clips in docs/training.md.
     """
 
