@@ -14,6 +14,7 @@ torch is imported only when a tensor is actually seen: an ONNX Runtime server ne
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -139,30 +140,44 @@ def _set_colours(x, mean, target, rounds: int):
     return x
 
 
-def _on_side_of(a, x):
-    """A small statistic (mean, factor) moved to x's side, in float64 as the moments are."""
-    return to_host(a).astype(np.float64) if is_host(x) else like(a, x).double()
+@dataclass(frozen=True)
+class Colours:
+    """A frame's colours as keep_colours sets them: the mean colour (3, 1) and the lower Cholesky
+    factor of the colour covariance (3, 3), float64, on the side of the frame they came from. A
+    stream computes its start frame's once."""
+
+    mean: object
+    factor: object
+
+    def on_side_of(self, x) -> Colours:
+        """The same colours next to x (host or device): 12 numbers cross at most."""
+        if is_host(x) == is_host(self.mean):
+            return self
+        if is_host(x):
+            return Colours(to_host(self.mean).astype(np.float64), to_host(self.factor).astype(np.float64))
+        return Colours(like(self.mean, x).double(), like(self.factor, x).double())
 
 
-def keep_colours(x, reference, rounds: int = 8):
-    """x (3, H, W) given `reference`'s mean colour and colour covariance (so its brightness, contrast
-    and saturation), as it will be shown: clamped to [-1, 1]. Clamping after a rescale takes back
-    some of the contrast it gave, so the rescale is repeated on the clamped frame: each round takes
-    about four fifths of what is left even with a tenth of the pixels at the limits. The reference
-    may be on the other side (a stream's host start frame, device frames): only its mean and
-    factor, 12 numbers, cross to x's."""
-    mean, cov = _colour_moments(reference)
-    target = _colour_factor(cov)
-    if is_host(x) != is_host(reference):
-        mean, target = _on_side_of(mean, x), _on_side_of(target, x)
-    return _set_colours(x, mean, target, rounds)
+def colours_of(frame) -> Colours:
+    """The colours of a frame (3, H, W), where it is."""
+    mean, cov = _colour_moments(frame)
+    return Colours(mean, _colour_factor(cov))
 
 
-def match_colours(x, mean: Sequence[float], cov: Sequence[Sequence[float]], rounds: int = 8):
-    """x (3, H, W) given a mean colour (3) and colour covariance (3 x 3), clamped as keep_colours."""
-    mean = np.asarray(mean, np.float64).reshape(3, 1)
-    target = _colour_factor(np.asarray(cov, np.float64))
-    return _set_colours(x, _on_side_of(mean, x), _on_side_of(target, x), rounds)
+def colours_from(mean: Sequence[float], cov: Sequence[Sequence[float]]) -> Colours:
+    """Colours from a mean colour (3) and a colour covariance (3 x 3), such as a clip's palette."""
+    return Colours(np.asarray(mean, np.float64).reshape(3, 1),
+                   _colour_factor(np.asarray(cov, np.float64)))
+
+
+def keep_colours(x, colours: Colours, rounds: int = 8):
+    """x (3, H, W) given `colours` (so a frame's brightness, contrast and saturation), as it will be
+    shown: clamped to [-1, 1]. Clamping after a rescale takes back some of the contrast it gave, so
+    the rescale is repeated on the clamped frame: each round takes about four fifths of what is
+    left even with a tenth of the pixels at the limits. The colours may come from the other side
+    (a stream's host start frame, device frames)."""
+    colours = colours.on_side_of(x)
+    return _set_colours(x, colours.mean, colours.factor, rounds)
 
 
 def to_host(a) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import BundleSampling, Palette, RoleSampling
+from .sampling import MAX_CORRECTION_PASSES, BundleSampling, Palette, RoleSampling
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -241,8 +241,9 @@ class Manifest:
             raise BundleError(f"{where}: frame size and count must be positive")
         if not 0.0 < m.correction_weight <= 1.0:
             raise BundleError(f"{where}: correction_weight must be in (0, 1], got {m.correction_weight}")
-        if not 1 <= m.correction_passes <= 8:
-            raise BundleError(f"{where}: correction_passes must be in [1, 8], got {m.correction_passes}")
+        if not 1 <= m.correction_passes <= MAX_CORRECTION_PASSES:
+            raise BundleError(f"{where}: correction_passes must be in [1, {MAX_CORRECTION_PASSES}], "
+                              f"got {m.correction_passes}")
         return m
 
 

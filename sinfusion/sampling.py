@@ -154,6 +154,9 @@ class SamplingOptions:
 PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
+MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 2)
+
+
 def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
     """What a measurement records of its sampler: the options, and the bundle's correction weight
     and passes where frames were corrected."""
@@ -219,7 +222,7 @@ class BundleSampling:
     roles: dict[str, RoleSampling] = field(default_factory=dict)
     palette: Palette | None = None
     correction_weight: float = 1.0
-    correction_passes: int = 1
+    correction_passes: int = 1  # 1..MAX_CORRECTION_PASSES
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -342,11 +345,11 @@ def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.ran
         return x
     if palette.cov is None:  # recorded before the covariance was
         return arrays.match_channels(x, palette.mean, palette.std)
-    return arrays.match_colours(x, palette.mean, palette.cov)
+    return arrays.keep_colours(x, arrays.colours_from(palette.mean, palette.cov))
 
 
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
-            options: SamplingOptions, colours=None) -> Loop:
+            options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off.
 
     The frame moves by the bundle's `correction_weight` of what the Projector changed: the noise it
@@ -355,8 +358,8 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     frame for 10-25% more drift over 300 frames). That is done `correction_passes` times, each on the
     last one's frame: two half corrections cost about half of a whole one and drift less than one
     half (docs/training.md, "Projector correction").
-    The corrected frame then takes the colours of `colours` (default: the frame's own): each
-    channel's mean and the colour covariance, so brightness, contrast and saturation, as shown
+    The corrected frame then takes `colours` (default: the frame's own): its mean colour and colour
+    covariance, so brightness, contrast and saturation, as shown
     (clamped). Correction mends patches, it does not change the exposure: a small bias of the
     Projector, or the contrast a clamp takes from a frame, would otherwise add up over a stream
     (measured: tornado's brightness went from the clip's 0.42 to 0.51 in 300 corrected frames).
@@ -364,7 +367,7 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     if options.correction_steps <= 0 or "projector" not in sampling.roles:
         return frame
     rs = sampling["projector"]
-    colours = frame if colours is None else colours
+    colours = arrays.colours_of(frame) if colours is None else colours
     x = frame
     for _ in range(sampling.correction_passes):
         noisy = noise_to_level(x, rs.schedule, options.correction_steps, rng)
@@ -375,14 +378,15 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
 
 
 def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.random.Generator,
-                  options: SamplingOptions, colours=None) -> Loop:
+                  options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
     """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction,
-    which gives the frame the colours of `colours` (default: prev's)."""
+    which gives the frame `colours` (default: prev's)."""
     rs = sampling["predictor"]
     x = rng.standard_normal(tuple(prev.shape), dtype=np.float32)
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=prev, k=float(k))
-    return (yield from correct(sampling, x, rng, options, colours=prev if colours is None else colours))
+    colours = arrays.colours_of(prev) if colours is None else colours
+    return (yield from correct(sampling, x, rng, options, colours))
 
 
 def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.ndarray,
@@ -405,9 +409,10 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
     takes contrast the rescale cannot give back) stays one frame's, instead of adding up over a stream.
     """
     validate_k(k)
+    colours = arrays.colours_of(start)  # once: every corrected frame is given them
     prev = start
     for i in range(count):
-        prev = yield from predict_frame(sampling, prev, k, rng, options, colours=start)
+        prev = yield from predict_frame(sampling, prev, k, rng, options, colours)
         yield Frame(i, prev)
     return prev
 
@@ -419,9 +424,10 @@ def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: 
         return None
     first = yield from generate_frame(sampling, shape, rng, options)
     yield Frame(0, first)
+    colours = arrays.colours_of(first)
     last = first
     for i in range(1, count):
-        last = yield from predict_frame(sampling, last, k, rng, options, colours=first)
+        last = yield from predict_frame(sampling, last, k, rng, options, colours)
         yield Frame(i, last)
     return last
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import _colour_moments, keep_colours, match_channels, match_colours
+from sinfusion.arrays import _colour_moments, colours_from, colours_of, keep_colours, match_channels
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -137,8 +137,9 @@ def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundl
     frame = x[0].transpose(2, 0, 1).copy()
     np.testing.assert_allclose(match_channels(torch.from_numpy(frame), palette.mean, palette.std).numpy(),
                                match_channels(frame, palette.mean, palette.std), atol=1e-5)
-    np.testing.assert_allclose(match_colours(torch.from_numpy(frame), palette.mean, palette.cov).numpy(),
-                               match_colours(frame, palette.mean, palette.cov), atol=1e-5)
+    palette_colours = colours_from(palette.mean, palette.cov)
+    np.testing.assert_allclose(keep_colours(torch.from_numpy(frame), palette_colours).numpy(),
+                               keep_colours(frame, palette_colours), atol=1e-5)
 
     path = tiny_bundle.path / "manifest.json"
     data = json.loads(path.read_text())
@@ -207,21 +208,21 @@ def test_correction_keeps_the_frames_colours(tiny_bundle):
     fixed = corrected(sampling)
     assert np.abs(fixed - frame).mean() > 1e-3  # the Projector did change it
     assert_same_colours(fixed, frame)
-    assert_same_colours(corrected(sampling, colours=frames[0]), frames[0])
+    assert_same_colours(corrected(sampling, colours=colours_of(frames[0])), frames[0])
     assert sampling.correction_weight == 1.0  # the tiny preset's (and the paper's)
     half = corrected(dataclasses.replace(sampling, correction_weight=0.5))
     assert_same_colours(half, frame)
     rng, rs = np.random.default_rng(0), sampling["projector"]  # the same draws, by hand
     raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frame, rs.schedule, 2, rng), rng,
                                    start=2), denoiser)
-    np.testing.assert_allclose(half, keep_colours(frame + 0.5 * (raw - frame), frame), atol=1e-5)
-    np.testing.assert_allclose(fixed, keep_colours(raw, frame), atol=1e-5)
+    np.testing.assert_allclose(half, keep_colours(frame + 0.5 * (raw - frame), colours_of(frame)), atol=1e-5)
+    np.testing.assert_allclose(fixed, keep_colours(raw, colours_of(frame)), atol=1e-5)
     # two passes: the second corrects the first's result, with the next draws
     twice = corrected(dataclasses.replace(sampling, correction_weight=0.5, correction_passes=2))
     x = frame + 0.5 * (raw - frame)
     again = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(x, rs.schedule, 2, rng), rng,
                                      start=2), denoiser)
-    np.testing.assert_allclose(twice, keep_colours(x + 0.5 * (again - x), frame), atol=1e-5)
+    np.testing.assert_allclose(twice, keep_colours(x + 0.5 * (again - x), colours_of(frame)), atol=1e-5)
     off = S.SamplingOptions(correction_steps=0)
     assert S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), off), denoiser) is frame
 
@@ -232,13 +233,13 @@ def test_keep_colours_holds_after_the_clamp_on_host_and_device():
     rng = np.random.default_rng(1)
     reference = np.clip(rng.normal(0.3, 0.6, (3, 16, 24)), -1, 1).astype(np.float32)  # 12% at +-1
     x = rng.normal(0, 0.2, (3, 16, 24)).astype(np.float32)
-    kept = keep_colours(x, reference)
+    kept = keep_colours(x, colours_of(reference))
     assert kept.dtype == np.float32 and kept.min() >= -1 and kept.max() <= 1
     assert_same_colours(kept, reference, atol=5e-4)
-    np.testing.assert_allclose(keep_colours(torch.from_numpy(x), torch.from_numpy(reference)).numpy(),
+    np.testing.assert_allclose(keep_colours(torch.from_numpy(x), colours_of(torch.from_numpy(reference))).numpy(),
                                kept, atol=1e-4)
     grey = np.repeat(rng.normal(0, 0.3, (1, 16, 24)), 3, axis=0).astype(np.float32)
-    kept = keep_colours(grey * 0.5, grey)
+    kept = keep_colours(grey * 0.5, colours_of(grey))
     assert np.isfinite(kept).all()
     np.testing.assert_allclose(kept[0], kept[1], atol=1e-4)  # to a hundredth of a grey level
     np.testing.assert_allclose(kept, grey, atol=1e-3)

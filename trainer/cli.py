@@ -44,10 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     # Help that quotes the presets is built from them, so that it cannot go stale (% is argparse's).
     shares = ", ".join(f"{role} {share:.0%}" for role, share in TIME_SHARES.items())
     shares = shares.replace("%", "%%")
-    corrections = ", ".join(f"{name} {preset().correction_steps}"
-                            for name, preset in sorted(PRESETS.items()))
-    weights = ", ".join(f"{name} {preset().correction_weight:g}" for name, preset in sorted(PRESETS.items()))
-    passes = ", ".join(f"{name} {preset().correction_passes}" for name, preset in sorted(PRESETS.items()))
+
+    def defaults(name: str) -> str:
+        return ", ".join(f"{preset} {getattr(cls(), name):g}" for preset, cls in sorted(PRESETS.items()))
+
     parser = Parser(prog=PROG, description="Train SinFusion models on one clip; render from them.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -71,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds of predictor training between held-out measurements (default 60)")
     t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
                    help=f"the bundle's default Projector correction level for serving, 0 = none "
-                        f"(preset defaults: {corrections}; measured in docs/training.md)")
+                        f"(preset defaults: {defaults('correction_steps')}; measured in docs/training.md)")
     t.add_argument("--correction-weight", type=weight_arg, metavar="W",
                    help=f"share of the Projector's change a served correction keeps, in (0, 1] "
-                        f"(preset defaults: {weights}; docs/training.md)")
+                        f"(preset defaults: {defaults('correction_weight')}; docs/training.md)")
     t.add_argument("--correction-passes", type=int_at_least(1), metavar="N",
                    help=f"corrections of each served frame, each on the last one's result "
-                        f"(preset defaults: {passes}; docs/training.md)")
+                        f"(preset defaults: {defaults('correction_passes')}; docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")

@@ -116,16 +116,16 @@ class NextFrameMonitor:
         """Score the run's EMA network (with the bundle's Projector, when trained)."""
         from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
 
+        served = bundle.sampling()  # the bundle's facts: its correction weight and passes
         roles = {self.role: RoleSampling(run.schedule, run.target)}
         networks = {self.role: run.ema}
         if "projector" in bundle.manifest.roles and self.options.correction_steps > 0:
             if self._projector is None:
                 self._projector = load_network(bundle, "projector").to(run.device)
-            roles["projector"] = bundle.sampling()["projector"]
+            roles["projector"] = served["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        # the bundle's own sampling facts (correction weight and passes), with the run's network
-        self.facts = replace(bundle.sampling(), roles=roles)
+        self.facts = replace(served, roles=roles)  # with the run's network in its role
         return self.measure_with(denoiser, self.facts, run.state.step, run.state.elapsed_s)
 
     def sampling_record(self) -> dict:
