@@ -286,7 +286,8 @@ def bench_trainer(args, report: Report, device: torch.device, size, channels, bl
         config = get_preset("paper", channels=channels, blocks=blocks, batch_size=batch,
                             preview_every=0, checkpoint_every=0)
         train = build_run("predictor", config, schedule, device, {}, compiled=compiled)
-        crops = ClipCrops(clip, config.crop_fraction, device, train.generator, config.hflip)
+        crops = ClipCrops(clip, config.crop_fraction, device, train.generator, config.hflip,
+                          config.mirror_labelled)
         tables = tuple(torch.tensor(a, dtype=torch.float32, device=device)
                        for a in (schedule.sqrt_alpha_bars, schedule.sqrt_one_minus_alpha_bars))
         train.net.train()

@@ -14,7 +14,7 @@ from sinfusion.frames import to_model
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
 from sinfusion.trainer.loop import TrainingInterrupted, lr_at, noise_levels
 from sinfusion.trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
-from sinfusion.trainer.crops import ClipCrops, crop_size, k_limit
+from sinfusion.trainer.crops import MIRRORED_K, ClipCrops, crop_size, k_limit
 from sinfusion.trainer.training import TrainerError, train_bundle
 from tests.conftest import tiny_clip
 
@@ -92,6 +92,29 @@ def test_hflip_mirrors_whole_samples_and_keeps_their_window():
     flipped = (np.diff(cols, axis=1) < 0).all(axis=1)
     assert flipped.any() and (~flipped).any() and (np.diff(cols[~flipped], axis=1) > 0).all()
     assert plain[0].shape == cond.shape
+
+
+def test_labelled_mirrors_carry_their_own_frame_step_code():
+    frames = coded_clip(n=6)
+    labelled = ClipCrops(frames, 0.75, "cpu", torch.Generator().manual_seed(0), hflip=True,
+                         label_mirrors=True)
+    cond, target, code = labelled.pair(64, k_max=3)
+    cc, tc = decode(cond), decode(target)
+    flipped = (np.diff(cc[:, 2, 0, :], axis=1) < 0).all(axis=1)
+    k = tc[:, 0, 0, 0] - cc[:, 0, 0, 0]  # the real frame step, read from the frame codes
+    np.testing.assert_array_equal(code.numpy(), np.where(flipped, k + MIRRORED_K, k))
+    assert flipped.any() and (~flipped).any()
+    # the same draws unlabelled: the same samples, the plain k
+    plain = ClipCrops(frames, 0.75, "cpu", torch.Generator().manual_seed(0), hflip=True)
+    np.testing.assert_array_equal(plain.pair(64, k_max=3)[2].numpy(), k)
+
+
+def test_the_small_presets_label_mirrors_and_older_run_records_do_not():
+    assert get_preset("cpu").mirror_labelled and get_preset("tiny").mirror_labelled
+    assert not get_preset("paper").mirror_labelled and not get_preset("paper").hflip
+    # a run recorded before the field resumes as it was trained: mirrored samples unlabelled
+    recorded = {k: v for k, v in get_preset("cpu").to_dict().items() if k != "mirror_labelled"}
+    assert TrainConfig.from_dict(recorded).mirror_labelled is False
 
 
 def test_triplets_are_n_n_plus_2_and_the_middle():

@@ -9,12 +9,20 @@ All frames of one sample (conditioning and target) share the same crop window, b
 and Interpolator learn motion between aligned pixels. With `hflip`, half the samples are mirrored
 left-right, every frame of a sample alike: a mirrored clip is a physically plausible clip (motion
 mirrors with the appearance), so the model sees twice the distinct examples and memorises less.
+But a mirrored clip moves the other way, and where the appearance does not say which way (a round
+blob, a wave, a swirl) the Predictor learns both directions at once and blurs them together. With
+`label_mirrors`, a mirrored Predictor sample's frame step is k + MIRRORED_K: the network learns the
+mirrored clip as a second task sharing its features, and is served the real k, the unmirrored one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+# Frame-step code offset of a mirrored Predictor sample: far from every served k (|k| <= 3), so the
+# sinusoidal embedding keeps the two clips apart.
+MIRRORED_K = 64
 
 
 def crop_size(height: int, width: int, fraction: float) -> tuple[int, int]:
@@ -41,7 +49,8 @@ class ClipCrops:
     """Random aligned crops of 1, 2 or 3 frames of a clip held on the device as uint8."""
 
     def __init__(self, frames: np.ndarray, crop_fraction: float, device: torch.device | str,
-                 generator: torch.Generator, hflip: bool = False) -> None:
+                 generator: torch.Generator, hflip: bool = False,
+                 label_mirrors: bool = False) -> None:
         if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
         self.device = torch.device(device)
@@ -52,6 +61,7 @@ class ClipCrops:
         self.crop = crop_size(self.height, self.width, crop_fraction)
         self.generator = generator
         self.hflip = hflip
+        self.label_mirrors = label_mirrors
 
     # --- random draws ---------------------------------------------------------------------------
 
@@ -96,7 +106,8 @@ class ClipCrops:
         return self.gather(self._randint(self.count, batch), top, left, self._mirrors(batch))
 
     def pair(self, batch: int, k_max: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Predictor batch: (frame n, frame n+k, k) with the same crop; k in +-[1, k_max]."""
+        """Predictor batch: (frame n, frame n+k, k) with the same crop; k in +-[1, k_max], or
+        k + MIRRORED_K for a mirrored sample with `label_mirrors`."""
         if self.count < 2:
             raise ValueError("the Predictor needs a clip of at least 2 frames")
         k = self.sample_k(batch, k_max)
@@ -105,7 +116,10 @@ class ClipCrops:
         n = low + self._randint(self.count - k.abs(), batch)
         top, left = self._offsets(batch)
         mirror = self._mirrors(batch)
-        return self.gather(n, top, left, mirror), self.gather(n + k, top, left, mirror), k
+        code = k
+        if mirror is not None and self.label_mirrors:
+            code = torch.where(mirror, k + MIRRORED_K, k)
+        return self.gather(n, top, left, mirror), self.gather(n + k, top, left, mirror), code
 
     def triplet(self, batch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Interpolator batch: (frame n, frame n+2, frame n+1) with the same crop."""

@@ -275,7 +275,8 @@ def train_role(run: RoleRun, bundle: Bundle, frames: np.ndarray, *, progress: bo
     from tqdm import tqdm
 
     cfg, total = run.config, run.total
-    crops = ClipCrops(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip)
+    crops = ClipCrops(frames, cfg.crop_fraction, run.device, run.generator, cfg.hflip,
+                      cfg.mirror_labelled)
     tables = tuple(torch.tensor(a, dtype=torch.float32, device=run.device)
                    for a in (run.schedule.sqrt_alpha_bars, run.schedule.sqrt_one_minus_alpha_bars))
     window = max(1, total // 200)  # the stored loss curve keeps ~200 points

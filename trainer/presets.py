@@ -45,8 +45,12 @@ class TrainConfig:
     # "patches" for a fully convolutional net).
     batch_size: int = 1
     crop_fraction: float = 0.95
-    # Mirror half the samples left-right (trainer/crops.py); the paper does not.
+    # Mirror half the samples left-right (trainer/crops.py); the paper does not. With
+    # mirror_labelled, a mirrored Predictor sample carries its own frame-step code (crops.MIRRORED_K):
+    # mirroring reverses every horizontal motion, and an unlabelled Predictor can no longer tell
+    # which way a round blob or a wave travels; served frames always use the unmirrored code.
     hflip: bool = False
+    mirror_labelled: bool = False
     # Predictor's frame step curriculum: |k| starts at 1 and reaches k_max over the first
     # k_ramp fraction of its steps; both signs (negative k = predict the previous frame).
     k_max: int = 3
@@ -191,6 +195,7 @@ class TinyPreset(TrainConfig):
     k_max: int = 1
     anchored: bool = True  # start at copy / blend: measured in docs/training.md
     hflip: bool = True  # mirrored samples: stops the Predictor memorising its frames (measured there)
+    mirror_labelled: bool = True  # ... told apart from the real ones: motion keeps its direction
     # Served without correction: a Projector of this size adds more error than it removes (-2 dB at
     # T_corr 1, -4 dB at 3 on held-out tornado pairs; docs/training.md). --correction-steps brings it.
     correction_steps: int = 0
