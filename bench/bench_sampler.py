@@ -87,6 +87,8 @@ def prepared_copy(bundle_path: Path, tmp: Path) -> Path:
     folder = tmp / "models" / bundle_path.name
     shutil.copytree(bundle_path, folder, ignore=shutil.ignore_patterns("training", "previews", "engines"))
     bundle = Bundle.open(folder)
+    bundle.manifest.engines = []  # the source's engines are not copied: list only this copy's
+    bundle.save_manifest()
     roles = tuple(r for r in ("predictor", "projector") if r in bundle.roles)
     export_bundle(bundle, ExportOptions(kinds=("onnx",), roles=roles, batches=(1, 2, 4)))
     return folder

@@ -162,3 +162,16 @@ def test_precision_choice(copy):
         half.batch_sizes("predictor")
     with pytest.raises(BundleError, match="no onnx engines for predictor; run: .* --roles predictor"):
         OnnxDenoiser(bundle, roles=["projector", "predictor"], precision="fp16")
+
+
+def test_the_sampler_benchmarks_copy_of_an_exported_bundle_lists_only_its_own_engines(exported, tmp_path):
+    """bench_sampler serves a copy exported for the Predictor and Projector only; the source's other
+    engines (the Interpolator's) are not copied, so they must not stay listed (the server refuses a
+    listed engine whose file is missing)."""
+    from bench.bench_sampler import prepared_copy
+
+    copy = Bundle.open(prepared_copy(exported.path, tmp_path))
+    listed = {e["role"] for e in copy.manifest.engines}
+    assert listed == {"predictor", "projector"} and "interpolator" in copy.roles
+    assert all((copy.path / e["file"]).is_file() for e in copy.manifest.engines)
+    OnnxDenoiser(copy, threads=1)
