@@ -109,7 +109,7 @@ def demo(out: Path, quick: bool, frames: int, seed: int) -> dict[str, Path]:
         address = f"127.0.0.1:{port}"
         step(f"5/6 stream over gRPC from {address}")
         run("sinfusion", "--address", address, "models")
-        sampling = ["--seed", seed]  # the server's default sampler (DDIM, 4 steps)
+        sampling = ["--seed", seed]  # the server's default sampler (DDIM, 3 steps, the correction)
         outputs["extrapolated"] = out / "extrapolated.mp4"
         run("sinfusion", "--address", address, "extrapolate", "--model", MODEL,
             "--frames", frames, "--start-frame", len(clip.frames) - 1, *sampling,

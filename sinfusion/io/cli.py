@@ -184,7 +184,7 @@ PAPER_SAMPLER = {"steps": 0, "method": "ddpm", "correction_steps": 3}
 def add_sampling_args(parser, correction: bool = True, steps_flag: str = "--steps") -> None:
     """--steps (or steps_flag), --method, --correction-steps and --paper-sampler; None = the default."""
     parser.add_argument(steps_flag, dest="steps", type=int_at_least(0), default=None,
-                        help="denoising steps per frame (0 = all T; default: 4 with ddim, all with ddpm)")
+                        help="denoising steps per frame (0 = all T; default: 3 with ddim, all with ddpm)")
     parser.add_argument("--method", choices=("ddpm", "ddim"), default=None,
                         help="ddim (default: deterministic, few steps) or ddpm (the paper's, ancestral)")
     if correction:
