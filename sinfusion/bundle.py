@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import MAX_CORRECTION_PASSES, BundleSampling, Palette, RoleSampling
+from .sampling import BundleSampling, Palette, RoleSampling, correction_problems
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -239,11 +239,9 @@ class Manifest:
             raise BundleError(f"{where}: mode {m.mode!r} not in {MODES}")
         if m.width < 1 or m.height < 1 or m.frame_count < 1:
             raise BundleError(f"{where}: frame size and count must be positive")
-        if not 0.0 < m.correction_weight <= 1.0:
-            raise BundleError(f"{where}: correction_weight must be in (0, 1], got {m.correction_weight}")
-        if not 1 <= m.correction_passes <= MAX_CORRECTION_PASSES:
-            raise BundleError(f"{where}: correction_passes must be in [1, {MAX_CORRECTION_PASSES}], "
-                              f"got {m.correction_passes}")
+        problems = correction_problems(m.correction_weight, m.correction_passes)
+        if problems:
+            raise BundleError(f"{where}: {problems[0]}")
         return m
 
 

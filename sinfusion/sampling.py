@@ -157,6 +157,17 @@ PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 2)
 
 
+def correction_problems(weight: float, passes: int) -> list[str]:
+    """What is wrong with a correction weight and pass count (a bundle's or a training config's);
+    empty when both are valid."""
+    problems = []
+    if not 0.0 < weight <= 1.0:
+        problems.append(f"correction_weight must be in (0, 1], got {weight}")
+    if not 1 <= passes <= MAX_CORRECTION_PASSES:
+        problems.append(f"correction_passes must be in [1, {MAX_CORRECTION_PASSES}], got {passes}")
+    return problems
+
+
 def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
     """What a measurement records of its sampler: the options, and the bundle's correction weight
     and passes where frames were corrected."""
@@ -348,6 +359,17 @@ def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.ran
     return arrays.keep_colours(x, arrays.colours_from(palette.mean, palette.cov))
 
 
+def corrects(sampling: BundleSampling, options: SamplingOptions) -> bool:
+    """Whether `correct` changes frames: a correction level is asked for and a Projector exists."""
+    return options.correction_steps > 0 and "projector" in sampling.roles
+
+
+def _colours_if_corrected(sampling: BundleSampling, options: SamplingOptions, frame):
+    """The colours the correction gives frames taken after `frame`; None (nothing computed) when
+    frames are not corrected."""
+    return arrays.colours_of(frame) if corrects(sampling, options) else None
+
+
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
             options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off.
@@ -359,12 +381,11 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     last one's frame: two half corrections cost about half of a whole one and drift less than one
     half (docs/training.md, "Projector correction").
     The corrected frame then takes `colours` (default: the frame's own): its mean colour and colour
-    covariance, so brightness, contrast and saturation, as shown
-    (clamped). Correction mends patches, it does not change the exposure: a small bias of the
+    covariance, so brightness, contrast and saturation, as shown (clamped). Correction mends patches, it does not change the exposure: a small bias of the
     Projector, or the contrast a clamp takes from a frame, would otherwise add up over a stream
     (measured: tornado's brightness went from the clip's 0.42 to 0.51 in 300 corrected frames).
     """
-    if options.correction_steps <= 0 or "projector" not in sampling.roles:
+    if not corrects(sampling, options):
         return frame
     rs = sampling["projector"]
     colours = arrays.colours_of(frame) if colours is None else colours
@@ -385,7 +406,7 @@ def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.ra
     x = rng.standard_normal(tuple(prev.shape), dtype=np.float32)
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=prev, k=float(k))
-    colours = arrays.colours_of(prev) if colours is None else colours
+    colours = _colours_if_corrected(sampling, options, prev) if colours is None else colours
     return (yield from correct(sampling, x, rng, options, colours))
 
 
@@ -409,7 +430,7 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
     takes contrast the rescale cannot give back) stays one frame's, instead of adding up over a stream.
     """
     validate_k(k)
-    colours = arrays.colours_of(start)  # once: every corrected frame is given them
+    colours = _colours_if_corrected(sampling, options, start)  # once: every corrected frame's
     prev = start
     for i in range(count):
         prev = yield from predict_frame(sampling, prev, k, rng, options, colours)
@@ -424,7 +445,7 @@ def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: 
         return None
     first = yield from generate_frame(sampling, shape, rng, options)
     yield Frame(0, first)
-    colours = arrays.colours_of(first)
+    colours = _colours_if_corrected(sampling, options, first)
     last = first
     for i in range(1, count):
         last = yield from predict_frame(sampling, last, k, rng, options, colours)

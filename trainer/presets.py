@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from sinfusion.config import ROLES, TARGETS
-from sinfusion.sampling import MAX_CORRECTION_PASSES
+from sinfusion.sampling import correction_problems
 
 LR_DECAYS = ("step", "cosine")
 RUN_FILE = "run.json"  # training/run.json in a bundle: the config of its training run
@@ -120,10 +120,8 @@ class TrainConfig:
             (self.max_side >= 0, f"max_side must be >= 0, got {self.max_side}"),
             (0 <= self.correction_steps <= self.schedule_steps,
              f"correction_steps must be in [0, {self.schedule_steps}], got {self.correction_steps}"),
-            (1 <= self.correction_passes <= MAX_CORRECTION_PASSES,
-             f"correction_passes must be in [1, {MAX_CORRECTION_PASSES}], got {self.correction_passes}"),
-            (0.0 < self.correction_weight <= 1.0,
-             f"correction_weight must be in (0, 1], got {self.correction_weight}"),
+            *((False, problem) for problem in correction_problems(self.correction_weight,
+                                                                  self.correction_passes)),
             (0.0 <= self.projector_correction_share <= 1.0,
              f"projector_correction_share must be in [0, 1], got {self.projector_correction_share}"),
             (self.time_budget_s >= 0, f"time budget must be >= 0 s, got {self.time_budget_s}"),
