@@ -5,8 +5,8 @@
         [--frames 300] [--seed 0] [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
-copying the frame (DDIM 4, then the correction, as served: with the predictor bundle's correction
-weight and passes unless --weight, --passes), and a `--frames` extrapolation from the clip's
+copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
+correction weight, passes and Predictor margin unless --weight, --passes, --margin), and a `--frames` extrapolation from the clip's
 frame 0 scored as `sinfusion-quality stability` does (late / early NNFDIST, colour bands),
 with a contact sheet per level in --figures. --train first trains a Projector alone on CLIP with
 the cpu preset and the --set overrides (the Projector gets the whole --minutes), into --work.
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
                                                      "bundle's)")
     parser.add_argument("--passes", type=int, help="corrections per frame (default: the predictor "
                                                    "bundle's)")
+    parser.add_argument("--margin", type=int, help="the Predictor's margin in px (default: the "
+                                                   "predictor bundle's)")
+    parser.add_argument("--steps", type=int, help="DDIM steps (default: the served default)")
     parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
     from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
-    from sinfusion.sampling import SamplingOptions, extrapolate
+    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate
     from sinfusion.trainer.monitor import holdout_count
 
     torch.set_num_threads(args.threads)
@@ -82,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         sampling = replace(sampling, correction_weight=args.weight)
     if args.passes is not None:
         sampling = replace(sampling, correction_passes=args.passes)
+    if args.margin is not None:
+        sampling = replace(sampling, predictor_margin=args.margin)
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):
         started = time.monotonic()
-        options = SamplingOptions(4, "ddim", level)
+        options = SamplingOptions(args.steps or DEFAULT_DDIM_STEPS, "ddim", level)
         scores = nextframe.score_pairs(frames, pairs, nextframe.predict_pairs(
             denoiser, sampling, frames, pairs, 1, options, 0, 16))
         loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(args.seed),

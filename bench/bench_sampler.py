@@ -4,9 +4,10 @@
         [--settings "torch:ddpm:0:3,onnx:ddim:10:0,onnx:ddim:5:0"] [--frames 8] [--extrapolate 100]
 
 Run it on bundles `trainer train` wrote (their manifests record the held-out frames). For every
-bundle and every sampler setting RUNTIME:METHOD:STEPS:T_CORR (the first is the reference, the
-official sampler: PyTorch eager, DDPM over all 50 steps, 3 Projector correction steps), one run
-measures:
+bundle and every sampler setting RUNTIME:METHOD:STEPS:T_CORR[:MARGIN] (the first is the reference,
+the official sampler: PyTorch eager, DDPM over all 50 steps, 3 Projector correction steps, and
+`torch:ddpm:0:3:0` without the bundle's Predictor margin, as the paper; MARGIN serves a copy of the
+bundle with that `predictor_margin`, left out the bundle's own), one run measures:
 
 - speed: frames/s of Extrapolate through the real gRPC server (loopback, in this process) for 1 stream
   and for 4 concurrent streams, best of --repeats; the server's runtime is the setting's (torch-cpu:
@@ -51,20 +52,26 @@ class Setting:
     method: str
     steps: int  # 0 = all T
     correction: int
+    margin: int | None = None  # the Predictor's margin in px; None = the bundle's
 
     @classmethod
     def parse(cls, text: str) -> Setting:
         try:
-            runtime, method, steps, correction = text.split(":")
-            setting = cls(runtime, method, int(steps), int(correction))
+            runtime, method, steps, correction, *margin = text.split(":")
+            if len(margin) > 1:
+                raise ValueError
+            setting = cls(runtime, method, int(steps), int(correction),
+                          int(margin[0]) if margin else None)
         except ValueError:
-            raise SystemExit(f"bench_sampler: setting {text!r} is not RUNTIME:METHOD:STEPS:T_CORR")
+            raise SystemExit(f"bench_sampler: setting {text!r} is not "
+                             f"RUNTIME:METHOD:STEPS:T_CORR[:MARGIN]")
         if runtime not in RUNTIMES or method not in ("ddpm", "ddim"):
             raise SystemExit(f"bench_sampler: setting {text!r}: runtime torch|onnx, method ddpm|ddim")
         return setting
 
     def label(self, schedule_steps: int) -> str:
-        return f"{self.runtime} {self.method} {self.steps or schedule_steps}+{self.correction}"
+        margin = "" if self.margin is None else f" m{self.margin}"
+        return f"{self.runtime} {self.method} {self.steps or schedule_steps}+{self.correction}{margin}"
 
     def options(self):
         from sinfusion.sampling import SamplingOptions
@@ -79,8 +86,9 @@ class Setting:
                                  seed=seed)
 
 
-def prepared_copy(bundle_path: Path, tmp: Path) -> Path:
-    """The bundle copied into `tmp/models/NAME` with ONNX engines at batch 1, 2 and 4 added."""
+def prepared_copy(bundle_path: Path, tmp: Path, margin: int | None = None) -> Path:
+    """The bundle copied into `tmp/models/NAME` with ONNX engines at batch 1, 2 and 4 added, and
+    serving with Predictor margin `margin` (None: the bundle's)."""
     from sinfusion.bundle import Bundle
     from sinfusion.export.pipeline import ExportOptions, export_bundle
 
@@ -88,6 +96,8 @@ def prepared_copy(bundle_path: Path, tmp: Path) -> Path:
     shutil.copytree(bundle_path, folder, ignore=shutil.ignore_patterns("training", "previews", "engines"))
     bundle = Bundle.open(folder)
     bundle.manifest.engines = []  # the source's engines are not copied: list only this copy's
+    if margin is not None:
+        bundle.manifest.predictor_margin = margin
     bundle.save_manifest()
     roles = tuple(r for r in ("predictor", "projector") if r in bundle.roles)
     export_bundle(bundle, ExportOptions(kinds=("onnx",), roles=roles, batches=(1, 2, 4)))
@@ -190,10 +200,14 @@ def bench_bundle(path: Path, settings: list[Setting], args) -> list[dict]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        folder = prepared_copy(path, Path(tmp))
-        bundle = Bundle.open(folder)
-        schedule_steps = bundle.role("predictor").schedule["steps"]
+        copies = {}  # one served copy per margin the settings ask for
         for setting in settings:
+            if setting.margin not in copies:
+                copies[setting.margin] = prepared_copy(path, Path(tmp) / f"m{setting.margin}",
+                                                       setting.margin)
+            folder = copies[setting.margin]
+            bundle = Bundle.open(folder)
+            schedule_steps = bundle.role("predictor").schedule["steps"]
             label = setting.label(schedule_steps)
             print(f"  {path.name}: {label} ...", flush=True)
             started = time.monotonic()
@@ -247,7 +261,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bundles", nargs="+", type=Path, help="bundle folders written by `trainer train`")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
-                   help="RUNTIME:METHOD:STEPS:T_CORR,... the first is the reference (default: %(default)s)")
+                   help="RUNTIME:METHOD:STEPS:T_CORR[:MARGIN],... the first is the reference (default: %(default)s)")
     p.add_argument("--frames", type=int, default=8, help="frames per stream in the speed runs")
     p.add_argument("--repeats", type=int, default=2, help="speed runs per stream count; the best is kept")
     p.add_argument("--seeds", type=int, default=3, help="seeds per held-out pair")

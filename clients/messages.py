@@ -76,6 +76,7 @@ class ModelInfo:
     quality: NextFrameQuality | None = None  # None: trained without held-out frames
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps
     correction_passes: int = 1  # corrections of each frame
+    predictor_margin: int = 0  # px of repeated edge the Predictor works with
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -85,7 +86,7 @@ class ModelInfo:
         return cls(m.name, m.width, m.height, m.fps, m.frame_count, tuple(m.capabilities), m.runtime,
                    tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
                    m.mode, m.max_step, quality if m.HasField("quality") else None,
-                   m.correction_weight or 1.0, m.correction_passes or 1)
+                   m.correction_weight or 1.0, m.correction_passes or 1, m.predictor_margin)
 
 
 @dataclass(frozen=True)

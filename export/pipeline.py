@@ -95,12 +95,16 @@ def _validate(bundle: Bundle, options: ExportOptions) -> tuple[list[str], int, i
 def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
                   log: Callable[[str], None] | None = None) -> list[EngineEntry]:
     """Export, check and record engines; returns the new manifest entries. See the module doc."""
-    roles, width, height = _validate(bundle, options)
+    roles, frame_width, frame_height = _validate(bundle, options)
+    sampling = bundle.sampling()
     built: list[tuple[EngineEntry, bytes]] = []
     for role in roles:
         config = bundle.role(role).network
         weights = bundle.weights(role)  # checksum-verified
-        rs = bundle.sampling()[role]
+        rs = sampling[role]
+        # what the role's steps take: a Predictor with a margin works on a larger canvas
+        height, width = sampling.canvas(role, frame_height, frame_width)
+        _check_canvas(options, height, width)
         reference = step_for(config, weights, "fp32")
         graphs: dict[tuple[str, int], bytes] = {}  # (precision, batch): ONNX, shared by both kinds
         for kind in options.kinds:
@@ -136,6 +140,14 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
     bundle.save_manifest()
     remove_unlisted(bundle)
     return [e for e, _ in built]
+
+
+def _check_canvas(options: ExportOptions, height: int, width: int) -> None:
+    try:
+        for batch in options.batches:
+            validate_shape(batch, height, width)
+    except ValueError as exc:
+        raise ExportError(f"{exc} (the frame size plus the bundle's predictor_margin)") from None
 
 
 def _tensorrt(onnx_bytes, config, batch, height, width, precision, reference, feed):

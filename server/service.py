@@ -48,7 +48,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         schedule_steps=model.schedule_steps, default_correction_steps=m.correction_steps,
         batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
         quality=quality_info(m.quality), correction_weight=m.correction_weight,
-        correction_passes=m.correction_passes,
+        correction_passes=m.correction_passes, predictor_margin=m.predictor_margin,
     )
 
 

@@ -63,6 +63,22 @@ def concat(arrays: Sequence):
     return torch.cat([like(a, ref) for a in arrays], dim=0)
 
 
+def pad_edges(frame, margin: int):
+    """A (C, H, W) frame with its edge pixels repeated `margin` px out on every side (0: itself)."""
+    if margin == 0:
+        return frame
+    if is_host(frame):
+        return np.pad(frame, ((0, 0), (margin, margin), (margin, margin)), mode="edge")
+    import torch.nn.functional as F
+
+    return F.pad(frame[None], (margin,) * 4, mode="replicate")[0]
+
+
+def crop_margin(frame, margin: int):
+    """The inverse of pad_edges: the (C, H, W) frame without `margin` px on every side."""
+    return frame if margin == 0 else frame[:, margin:-margin, margin:-margin]
+
+
 def rows(batch) -> list:
     """A batched output split into its samples: float32 numpy rows, or views of the device tensor."""
     if is_host(batch) or not hasattr(batch, "unbind"):

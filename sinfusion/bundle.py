@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import BundleSampling, Palette, RoleSampling, correction_problems
+from .sampling import BundleSampling, Palette, RoleSampling, serving_problems
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -162,6 +162,7 @@ class Manifest:
     correction_steps: int = 3  # default T_corr for serving
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps (1: paper)
     correction_passes: int = 1  # corrections per frame, each on the last one's result (1: paper)
+    predictor_margin: int = 0  # px of repeated edge the Predictor works with (0: paper; sampling.py)
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -189,6 +190,7 @@ class Manifest:
             "correction_steps": self.correction_steps,
             "correction_weight": self.correction_weight,
             "correction_passes": self.correction_passes,
+            "predictor_margin": self.predictor_margin,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -223,6 +225,7 @@ class Manifest:
                 correction_steps=int(d.get("correction_steps", 3)),
                 correction_weight=float(d.get("correction_weight", 1.0)),
                 correction_passes=int(d.get("correction_passes", 1)),
+                predictor_margin=int(d.get("predictor_margin", 0)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -239,7 +242,7 @@ class Manifest:
             raise BundleError(f"{where}: mode {m.mode!r} not in {MODES}")
         if m.width < 1 or m.height < 1 or m.frame_count < 1:
             raise BundleError(f"{where}: frame size and count must be positive")
-        problems = correction_problems(m.correction_weight, m.correction_passes)
+        problems = serving_problems(m.correction_weight, m.correction_passes, m.predictor_margin)
         if problems:
             raise BundleError(f"{where}: {problems[0]}")
         return m
@@ -325,7 +328,8 @@ class Bundle:
         """The sampling facts of every trained role."""
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
                                for r, e in self.manifest.roles.items()}, self.manifest.palette,
-                              self.manifest.correction_weight, self.manifest.correction_passes)
+                              self.manifest.correction_weight, self.manifest.correction_passes,
+                              self.manifest.predictor_margin)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import _colour_moments, colours_from, colours_of, keep_colours, match_channels
+from sinfusion.arrays import (_colour_moments, colours_from, colours_of, crop_margin, keep_colours,
+                             match_channels, pad_edges)
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -254,3 +255,56 @@ def test_a_corrected_stream_keeps_its_first_frames_colours(tiny_bundle):
     out = [f.image for f in S.run(loop, TorchDenoiser(tiny_bundle))]
     for frame in out:
         assert_same_colours(frame, frames[0])
+
+
+def test_manifest_records_the_predictor_margin(tiny_bundle):
+    """Written and read back; older manifests without it have none (the paper's); out of range is
+    refused with the field named."""
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    assert data["predictor_margin"] == 0
+    data["predictor_margin"] = 8
+    path.write_text(json.dumps(data))
+    sampling = Bundle.open(tiny_bundle.path).sampling()
+    assert sampling.predictor_margin == 8
+    assert sampling.canvas("predictor", 16, 24) == (32, 40)
+    assert sampling.canvas("projector", 16, 24) == (16, 24)
+    del data["predictor_margin"]
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().predictor_margin == 0
+    data["predictor_margin"] = -1
+    path.write_text(json.dumps(data))
+    with pytest.raises(BundleError, match=r"predictor_margin must be in \[0, 64\] px, got -1"):
+        Bundle.open(tiny_bundle.path)
+
+
+def test_the_predictor_works_on_the_frame_with_its_edges_repeated(tiny_bundle):
+    """With a margin the Predictor's steps take the frame padded by its edge pixels and noise of that
+    size; the frame is cut back out of the result before the correction; host = device arrays."""
+    sampling = dataclasses.replace(tiny_bundle.sampling(), predictor_margin=3)
+    frame = tiny_bundle.frames()[2].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    options = S.SamplingOptions(steps=2, method="ddim", correction_steps=0)
+    seen = []
+
+    class Recorder(TorchDenoiser):
+        def __call__(self, role, x, cond, t, k, coef, noise):
+            seen.append((role, x.shape, None if cond is None else cond.copy()))
+            return super().__call__(role, x, cond, t, k, coef, noise)
+
+    out = S.run_to_value(S.predict_frame(sampling, frame, 1, np.random.default_rng(0), options),
+                         Recorder(tiny_bundle))
+    assert out.shape == frame.shape
+    assert [(r, s) for r, s, _ in seen] == [("predictor", (1, 3, 22, 30))] * 2
+    cond = seen[0][2][0]
+    np.testing.assert_array_equal(cond[:, 3:-3, 3:-3], frame)
+    np.testing.assert_array_equal(cond[:, :3, 3:-3], np.repeat(frame[:, :1], 3, axis=1))  # top edge
+    np.testing.assert_array_equal(cond[:, 3:-3, -3:], np.repeat(frame[:, :, -1:], 3, axis=2))
+    # by hand: the same draws at the canvas size, the step outputs cropped
+    rng, rs = np.random.default_rng(0), sampling["predictor"]
+    x = rng.standard_normal(cond.shape, dtype=np.float32)
+    x = S.run_to_value(S.denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=2,
+                                 method="ddim", cond=cond, k=1.0), TorchDenoiser(tiny_bundle))
+    np.testing.assert_allclose(out, x[:, 3:-3, 3:-3], atol=1e-6)
+    device = torch.from_numpy(frame)
+    np.testing.assert_array_equal(pad_edges(device, 3).numpy(), cond)
+    assert crop_margin(pad_edges(device, 3), 3).shape == device.shape

@@ -144,6 +144,25 @@ def test_resident_loop_keeps_tensors_and_matches_numpy(resident, eager):
     assert rng_a.bit_generator.state == rng_b.bit_generator.state  # the same draws, no more
 
 
+def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eager):
+    """Each role is prepared at the size its steps take: with a margin, the Predictor's canvas (the
+    frame padded on the device, then cut back); the frames equal the numpy runtime's."""
+    nets = {r: networks[r] for r in ("predictor", "projector")}
+    sizes = {"predictor": (SIZE[0] + 4, SIZE[1] + 4), "projector": SIZE}
+    den = CompiledTorchDenoiser.from_networks(nets, "cpu", sizes, compile=False, batch_sizes=(1,))
+    assert den.describe()["size"] == "24x16, 28x20"
+    assert {(role, tuple(p.inputs["x"].shape[-2:])) for (role, _), p in den._prepared.items()} == {
+        ("predictor", (20, 28)), ("projector", SIZE)}
+    sampling = sampling_facts(("predictor", "projector"))
+    sampling = BundleSampling(sampling.roles, predictor_margin=2)
+    start = np.random.default_rng(4).uniform(-1, 1, (3, *SIZE)).astype(np.float32)
+    ours = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), den)]
+    theirs = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), eager)]
+    assert [f.shape for f in ours] == [(3, *SIZE)] * 2
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, atol=5e-4)
+
+
 def test_resident_upsampling_mixes_host_and_device_frames(resident, eager):
     """The Interpolator's condition joins a client frame (numpy) and a made one (a tensor)."""
     sampling = sampling_facts()

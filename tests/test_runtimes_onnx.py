@@ -175,3 +175,38 @@ def test_the_sampler_benchmarks_copy_of_an_exported_bundle_lists_only_its_own_en
     assert listed == {"predictor", "projector"} and "interpolator" in copy.roles
     assert all((copy.path / e["file"]).is_file() for e in copy.manifest.engines)
     OnnxDenoiser(copy, threads=1)
+    # a setting's margin serves a copy with it: the Predictor's engines at that canvas
+    from bench.bench_sampler import Setting
+
+    setting = Setting.parse("onnx:ddim:3:1:2")
+    assert (setting.margin, setting.label(50)) == (2, "onnx ddim 3+1 m2")
+    assert Setting.parse("torch:ddpm:0:3").margin is None
+    wide = Bundle.open(prepared_copy(exported.path, tmp_path / "m2", setting.margin))
+    assert wide.manifest.predictor_margin == 2
+    assert {(e["role"], e["height"]) for e in wide.manifest.engines} == {
+        ("predictor", wide.manifest.height + 4), ("projector", wide.manifest.height)}
+
+
+def test_a_predictor_margin_exports_and_serves_the_predictor_on_its_canvas(tmp_path):
+    """With predictor_margin M the Predictor's engines take the frame plus M px on every side, the
+    other roles' the frame; ONNX Runtime finds them by default and extrapolates as PyTorch does,
+    frames of the clip's size."""
+    bundle = make_tiny_bundle(tmp_path / "margin")
+    bundle.manifest.predictor_margin = 4
+    bundle.save_manifest()
+    export_bundle(bundle, ExportOptions(batches=(1,)))
+    bundle = Bundle.open(bundle.path)
+    m = bundle.manifest
+    shapes = {e.role: (e.height, e.width) for e in engine_entries(bundle)}
+    assert shapes == {"predictor": (m.height + 8, m.width + 8), "projector": (m.height, m.width),
+                      "interpolator": (m.height, m.width)}
+    ort_rt = OnnxDenoiser(bundle, threads=1)
+    assert ort_rt.batch_sizes("predictor") == [1]  # at the canvas, without being told its size
+    start = to_model(bundle.frames()[0])
+    out = {}
+    for name, runtime in (("onnx", ort_rt), ("torch", TorchDenoiser(bundle))):
+        loop = S.extrapolate(bundle.sampling(), start, 2, 1, np.random.default_rng(3),
+                             S.SamplingOptions(steps=3, method="ddim", correction_steps=1))
+        out[name] = [f.image for f in S.run(loop, runtime)]
+    assert [f.shape for f in out["onnx"]] == [(3, m.height, m.width)] * 2
+    np.testing.assert_allclose(np.stack(out["onnx"]), np.stack(out["torch"]), atol=1e-4, rtol=0)

@@ -163,6 +163,8 @@ def test_presets_and_config_validation():
         TrainConfig(correction_weight=0.0)
     with pytest.raises(ValueError, match=r"correction_passes must be in \[1, 8\]"):
         TrainConfig(correction_passes=0)
+    with pytest.raises(ValueError, match=r"predictor_margin must be in \[0, 64\] px"):
+        TrainConfig(predictor_margin=65)
 
 
 def test_the_projector_trains_a_share_at_the_correction_levels():
@@ -173,6 +175,7 @@ def test_the_projector_trains_a_share_at_the_correction_levels():
             cpu.correction_passes) == (1, 0.5, 0.5, 2)
     paper = PaperPreset()
     assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)
+    assert (cpu.predictor_margin, get_preset("tiny").predictor_margin, paper.predictor_margin) == (8, 0, 0)
     cpu_time = {r: cpu.time_for(r, ["predictor", "projector", "interpolator"])
                 for r in ("predictor", "projector", "interpolator")}
     assert cpu_time == pytest.approx({"predictor": 360, "projector": 360, "interpolator": 180})

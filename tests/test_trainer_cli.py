@@ -130,6 +130,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
          ["--correction-weight", "(0, 1]"]),
         (["train", clip, "--out", tmp_path / "o", "--correction-passes", "9"],
          ["correction_passes must be in [1, 8]"]),
+        (["train", clip, "--out", tmp_path / "o", "--predictor-margin", "80"],
+         ["predictor_margin must be in [0, 64] px"]),
         (["train", clip, "--out", tmp_path / "o", "--resume"], ["nothing to resume"]),
         (["train", clip, "--out", tmp_path / "o", "--device", "abacus"], ["unknown device"]),
         (["train", clip, "--out", notabundle], ["not a bundle"]),

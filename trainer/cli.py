@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--correction-passes", type=int_at_least(1), metavar="N",
                    help=f"corrections of each served frame, each on the last one's result "
                         f"(preset defaults: {defaults('correction_passes')}; docs/training.md)")
+    t.add_argument("--predictor-margin", type=int_at_least(0), metavar="PX",
+                   help=f"px of repeated edge the served Predictor works with on every side, 0 = "
+                        f"none (preset defaults: {defaults('predictor_margin')}; docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -163,6 +166,7 @@ def _train_config(args: argparse.Namespace):
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
         "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
         "correction_weight": args.correction_weight, "correction_passes": args.correction_passes,
+        "predictor_margin": args.predictor_margin,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

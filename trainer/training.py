@@ -123,7 +123,8 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         frame_count=int(clip.frames.shape[0]), source=source,
                         correction_steps=config.correction_steps,
                         correction_weight=config.correction_weight,
-                        correction_passes=config.correction_passes)
+                        correction_passes=config.correction_passes,
+                        predictor_margin=config.predictor_margin)
     return Bundle.create(out, manifest, clip.frames)
 
 

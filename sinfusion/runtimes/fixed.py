@@ -148,18 +148,23 @@ class FixedShapeDenoiser:
 
     # Denoiser ------------------------------------------------------------------------------------
     def batch_sizes(self, role: str, height: int | None = None, width: int | None = None) -> list[int]:
-        """Exported batch sizes of a role at a frame size (default: the bundle's)."""
+        """Exported batch sizes of a role at an array size (default: the bundle's frames, as the
+        role takes them: see BundleSampling.canvas)."""
         return sorted(self._engines_for(role, height, width))
 
     def _engines_for(self, role: str, height: int | None, width: int | None) -> dict[int, object]:
         m = self.bundle.manifest
-        h, w = height or m.height, width or m.width
-        found = self.engines.get((role, h, w))
+        sampling = self.bundle.sampling()
+        if height is None or width is None:  # the frames' size, as the role's steps take it
+            height, width = sampling.canvas(role, m.height, m.width)
+        found = self.engines.get((role, height, width))
         if not found:
             have = sorted({f"{r} {ww}x{hh}" for r, hh, ww in self.engines})
-            raise BundleError(f"{self.bundle.path}: no {self.kind} engine for {role} at {w}x{h} "
-                              f"(has: {', '.join(have)}); run: sinfusion-export {self.bundle.path} "
-                              f"--kind {self.kind} --roles {role} --size {w}x{h}")
+            grow_h, grow_w = sampling.canvas(role, 0, 0)  # export --size takes the frame size
+            raise BundleError(f"{self.bundle.path}: no {self.kind} engine for {role} at {width}x"
+                              f"{height} (has: {', '.join(have)}); run: sinfusion-export "
+                              f"{self.bundle.path} --kind {self.kind} --roles {role} --size "
+                              f"{width - grow_w}x{height - grow_h}")
         return found
 
     def __call__(self, role, x, cond, t, k, coef, noise) -> np.ndarray:

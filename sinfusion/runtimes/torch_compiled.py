@@ -114,18 +114,22 @@ class CompiledTorchDenoiser:
     def __init__(self, bundle: Bundle, device: str = "cuda", roles: Sequence[str] | None = None,
                  **options) -> None:
         networks = {role: load_network(bundle, role) for role in (roles or bundle.roles)}
-        m = bundle.manifest
-        self._setup(networks, device, (m.height, m.width), **options)
+        m, sampling = bundle.manifest, bundle.sampling()
+        self._setup(networks, device, {role: sampling.canvas(role, m.height, m.width)
+                                       for role in networks}, **options)
 
     @classmethod
-    def from_networks(cls, networks: dict[str, SinFusionNet], device: str, size: tuple[int, int],
+    def from_networks(cls, networks: dict[str, SinFusionNet], device: str,
+                      size: tuple[int, int] | dict[str, tuple[int, int]],
                       **options) -> CompiledTorchDenoiser:
-        """A runtime over in-memory networks at frame size (height, width): benchmarks, tests."""
+        """A runtime over in-memory networks at array size (height, width), one for all roles or
+        one per role: benchmarks, tests."""
         self = cls.__new__(cls)
         self._setup(networks, device, size, **options)
         return self
 
-    def _setup(self, networks: dict[str, SinFusionNet], device: str, size: tuple[int, int], *,
+    def _setup(self, networks: dict[str, SinFusionNet], device: str,
+               size: tuple[int, int] | dict[str, tuple[int, int]], *,
                precision: str | None = None, compile: bool = True, mode: str | None = "auto",
                cuda_graphs: bool | None = None, batch_sizes: Sequence[int] = DEFAULT_BATCHES,
                cache_dir: str | os.PathLike | None = None, warm_up: bool = True) -> None:
@@ -140,7 +144,10 @@ class CompiledTorchDenoiser:
             raise ValueError("CUDA graphs need a CUDA device")
         self.cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
         self.channels_last = cuda
-        self.size = (int(size[0]), int(size[1]))
+        # (height, width) each role's steps are compiled and captured at (a Predictor with a margin
+        # takes a larger canvas than the frames: sampling.BundleSampling.canvas)
+        self.sizes = {role: (int(hw[0]), int(hw[1])) for role, hw in
+                      (size.items() if isinstance(size, dict) else ((r, size) for r in networks))}
         self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
         if not self.batch_sizes or self.batch_sizes[0] < 1:
             raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
@@ -178,8 +185,8 @@ class CompiledTorchDenoiser:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _frames(self, batch: int, channels: int) -> torch.Tensor:
-        t = torch.zeros((batch, channels, *self.size), device=self.device)
+    def _frames(self, role: str, batch: int, channels: int) -> torch.Tensor:
+        t = torch.zeros((batch, channels, *self.sizes[role]), device=self.device)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
     def _example_inputs(self, role: str, batch: int) -> dict[str, torch.Tensor | None]:
@@ -187,12 +194,12 @@ class CompiledTorchDenoiser:
         config = self.steps[role].net.config
         coef = torch.tensor([[1.0, -1.0, 0.5, 0.5, 0.1]], device=self.device).repeat(batch, 1)
         return {
-            "x": self._frames(batch, 3),
-            "cond": self._frames(batch, config.cond_channels) if config.cond_channels else None,
+            "x": self._frames(role, batch, 3),
+            "cond": self._frames(role, batch, config.cond_channels) if config.cond_channels else None,
             "t": torch.full((batch,), 10.0, device=self.device),
             "k": torch.ones(batch, device=self.device) if config.use_k else None,
             "coef": coef,
-            "noise": self._frames(batch, 3),
+            "noise": self._frames(role, batch, 3),
         }
 
     def warm_up(self) -> None:
@@ -217,7 +224,7 @@ class CompiledTorchDenoiser:
                 return self._prepare(role, batch)
             seconds = time.perf_counter() - start
             self.compile_seconds[(role, batch)] = seconds
-            h, w = self.size
+            h, w = self.sizes[role]
             log.info("%s batch %d at %dx%d compiled (%s, %s) in %.1f s", role, batch, w, h,
                      self.mode or "default mode", self.precision, seconds)
         else:
@@ -260,7 +267,8 @@ class CompiledTorchDenoiser:
         return {"device": str(self.device), "precision": self.precision,
                 "compiled": bool(self.compiled), "mode": self.mode or "default",
                 "cuda_graphs": self.cuda_graphs, "batch_sizes": list(self.batch_sizes),
-                "size": f"{self.size[1]}x{self.size[0]}", "fallback": self.fallback,
+                "size": ", ".join(sorted({f"{w}x{h}" for h, w in self.sizes.values()})),
+                "fallback": self.fallback,
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None,
                 "compile_seconds": {f"{r}/{b}": round(s, 2)
                                     for (r, b), s in self.compile_seconds.items()}}
@@ -272,7 +280,7 @@ class CompiledTorchDenoiser:
             raise KeyError(f"no {role} loaded in this runtime (has: {', '.join(self.steps)})")
         coef = np.asarray(coef, dtype=np.float32)
         with self._device_context(), torch.inference_mode():
-            if tuple(x.shape[-2:]) == self.size and self._prepared:
+            if tuple(x.shape[-2:]) == self.sizes[role] and self._prepared:
                 return self._run_prepared(role, x, cond, t, k, coef, noise)
             return self._run_eager(role, x, cond, t, k, coef, noise)
 
