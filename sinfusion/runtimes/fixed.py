@@ -104,6 +104,7 @@ class FixedShapeDenoiser:
         if precision is not None and precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.bundle = bundle
+        self.sampling = bundle.sampling()  # once: what size each role's steps take (canvas)
         self.configs = {}
         # (role, height, width) -> {batch: loaded engine}
         self.engines: dict[tuple[str, int, int], dict[int, object]] = {}
@@ -153,8 +154,7 @@ class FixedShapeDenoiser:
         return sorted(self._engines_for(role, height, width))
 
     def _engines_for(self, role: str, height: int | None, width: int | None) -> dict[int, object]:
-        m = self.bundle.manifest
-        sampling = self.bundle.sampling()
+        m, sampling = self.bundle.manifest, self.sampling
         if height is None or width is None:  # the frames' size, as the role's steps take it
             height, width = sampling.canvas(role, m.height, m.width)
         found = self.engines.get((role, height, width))
