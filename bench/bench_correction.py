@@ -2,14 +2,15 @@
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
         --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--passes N]
-        [--frames 300] [--seed 0] [--figures DIR] [--threads 1]
+        [--margin PX] [--steps N] [--frames 300] [--seed 0] [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
 copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
-correction weight, passes and Predictor margin unless --weight, --passes, --margin), and a `--frames` extrapolation from the clip's
-frame 0 scored as `sinfusion-quality stability` does (late / early NNFDIST, colour bands),
-with a contact sheet per level in --figures. --train first trains a Projector alone on CLIP with
-the cpu preset and the --set overrides (the Projector gets the whole --minutes), into --work.
+correction weight, passes and Predictor margin unless --weight, --passes, --margin), and a
+`--frames` extrapolation from the clip's frame 0 scored as `sinfusion-quality stability` does
+(late / early NNFDIST, colour bands), with a contact sheet per level in --figures. --train first
+trains a Projector alone on CLIP with the cpu preset and the --set overrides (the Projector gets
+the whole --minutes), into --work.
 Prints one line per level. docs/training.md, "Projector correction", was measured with it.
 """
 

@@ -203,10 +203,10 @@ def bench_bundle(path: Path, settings: list[Setting], args) -> list[dict]:
         copies = {}  # one served copy per margin the settings ask for
         for setting in settings:
             if setting.margin not in copies:
-                copies[setting.margin] = prepared_copy(path, Path(tmp) / f"m{setting.margin}",
-                                                       setting.margin)
-            folder = copies[setting.margin]
-            bundle = Bundle.open(folder)
+                copies[setting.margin] = Bundle.open(prepared_copy(
+                    path, Path(tmp) / f"m{setting.margin}", setting.margin))
+            bundle = copies[setting.margin]
+            folder = bundle.path
             schedule_steps = bundle.role("predictor").schedule["steps"]
             label = setting.label(schedule_steps)
             print(f"  {path.name}: {label} ...", flush=True)

@@ -64,14 +64,20 @@ class ExportOptions:
             raise ExportError(f"max error must be > 0, got {self.max_error}")
         if not self.batches:
             raise ExportError("no batch size requested")
+        self.check_shape(width, height)
+
+    def check_shape(self, width: int, height: int, why: str = "") -> None:
+        """Every requested batch at width x height is a shape an engine may take; else ExportError,
+        with `why` the size is what it is."""
         try:
             for batch in self.batches:
                 validate_shape(batch, height, width)
         except ValueError as exc:
-            raise ExportError(str(exc)) from None
+            raise ExportError(f"{exc}{why}") from None
 
     def engine_size(self, bundle: Bundle) -> tuple[int, int]:
-        """(width, height) of the engines: the options' size, else the bundle's frames'."""
+        """(width, height) of the frames the engines serve: the options' size, else the bundle's
+        frames' (a Predictor with a margin takes a larger canvas: BundleSampling.canvas)."""
         return self.size or (bundle.manifest.width, bundle.manifest.height)
 
 
@@ -81,8 +87,13 @@ def _validate(bundle: Bundle, options: ExportOptions) -> tuple[list[str], int, i
     roles = list(dict.fromkeys(options.roles)) or bundle.roles
     if not roles:
         raise ExportError(f"{bundle.path}: bundle has no trained roles to export")
+    sampling = bundle.sampling()
     for role in roles:
         bundle.role(role)  # BundleError naming the valid or trained roles
+        canvas_height, canvas_width = sampling.canvas(role, height, width)
+        if (canvas_height, canvas_width) != (height, width):
+            options.check_shape(canvas_width, canvas_height,
+                                " (the frame size plus the bundle's predictor_margin)")
     if "tensorrt" in options.kinds:
         from sinfusion.runtimes.tensorrt_runtime import unavailable_reason
 
@@ -104,7 +115,6 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
         rs = sampling[role]
         # what the role's steps take: a Predictor with a margin works on a larger canvas
         height, width = sampling.canvas(role, frame_height, frame_width)
-        _check_canvas(options, height, width)
         reference = step_for(config, weights, "fp32")
         graphs: dict[tuple[str, int], bytes] = {}  # (precision, batch): ONNX, shared by both kinds
         for kind in options.kinds:
@@ -140,14 +150,6 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
     bundle.save_manifest()
     remove_unlisted(bundle)
     return [e for e, _ in built]
-
-
-def _check_canvas(options: ExportOptions, height: int, width: int) -> None:
-    try:
-        for batch in options.batches:
-            validate_shape(batch, height, width)
-    except ValueError as exc:
-        raise ExportError(f"{exc} (the frame size plus the bundle's predictor_margin)") from None
 
 
 def _tensorrt(onnx_bytes, config, batch, height, width, precision, reference, feed):

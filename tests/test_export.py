@@ -188,3 +188,14 @@ def test_parity_inputs_cover_the_noisiest_step(exported):
     feed = parity_inputs(exported.role("predictor").network, rs, 4, 16, 24, seed=0)
     assert feed["t"][0] == rs.schedule.steps and np.all(np.isin(feed["k"], [-3, -2, -1, 1, 2, 3]))
     assert abs(feed["coef"][0, 0]) > 100  # eps target: 1 / sqrt(abar_T)
+
+
+def test_a_canvas_past_the_shape_bounds_is_refused_before_any_work(copy):
+    """A Predictor's canvas (frame + 2 x predictor_margin) is checked with the frame size, and the
+    error says why the size is larger than asked."""
+    copy.manifest.predictor_margin = 4
+    copy.save_manifest()
+    before = engine_entries(Bundle.open(copy.path))
+    with pytest.raises(ExportError, match=r"width .*4100.*frame size plus the bundle's predictor_margin"):
+        export_bundle(Bundle.open(copy.path), ExportOptions(size=(4092, 16), batches=(1,)))
+    assert engine_entries(Bundle.open(copy.path)) == before
