@@ -2,11 +2,13 @@
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
         --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--passes N]
-        [--margin PX] [--steps N] [--frames 300] [--seed 0] [--figures DIR] [--threads 1]
+        [--margin PX] [--coarse LEVEL:WEIGHT] [--steps N] [--frames 300] [--seed 0]
+        [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
 copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
-correction weight, passes and Predictor margin unless --weight, --passes, --margin), and a
+correction weight, passes, Predictor margin and coarse correction unless --weight, --passes,
+--margin, --coarse; --coarse 0:1 is none), and a
 `--frames` extrapolation from the clip's frame 0 scored as `sinfusion-quality stability` does
 (late / early NNFDIST, colour bands), with a contact sheet per level in --figures. --train first
 trains a Projector alone on CLIP with the cpu preset and the --set overrides (the Projector gets
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "bundle's)")
     parser.add_argument("--margin", type=int, help="the Predictor's margin in px (default: the "
                                                    "predictor bundle's)")
+    parser.add_argument("--coarse", help="coarse correction LEVEL:WEIGHT before the passes "
+                                          "(default: the predictor bundle's; 0:1 = none)")
     parser.add_argument("--steps", type=int, help="DDIM steps (default: the served default)")
     parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
     parser.add_argument("--threads", type=int, default=1)
@@ -88,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         sampling = replace(sampling, correction_passes=args.passes)
     if args.margin is not None:
         sampling = replace(sampling, predictor_margin=args.margin)
+    if args.coarse is not None:
+        level, weight = args.coarse.split(":")
+        sampling = replace(sampling, coarse_correction_level=int(level),
+                           coarse_correction_weight=float(weight))
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):

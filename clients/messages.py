@@ -77,6 +77,8 @@ class ModelInfo:
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps
     correction_passes: int = 1  # corrections of each frame
     predictor_margin: int = 0  # px of repeated edge the Predictor works with
+    coarse_correction_level: int = 0  # a coarse correction's level before those at T_corr (0: none)
+    coarse_correction_weight: float = 1.0  # share of its change a frame keeps
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -86,7 +88,8 @@ class ModelInfo:
         return cls(m.name, m.width, m.height, m.fps, m.frame_count, tuple(m.capabilities), m.runtime,
                    tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
                    m.mode, m.max_step, quality if m.HasField("quality") else None,
-                   m.correction_weight or 1.0, m.correction_passes or 1, m.predictor_margin)
+                   m.correction_weight or 1.0, m.correction_passes or 1, m.predictor_margin,
+                   m.coarse_correction_level, m.coarse_correction_weight or 1.0)
 
 
 @dataclass(frozen=True)

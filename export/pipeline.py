@@ -77,7 +77,7 @@ class ExportOptions:
 
     def engine_size(self, bundle: Bundle) -> tuple[int, int]:
         """(width, height) of the frames the engines serve: the options' size, else the bundle's
-        frames' (a Predictor with a margin takes a larger canvas: BundleSampling.canvas)."""
+        frames' (a Predictor with a margin takes a larger canvas: BundleSampling.sizes)."""
         return self.size or (bundle.manifest.width, bundle.manifest.height)
 
 
@@ -90,10 +90,10 @@ def _validate(bundle: Bundle, options: ExportOptions) -> tuple[list[str], int, i
     sampling = bundle.sampling()
     for role in roles:
         bundle.role(role)  # BundleError naming the valid or trained roles
-        canvas_height, canvas_width = sampling.canvas(role, height, width)
-        if (canvas_height, canvas_width) != (height, width):
-            options.check_shape(canvas_width, canvas_height,
-                                " (the frame size plus the bundle's predictor_margin)")
+        for canvas_height, canvas_width in sampling.sizes(role, height, width):
+            if (canvas_height, canvas_width) != (height, width):
+                options.check_shape(canvas_width, canvas_height,
+                                    " (the frame size plus the bundle's predictor_margin)")
     if "tensorrt" in options.kinds:
         from sinfusion.runtimes.tensorrt_runtime import unavailable_reason
 
@@ -113,20 +113,23 @@ def export_bundle(bundle: Bundle, options: ExportOptions = ExportOptions(),
         config = bundle.role(role).network
         weights = bundle.weights(role)  # checksum-verified
         rs = sampling[role]
-        # what the role's steps take: a Predictor with a margin works on a larger canvas
-        height, width = sampling.canvas(role, frame_height, frame_width)
         reference = step_for(config, weights, "fp32")
-        graphs: dict[tuple[str, int], bytes] = {}  # (precision, batch): ONNX, shared by both kinds
-        for kind in options.kinds:
+        # every size the role's steps take: a Predictor with a margin works on a larger canvas,
+        # and a Projector whose bundle corrects coarsely with that margin on both
+        shapes = [(kind, height, width) for height, width in
+                  sampling.sizes(role, frame_height, frame_width) for kind in options.kinds]
+        # (precision, batch, height, width): ONNX, shared by both kinds
+        graphs: dict[tuple[str, int, int, int], bytes] = {}
+        for kind, height, width in shapes:
             precision = options.precision or DEFAULT_PRECISION[kind]
             bound = options.max_error or PARITY_BOUND[precision]
             step = reference if precision == "fp32" else step_for(config, weights, precision)
             for batch in dict.fromkeys(options.batches):
                 feed = parity_inputs(config, rs, batch, height, width, options.seed)
-                if (precision, batch) not in graphs:
-                    graphs[precision, batch] = to_onnx(step, config, batch, height, width,
-                                                       options.opset, options.dynamo)
-                onnx_bytes = graphs[precision, batch]
+                if (precision, batch, height, width) not in graphs:
+                    graphs[precision, batch, height, width] = to_onnx(
+                        step, config, batch, height, width, options.opset, options.dynamo)
+                onnx_bytes = graphs[precision, batch, height, width]
                 facts: dict[str, str] = {}
                 if kind == "onnx":
                     data, error = onnx_bytes, onnx_parity(onnx_bytes, reference, feed)

@@ -49,6 +49,8 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         batch_sizes=model.batch_sizes, mode=m.mode, max_step=MAX_STEP,
         quality=quality_info(m.quality), correction_weight=m.correction_weight,
         correction_passes=m.correction_passes, predictor_margin=m.predictor_margin,
+        coarse_correction_level=m.coarse_correction_level,
+        coarse_correction_weight=m.coarse_correction_weight,
     )
 
 

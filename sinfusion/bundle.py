@@ -163,6 +163,10 @@ class Manifest:
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps (1: paper)
     correction_passes: int = 1  # corrections per frame, each on the last one's result (1: paper)
     predictor_margin: int = 0  # px of repeated edge the Predictor works with (0: paper; sampling.py)
+    # A coarse correction before those at T_corr: level (0: none, the paper's) and the share of its
+    # change a frame keeps (sampling.correct).
+    coarse_correction_level: int = 0
+    coarse_correction_weight: float = 1.0
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -191,6 +195,8 @@ class Manifest:
             "correction_weight": self.correction_weight,
             "correction_passes": self.correction_passes,
             "predictor_margin": self.predictor_margin,
+            "coarse_correction_level": self.coarse_correction_level,
+            "coarse_correction_weight": self.coarse_correction_weight,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -226,6 +232,8 @@ class Manifest:
                 correction_weight=float(d.get("correction_weight", 1.0)),
                 correction_passes=int(d.get("correction_passes", 1)),
                 predictor_margin=int(d.get("predictor_margin", 0)),
+                coarse_correction_level=int(d.get("coarse_correction_level", 0)),
+                coarse_correction_weight=float(d.get("coarse_correction_weight", 1.0)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -242,7 +250,10 @@ class Manifest:
             raise BundleError(f"{where}: mode {m.mode!r} not in {MODES}")
         if m.width < 1 or m.height < 1 or m.frame_count < 1:
             raise BundleError(f"{where}: frame size and count must be positive")
-        problems = serving_problems(m.correction_weight, m.correction_passes, m.predictor_margin)
+        projector = m.roles.get("projector")
+        problems = serving_problems(m.correction_weight, m.correction_passes, m.predictor_margin,
+                                    m.coarse_correction_level, m.coarse_correction_weight,
+                                    int(projector.schedule["steps"]) if projector else None)
         if problems:
             raise BundleError(f"{where}: {problems[0]}")
         return m
@@ -329,7 +340,8 @@ class Bundle:
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
                                for r, e in self.manifest.roles.items()}, self.manifest.palette,
                               self.manifest.correction_weight, self.manifest.correction_passes,
-                              self.manifest.predictor_margin)
+                              self.manifest.predictor_margin, self.manifest.coarse_correction_level,
+                              self.manifest.coarse_correction_weight)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

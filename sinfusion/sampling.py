@@ -156,12 +156,20 @@ PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 2)
 MAX_PREDICTOR_MARGIN = 64  # px: a bound on a bundle's predictor_margin (the cpu preset uses 8)
+MAX_COARSE_LEVEL = 1000  # the longest schedule a config may ask for (TrainConfig.schedule_steps)
 
 
-def serving_problems(weight: float, passes: int, margin: int = 0) -> list[str]:
+def serving_problems(weight: float, passes: int, margin: int = 0, coarse_level: int = 0,
+                     coarse_weight: float = 1.0, schedule_steps: int | None = None) -> list[str]:
     """What is wrong with how a bundle serves frames (its or a training config's correction weight,
-    pass count and Predictor margin); empty when all are valid."""
+    pass count, Predictor margin and coarse correction, whose level must lie on the Projector's
+    schedule of `schedule_steps` levels where that is known); empty when all are valid."""
     problems = []
+    top = MAX_COARSE_LEVEL if schedule_steps is None else schedule_steps
+    if not 0 <= coarse_level <= top:
+        problems.append(f"coarse_correction_level must be in [0, {top}], got {coarse_level}")
+    if not 0.0 < coarse_weight <= 1.0:
+        problems.append(f"coarse_correction_weight must be in (0, 1], got {coarse_weight}")
     if not 0.0 < weight <= 1.0:
         problems.append(f"correction_weight must be in (0, 1], got {weight}")
     if not 1 <= passes <= MAX_CORRECTION_PASSES:
@@ -172,12 +180,16 @@ def serving_problems(weight: float, passes: int, margin: int = 0) -> list[str]:
 
 
 def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
-    """What a measurement records of its sampler: the options, the bundle's correction weight and
-    passes where frames were corrected, and its Predictor margin where it has one."""
+    """What a measurement records of its sampler: the options, the bundle's correction weight,
+    passes and coarse correction where frames were corrected, and its Predictor margin where it
+    has one."""
     record = asdict(options)
     if options.correction_steps > 0:
         record["correction_weight"] = sampling.correction_weight
         record["correction_passes"] = sampling.correction_passes
+        if sampling.coarse_level(options):
+            record["coarse_correction_level"] = sampling.coarse_correction_level
+            record["coarse_correction_weight"] = sampling.coarse_correction_weight
     if sampling.predictor_margin:
         record["predictor_margin"] = sampling.predictor_margin
     return record
@@ -233,25 +245,45 @@ class BundleSampling:
     """The sampling facts of a bundle's roles, by role (only the trained ones are present), the
     clip's palette (None in bundles written before it was recorded), how much of the Projector's
     change a correction keeps (1 = all of it, the paper's; a cpu bundle keeps half), how many
-    times a frame is corrected (1, the paper's; a cpu bundle twice) and the Predictor's margin
-    (0, the paper's; see `predict_frame`)."""
+    times a frame is corrected at T_corr (1, the paper's), the Predictor's margin (0, the paper's;
+    see `predict_frame`) and the coarse correction before those (level 0: none, the paper's; see
+    `correct`)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
     palette: Palette | None = None
     correction_weight: float = 1.0
     correction_passes: int = 1  # 1..MAX_CORRECTION_PASSES
     predictor_margin: int = 0  # px, 0..MAX_PREDICTOR_MARGIN
+    coarse_correction_level: int = 0  # 0: none
+    coarse_correction_weight: float = 1.0
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
             raise KeyError(f"this bundle has no trained {role}")
         return self.roles[role]
 
+    def coarse_level(self, options: SamplingOptions) -> int:
+        """The level of the coarse correction a frame corrected with `options` gets: the bundle's,
+        where it is above the request's T_corr (a request correcting at or above it, or not at all,
+        gets none)."""
+        level = self.coarse_correction_level
+        return level if options.correction_steps > 0 and level > options.correction_steps else 0
+
     def canvas(self, role: str, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the arrays a role's network steps take for frames of this size: the
         Predictor's are larger by its margin on every side (its engines are exported at it)."""
-        m = self.predictor_margin if role == "predictor" else 0
-        return height + 2 * m, width + 2 * m
+        return self.sizes(role, height, width)[0]
+
+    def sizes(self, role: str, height: int, width: int) -> list[tuple[int, int]]:
+        """Every (height, width) a role's steps take for frames of this size, `canvas` first: the
+        Projector also works at the Predictor's canvas for the coarse correction."""
+        m = self.predictor_margin
+        grown = (height + 2 * m, width + 2 * m)
+        if role == "predictor":
+            return [grown]
+        if role == "projector" and m and self.coarse_correction_level:
+            return [(height, width), grown]
+        return [(height, width)]
 
 
 # --- per-step coefficients -------------------------------------------------------------------------
@@ -403,6 +435,13 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     rs = sampling["projector"]
     colours = arrays.colours_of(frame) if colours is None else colours
     x = frame
+    coarse = sampling.coarse_level(options)
+    if coarse:
+        margin = sampling.predictor_margin
+        noisy = noise_to_level(arrays.pad_edges(x, margin), rs.schedule, coarse, rng)
+        estimate = yield from denoise("projector", rs, noisy, rng, start=coarse, steps=1,
+                                      method="ddim")
+        x = x + sampling.coarse_correction_weight * (arrays.crop_margin(estimate, margin) - x)
     for _ in range(sampling.correction_passes):
         noisy = noise_to_level(x, rs.schedule, options.correction_steps, rng)
         corrected = yield from denoise("projector", rs, noisy, rng, start=options.correction_steps)

@@ -16,3 +16,7 @@ def test_scores_a_predictor_with_another_bundles_projector(tmp_path, capsys):
     assert [line.split(":")[0] for line in lines] == ["T_corr 0", "T_corr 1"]
     assert all("vs copy" in line and "ratio" in line for line in lines)
     assert sorted(p.name for p in figures.iterdir()) == ["pred-tcorr0-sheet.png", "pred-tcorr1-sheet.png"]
+    # the same with a coarse correction made with a margin, as the cpu preset serves
+    assert main([str(predictor.path), "--tcorr", "1", "--frames", "4", "--margin", "2",
+                 "--coarse", "3:0.25"]) == 0
+    assert "T_corr 1: next frame" in capsys.readouterr().out

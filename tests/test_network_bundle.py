@@ -308,3 +308,74 @@ def test_the_predictor_works_on_the_frame_with_its_edges_repeated(tiny_bundle):
     device = torch.from_numpy(frame)
     np.testing.assert_array_equal(pad_edges(device, 3).numpy(), cond)
     assert crop_margin(pad_edges(device, 3), 3).shape == device.shape
+
+
+def test_manifest_records_the_coarse_correction(tiny_bundle):
+    """Written and read back; older manifests have none (the paper's); a level off the Projector's
+    schedule or a weight outside (0, 1] is refused with the field named. With a margin, the
+    Projector's steps take the frame and the Predictor's canvas."""
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    assert (data["coarse_correction_level"], data["coarse_correction_weight"]) == (0, 1.0)
+    data.update(coarse_correction_level=3, coarse_correction_weight=0.25, predictor_margin=4)
+    path.write_text(json.dumps(data))
+    sampling = Bundle.open(tiny_bundle.path).sampling()
+    assert (sampling.coarse_correction_level, sampling.coarse_correction_weight) == (3, 0.25)
+    assert sampling.sizes("projector", 16, 24) == [(16, 24), (24, 32)]
+    assert sampling.sizes("predictor", 16, 24) == [(24, 32)]
+    assert sampling.sizes("interpolator", 16, 24) == [(16, 24)]
+    assert sampling.canvas("projector", 16, 24) == (16, 24)
+    for field in ("coarse_correction_level", "coarse_correction_weight"):
+        del data[field]
+    path.write_text(json.dumps(data))
+    old = Bundle.open(tiny_bundle.path).sampling()
+    assert old.coarse_correction_level == 0 and old.sizes("projector", 16, 24) == [(16, 24)]
+    steps = data["roles"]["projector"]["schedule"]["steps"]
+    for field, value, message in (
+            ("coarse_correction_level", steps + 1,
+             rf"coarse_correction_level must be in \[0, {steps}\], got {steps + 1}"),
+            ("coarse_correction_weight", 1.5, r"coarse_correction_weight must be in \(0, 1\]")):
+        path.write_text(json.dumps({**data, field: value}))
+        with pytest.raises(BundleError, match=message):
+            Bundle.open(tiny_bundle.path)
+
+
+def test_a_coarse_correction_comes_first_with_the_margin(tiny_bundle):
+    """Before the passes at T_corr, the Projector's one-step estimate from the coarse level, made
+    on the frame with its edges repeated by the margin and cut back, moves the frame by the coarse
+    weight; a request correcting at or above that level (the paper's 3: one ancestral pass from 3),
+    or not at all, gets none."""
+    sampling = dataclasses.replace(tiny_bundle.sampling(), predictor_margin=2,
+                                   coarse_correction_level=3, coarse_correction_weight=0.25,
+                                   correction_weight=0.5, correction_passes=1)
+    frame = tiny_bundle.frames()[1].astype(np.float32).transpose(2, 0, 1) / 127.5 - 1
+    options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
+    seen = []
+
+    class Recorder(TorchDenoiser):
+        def __call__(self, role, x, cond, t, k, coef, noise):
+            seen.append((role, x.shape[-2:], t[0]))
+            return super().__call__(role, x, cond, t, k, coef, noise)
+
+    denoiser = Recorder(tiny_bundle)
+    out = S.run_to_value(S.correct(sampling, frame, np.random.default_rng(5), options), denoiser)
+    assert seen == [("projector", (20, 28), 3.0), ("projector", (16, 24), 1.0)]
+    # by hand, with the same draws
+    rng, rs, eager = np.random.default_rng(5), sampling["projector"], TorchDenoiser(tiny_bundle)
+    noisy = S.noise_to_level(pad_edges(frame, 2), rs.schedule, 3, rng)
+    estimate = S.run_to_value(S.denoise("projector", rs, noisy, rng, start=3, steps=1,
+                                        method="ddim"), eager)
+    x = frame + 0.25 * (crop_margin(estimate, 2) - frame)
+    fine = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(x, rs.schedule, 1, rng), rng,
+                                    start=1), eager)
+    np.testing.assert_allclose(out, keep_colours(x + 0.5 * (fine - x), colours_of(frame)), atol=1e-5)
+    for correction_steps in (3, 0):
+        seen.clear()
+        S.run_to_value(S.correct(sampling, frame, np.random.default_rng(5),
+                                 dataclasses.replace(options, correction_steps=correction_steps)),
+                       denoiser)
+        assert [level for *_, level in seen] == ([3.0, 2.0, 1.0] if correction_steps else [])
+    record = S.options_record(options, sampling)
+    assert (record["coarse_correction_level"], record["coarse_correction_weight"]) == (3, 0.25)
+    assert "coarse_correction_level" not in S.options_record(
+        dataclasses.replace(options, correction_steps=3), sampling)

@@ -90,7 +90,7 @@ def step_inputs(batch: int, role: str, seed: int = 0):
 
 def test_compiled_step_matches_eager(compiled, eager):
     assert compiled.compiled and set(compiled.compile_seconds) == {
-        (r, b) for r in ("predictor", "projector") for b in (1, 2)}
+        (r, b, *SIZE) for r in ("predictor", "projector") for b in (1, 2)}
     for role in ("predictor", "projector"):
         for batch in (1, 2, 3):  # 3: a captured batch (2) and a padded one (1 -> chunk of its own)
             inputs = step_inputs(batch, role, seed=batch)
@@ -145,16 +145,19 @@ def test_resident_loop_keeps_tensors_and_matches_numpy(resident, eager):
 
 
 def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eager):
-    """Each role is prepared at the size its steps take: with a margin, the Predictor's canvas (the
-    frame padded on the device, then cut back); the frames equal the numpy runtime's."""
+    """Each role is prepared at the sizes its steps take: with a margin, the Predictor's canvas (the
+    frame padded on the device, then cut back), and the frame and that canvas for a Projector that
+    corrects coarsely; the frames equal the numpy runtime's."""
     nets = {r: networks[r] for r in ("predictor", "projector")}
-    sizes = {"predictor": (SIZE[0] + 4, SIZE[1] + 4), "projector": SIZE}
+    canvas = (SIZE[0] + 4, SIZE[1] + 4)
+    sizes = {"predictor": canvas, "projector": [SIZE, canvas]}  # and the coarse correction's
     den = CompiledTorchDenoiser.from_networks(nets, "cpu", sizes, compile=False, batch_sizes=(1,))
     assert den.describe()["size"] == "24x16, 28x20"
-    assert {(role, tuple(p.inputs["x"].shape[-2:])) for (role, _), p in den._prepared.items()} == {
-        ("predictor", (20, 28)), ("projector", SIZE)}
+    assert {(role, tuple(p.inputs["x"].shape[-2:])) for (role, *_), p in den._prepared.items()} == {
+        ("predictor", canvas), ("projector", SIZE), ("projector", canvas)}
     sampling = sampling_facts(("predictor", "projector"))
-    sampling = BundleSampling(sampling.roles, predictor_margin=2)
+    sampling = BundleSampling(sampling.roles, predictor_margin=2, coarse_correction_level=3,
+                              coarse_correction_weight=0.25)
     start = np.random.default_rng(4).uniform(-1, 1, (3, *SIZE)).astype(np.float32)
     ours = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), den)]
     theirs = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), eager)]

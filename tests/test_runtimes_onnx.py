@@ -210,3 +210,24 @@ def test_a_predictor_margin_exports_and_serves_the_predictor_on_its_canvas(tmp_p
         out[name] = [f.image for f in S.run(loop, runtime)]
     assert [f.shape for f in out["onnx"]] == [(3, m.height, m.width)] * 2
     np.testing.assert_allclose(np.stack(out["onnx"]), np.stack(out["torch"]), atol=1e-4, rtol=0)
+
+
+def test_a_coarse_correction_exports_and_serves_the_projector_at_both_sizes(tmp_path):
+    """A bundle correcting coarsely with a margin has Projector engines at the frame and at the
+    Predictor's canvas; ONNX Runtime runs each step on the one of its size, as PyTorch does."""
+    bundle = make_tiny_bundle(tmp_path / "coarse")
+    m = bundle.manifest
+    m.predictor_margin, m.coarse_correction_level, m.coarse_correction_weight = 2, 3, 0.25
+    bundle.save_manifest()
+    export_bundle(bundle, ExportOptions(batches=(1,), roles=("predictor", "projector")))
+    bundle = Bundle.open(bundle.path)
+    assert {(e.role, e.height, e.width) for e in engine_entries(bundle)} == {
+        ("predictor", m.height + 4, m.width + 4), ("projector", m.height, m.width),
+        ("projector", m.height + 4, m.width + 4)}
+    start = to_model(bundle.frames()[0])
+    out = {}
+    for name, runtime in (("onnx", OnnxDenoiser(bundle, threads=1)), ("torch", TorchDenoiser(bundle))):
+        loop = S.extrapolate(bundle.sampling(), start, 2, 1, np.random.default_rng(3),
+                             S.SamplingOptions(steps=3, method="ddim", correction_steps=1))
+        out[name] = [f.image for f in S.run(loop, runtime)]
+    np.testing.assert_allclose(np.stack(out["onnx"]), np.stack(out["torch"]), atol=1e-4, rtol=0)

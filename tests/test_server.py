@@ -57,6 +57,7 @@ def test_list_and_describe(stub):
     assert info.default_correction_steps == 3 and list(info.batch_sizes) == list(range(1, 9))
     assert info.correction_weight == 1.0  # set: a server before the field sends 0 (clients read 1)
     assert info.correction_passes == 1 and info.predictor_margin == 0
+    assert (info.coarse_correction_level, info.coarse_correction_weight) == (0, 1.0)
     still = stub.DescribeModel(pb.DescribeModelRequest(model="still"))
     assert list(still.capabilities) == ["generate"]
 

@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--predictor-margin", type=int_at_least(0), metavar="PX",
                    help=f"px of repeated edge the served Predictor works with on every side, 0 = "
                         f"none (preset defaults: {defaults('predictor_margin')}; docs/training.md)")
+    t.add_argument("--coarse-correction", type=int_at_least(0), metavar="T",
+                   help=f"level of a coarse correction before those at T_corr, the Projector working "
+                        f"with the Predictor's margin, 0 = none (preset defaults: "
+                        f"{defaults('coarse_correction_level')}; docs/training.md)")
+    t.add_argument("--coarse-weight", type=weight_arg, metavar="W",
+                   help=f"share of the coarse correction's change a served frame keeps, in (0, 1] "
+                        f"(preset defaults: {defaults('coarse_correction_weight')})")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -167,6 +174,8 @@ def _train_config(args: argparse.Namespace):
         "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
         "correction_weight": args.correction_weight, "correction_passes": args.correction_passes,
         "predictor_margin": args.predictor_margin,
+        "coarse_correction_level": args.coarse_correction,
+        "coarse_correction_weight": args.coarse_weight,
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }

@@ -124,7 +124,9 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         correction_steps=config.correction_steps,
                         correction_weight=config.correction_weight,
                         correction_passes=config.correction_passes,
-                        predictor_margin=config.predictor_margin)
+                        predictor_margin=config.predictor_margin,
+                        coarse_correction_level=config.coarse_correction_level,
+                        coarse_correction_weight=config.coarse_correction_weight)
     return Bundle.create(out, manifest, clip.frames)
 
 

@@ -160,11 +160,14 @@ class FixedShapeDenoiser:
         found = self.engines.get((role, height, width))
         if not found:
             have = sorted({f"{r} {ww}x{hh}" for r, hh, ww in self.engines})
-            grow_h, grow_w = sampling.canvas(role, 0, 0)  # export --size takes the frame size
+            frame_h, frame_w = m.height, m.width  # export --size takes the frame size
+            if (height, width) not in sampling.sizes(role, m.height, m.width):
+                grow_h, grow_w = sampling.canvas(role, 0, 0)  # a Predictor's margin on both sides
+                frame_h, frame_w = height - grow_h, width - grow_w
             raise BundleError(f"{self.bundle.path}: no {self.kind} engine for {role} at {width}x"
                               f"{height} (has: {', '.join(have)}); run: sinfusion-export "
                               f"{self.bundle.path} --kind {self.kind} --roles {role} --size "
-                              f"{width - grow_w}x{height - grow_h}")
+                              f"{frame_w}x{frame_h}")
         return found
 
     def __call__(self, role, x, cond, t, k, coef, noise) -> np.ndarray:

@@ -115,21 +115,21 @@ class CompiledTorchDenoiser:
                  **options) -> None:
         networks = {role: load_network(bundle, role) for role in (roles or bundle.roles)}
         m, sampling = bundle.manifest, bundle.sampling()
-        self._setup(networks, device, {role: sampling.canvas(role, m.height, m.width)
+        self._setup(networks, device, {role: sampling.sizes(role, m.height, m.width)
                                        for role in networks}, **options)
 
     @classmethod
     def from_networks(cls, networks: dict[str, SinFusionNet], device: str,
-                      size: tuple[int, int] | dict[str, tuple[int, int]],
+                      size: tuple[int, int] | dict[str, tuple[int, int] | list[tuple[int, int]]],
                       **options) -> CompiledTorchDenoiser:
         """A runtime over in-memory networks at array size (height, width), one for all roles or
-        one per role: benchmarks, tests."""
+        one or more per role: benchmarks, tests."""
         self = cls.__new__(cls)
         self._setup(networks, device, size, **options)
         return self
 
     def _setup(self, networks: dict[str, SinFusionNet], device: str,
-               size: tuple[int, int] | dict[str, tuple[int, int]], *,
+               size: tuple[int, int] | dict[str, tuple[int, int] | list[tuple[int, int]]], *,
                precision: str | None = None, compile: bool = True, mode: str | None = "auto",
                cuda_graphs: bool | None = None, batch_sizes: Sequence[int] = DEFAULT_BATCHES,
                cache_dir: str | os.PathLike | None = None, warm_up: bool = True) -> None:
@@ -145,9 +145,12 @@ class CompiledTorchDenoiser:
         self.cuda_graphs = cuda if cuda_graphs is None else cuda_graphs
         self.channels_last = cuda
         # (height, width) each role's steps are compiled and captured at (a Predictor with a margin
-        # takes a larger canvas than the frames: sampling.BundleSampling.canvas)
-        self.sizes = {role: (int(hw[0]), int(hw[1])) for role, hw in
-                      (size.items() if isinstance(size, dict) else ((r, size) for r in networks))}
+        # takes a larger canvas than the frames, a coarsely correcting Projector both: sampling.
+        # BundleSampling.sizes)
+        per_role = size if isinstance(size, dict) else {r: size for r in networks}
+        self.sizes = {role: [(int(h), int(w)) for h, w in
+                             (hws if isinstance(hws[0], (tuple, list)) else [hws])]
+                      for role, hws in per_role.items()}
         self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
         if not self.batch_sizes or self.batch_sizes[0] < 1:
             raise ValueError(f"batch sizes must be positive, got {list(batch_sizes)}")
@@ -163,9 +166,10 @@ class CompiledTorchDenoiser:
             self.steps[role] = DiffusionStep(net).eval()
         self.compiled: dict[str, object] = {}
         self.fallback: str | None = None  # why compiling was given up, when it was
-        self.compile_seconds: dict[tuple[str, int], float] = {}
+        # keyed (role, batch, height, width)
+        self.compile_seconds: dict[tuple[str, int, int, int], float] = {}
         self.cache_dir: Path | None = None
-        self._prepared: dict[tuple[str, int], _Prepared] = {}
+        self._prepared: dict[tuple[str, int, int, int], _Prepared] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         if compile:
             self.cache_dir = use_cache_dir(cache_dir)
@@ -185,34 +189,38 @@ class CompiledTorchDenoiser:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def _frames(self, role: str, batch: int, channels: int) -> torch.Tensor:
-        t = torch.zeros((batch, channels, *self.sizes[role]), device=self.device)
+    def _frames(self, batch: int, channels: int, size: tuple[int, int]) -> torch.Tensor:
+        t = torch.zeros((batch, channels, *size), device=self.device)
         return t.contiguous(memory_format=torch.channels_last) if self.channels_last else t
 
-    def _example_inputs(self, role: str, batch: int) -> dict[str, torch.Tensor | None]:
-        """The static inputs of one (role, batch): the buffers each call copies its arguments into."""
+    def _example_inputs(self, role: str, batch: int, size: tuple[int, int]
+                        ) -> dict[str, torch.Tensor | None]:
+        """The static inputs of one (role, batch, size): the buffers each call copies its arguments
+        into."""
         config = self.steps[role].net.config
         coef = torch.tensor([[1.0, -1.0, 0.5, 0.5, 0.1]], device=self.device).repeat(batch, 1)
         return {
-            "x": self._frames(role, batch, 3),
-            "cond": self._frames(role, batch, config.cond_channels) if config.cond_channels else None,
+            "x": self._frames(batch, 3, size),
+            "cond": self._frames(batch, config.cond_channels, size) if config.cond_channels else None,
             "t": torch.full((batch,), 10.0, device=self.device),
             "k": torch.ones(batch, device=self.device) if config.use_k else None,
             "coef": coef,
-            "noise": self._frames(role, batch, 3),
+            "noise": self._frames(batch, 3, size),
         }
 
     def warm_up(self) -> None:
-        """Compile and capture every (role, batch) at the frame size, logging each compile's time."""
+        """Compile and capture every (role, batch) at each of the role's sizes, logging each
+        compile's time."""
         with self._device_context(), torch.inference_mode():
             for role in self.steps:
-                for batch in self.batch_sizes:
-                    if (role, batch) not in self._prepared:
-                        self._prepare(role, batch)
+                for size in self.sizes[role]:
+                    for batch in self.batch_sizes:
+                        if (role, batch, *size) not in self._prepared:
+                            self._prepare(role, batch, size)
         self._sync()
 
-    def _prepare(self, role: str, batch: int) -> None:
-        inputs = self._example_inputs(role, batch)
+    def _prepare(self, role: str, batch: int, size: tuple[int, int]) -> None:
+        inputs = self._example_inputs(role, batch, size)
         run = self.compiled.get(role)
         if run is not None:
             start = time.perf_counter()
@@ -221,10 +229,10 @@ class CompiledTorchDenoiser:
                 self._sync()
             except Exception as exc:  # inductor/dynamo raise many types; all mean "cannot compile"
                 self._give_up_compiling(exc)
-                return self._prepare(role, batch)
+                return self._prepare(role, batch, size)
             seconds = time.perf_counter() - start
-            self.compile_seconds[(role, batch)] = seconds
-            h, w = self.sizes[role]
+            self.compile_seconds[(role, batch, *size)] = seconds
+            h, w = size
             log.info("%s batch %d at %dx%d compiled (%s, %s) in %.1f s", role, batch, w, h,
                      self.mode or "default mode", self.precision, seconds)
         else:
@@ -237,7 +245,7 @@ class CompiledTorchDenoiser:
                 log.warning("CUDA graph capture failed (%s); running %s steps without graphs",
                             _one_line(exc), self.name)
                 self.cuda_graphs = False
-        self._prepared[(role, batch)] = prepared
+        self._prepared[(role, batch, *size)] = prepared
 
     def _give_up_compiling(self, exc: Exception) -> None:
         self.fallback = _one_line(exc)
@@ -267,11 +275,12 @@ class CompiledTorchDenoiser:
         return {"device": str(self.device), "precision": self.precision,
                 "compiled": bool(self.compiled), "mode": self.mode or "default",
                 "cuda_graphs": self.cuda_graphs, "batch_sizes": list(self.batch_sizes),
-                "size": ", ".join(sorted({f"{w}x{h}" for h, w in self.sizes.values()})),
+                "size": ", ".join(sorted({f"{w}x{h}" for hws in self.sizes.values()
+                                          for h, w in hws})),
                 "fallback": self.fallback,
                 "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-                "compile_seconds": {f"{r}/{b}": round(s, 2)
-                                    for (r, b), s in self.compile_seconds.items()}}
+                "compile_seconds": {f"{r}/{b}/{w}x{h}": round(s, 2)
+                                    for (r, b, h, w), s in self.compile_seconds.items()}}
 
     # --- Denoiser ---------------------------------------------------------------------------------
 
@@ -280,14 +289,14 @@ class CompiledTorchDenoiser:
             raise KeyError(f"no {role} loaded in this runtime (has: {', '.join(self.steps)})")
         coef = np.asarray(coef, dtype=np.float32)
         with self._device_context(), torch.inference_mode():
-            if tuple(x.shape[-2:]) == self.sizes[role] and self._prepared:
+            if tuple(x.shape[-2:]) in self.sizes[role] and self._prepared:
                 return self._run_prepared(role, x, cond, t, k, coef, noise)
             return self._run_eager(role, x, cond, t, k, coef, noise)
 
     def _run_prepared(self, role, x, cond, t, k, coef, noise) -> torch.Tensor:
         outputs = []
         for chunk in plan_chunks(x.shape[0], self.batch_sizes, self.call_cost):
-            prepared = self._prepared[(role, chunk.batch)]
+            prepared = self._prepared[(role, chunk.batch, *x.shape[-2:])]
             rows = slice(chunk.start, chunk.start + chunk.count)
             # Rows past chunk.count keep an earlier call's (finite) inputs: rows are independent
             # and their outputs are dropped, so they need no zeroing.
