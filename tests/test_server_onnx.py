@@ -76,6 +76,27 @@ def test_damaged_engine_refuses_to_start(exported, tmp_path, caplog):
     assert f"{engine.name}: checksum mismatch" in caplog.text
 
 
+def test_engines_exported_before_the_coarse_correction_are_reported(exported, tmp_path, caplog):
+    """A manifest given a coarse correction after its export lacks the Projector's canvas engines:
+    auto serves on PyTorch and says which export to run."""
+    copy = tmp_path / "models"
+    shutil.copytree(exported, copy)
+    bundle = Bundle.open(copy / "tiny")
+    m = bundle.manifest
+    m.predictor_margin, m.coarse_correction_level, m.coarse_correction_weight = 0, 3, 0.25
+    bundle.save_manifest()
+    with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:  # no margin: one size
+        assert running.models["tiny"].runtime.name == "onnxruntime-cpu"
+    m.predictor_margin = 2  # the Predictor's engines too are then missing at its canvas
+    bundle.save_manifest()
+    caplog.set_level("WARNING", logger="sinfusion.server")
+    with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
+        assert running.models["tiny"].runtime.name == "torch-cpu"
+    assert "falling back to runtime torch-cpu because onnxruntime-cpu: " in caplog.text
+    assert f"no onnx engine for projector at {m.width + 4}x{m.height + 4}" in caplog.text
+    assert f"--roles projector --size {m.width}x{m.height}" in caplog.text
+
+
 def test_damaged_weights_beside_intact_engines_are_reported(exported, tmp_path, caplog):
     copy = tmp_path / "models"
     shutil.copytree(exported, copy)
