@@ -172,13 +172,13 @@ def test_presets_and_config_validation():
 
 
 def test_the_projector_trains_a_share_at_the_correction_levels():
-    """The cpu preset serves correction at level 1, keeping half of it, after a quarter of a coarse
-    one at level 3, and draws half the
+    """The cpu preset serves correction at level 1, keeping half of it, after 15% of a coarse one
+    at level 3, and draws half the
     Projector's levels there; the other roles, and the paper, draw every level alike."""
     cpu = get_preset("cpu")
     assert (cpu.correction_steps, cpu.projector_correction_share, cpu.correction_weight,
             cpu.correction_passes) == (1, 0.5, 0.5, 1)
-    assert (cpu.coarse_correction_level, cpu.coarse_correction_weight) == (3, 0.25)
+    assert (cpu.coarse_correction_level, cpu.coarse_correction_weight) == (3, 0.15)
     assert PaperPreset().coarse_correction_level == 0 == get_preset("tiny").coarse_correction_level
     paper = PaperPreset()
     assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)

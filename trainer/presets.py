@@ -224,8 +224,8 @@ class CpuPreset(TinyPreset):
     their conditioning frames), trained for time rather than steps: of 15 minutes the Predictor and
     the Projector get 6 each, the Interpolator 3; the Predictor stops early once it beats copy on the
     held-out frames and stops improving. Frames are served with the Predictor working with an 8 px
-    margin of repeated edge, then a quarter of a coarse correction by the Projector at level 3
-    (with the same margin) and half of one at level 1.
+    margin of repeated edge, then 15% of a coarse correction by the Projector at level 3 (with the
+    same margin) and half of one at level 1.
     Measured on four real clips in docs/training.md.
     """
 
@@ -234,15 +234,15 @@ class CpuPreset(TinyPreset):
     # it keeps a 300-frame stream's detail where no correction lets it drain (docs/training.md,
     # "Projector correction"). A frame keeps half of the correction's change: the correction's noise
     # costs next-frame PSNR as the weight squared, its pull against drift falls only linearly; and
-    # before it, a quarter of the Projector's one-step estimate from level 3, made with the
-    # Predictor's margin, pulls larger structures back to the clip's: 300-frame drift falls by 38%
-    # on ants and 6-9% on tornado and boat_race, and holds on fish, against two passes at level 1
-    # (docs/training.md, "A coarse correction first"), for the same number of Projector calls.
+    # before it, 15% of the way to the Projector's one-step estimate from level 3, made with the
+    # Predictor's margin, pulls larger structures back to the clip's: 300-frame drift falls by 29%
+    # on tornado, 32% on ants, 4-8% on boat_race and fish, with a better next frame, against two
+    # passes at level 1 (docs/training.md, "A coarse correction first"), for as many Projector calls.
     correction_steps: int = 1
     correction_weight: float = 0.5
     correction_passes: int = 1
     coarse_correction_level: int = 3
-    coarse_correction_weight: float = 0.25
+    coarse_correction_weight: float = 0.15
     # The Predictor's guesses of what enters at the frame's edges are made outside it and dropped:
     # 300-frame drift falls by 40% on tornado and 30% on ants, holds on boat_race and fish
     # (docs/training.md, "A margin for the Predictor"), for about a fifth of a served frame's speed.
