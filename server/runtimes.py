@@ -51,15 +51,20 @@ class LoadedRuntime:
 def _engine_batch_sizes(denoiser, bundle: Bundle) -> dict[str, tuple[int, ...]]:
     """Roles the fixed-shape engines cover, with their batch sizes (roles without engines left out).
 
-    A role with engines at its frame size but not at another size its steps take (a coarsely
-    correcting Projector's canvas: BundleSampling.sizes) was exported before its manifest asked for
-    it: broken, so that `auto` falls back with a warning naming the export to run."""
+    A role with engines, but not at every size its steps take (a Predictor's canvas, a coarsely
+    correcting Projector's: BundleSampling.sizes), was exported before its manifest asked for that
+    size: broken, so that `auto` falls back with a warning naming the export to run."""
     m, sampling = bundle.manifest, bundle.sampling()
     sizes = {}
     for role in bundle.roles:
+        exported = any(e.role == role for e in getattr(denoiser, "entries", ()))
         try:
             found = tuple(sorted({int(b) for b in denoiser.batch_sizes(role)}))
-        except (BundleError, KeyError, ValueError):
+        except BundleError as exc:
+            if exported:
+                raise Unavailable(str(exc), broken=True) from None
+            continue
+        except (KeyError, ValueError):
             continue
         for height, width in sampling.sizes(role, m.height, m.width)[1:] if found else ():
             try:

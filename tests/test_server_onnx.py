@@ -77,8 +77,8 @@ def test_damaged_engine_refuses_to_start(exported, tmp_path, caplog):
 
 
 def test_engines_exported_before_the_coarse_correction_are_reported(exported, tmp_path, caplog):
-    """A manifest given a coarse correction after its export lacks the Projector's canvas engines:
-    auto serves on PyTorch and says which export to run."""
+    """A manifest given a margin or a coarse correction after its export lacks engines at the sizes
+    they take: auto serves on PyTorch, every capability kept, and says which export to run."""
     copy = tmp_path / "models"
     shutil.copytree(exported, copy)
     bundle = Bundle.open(copy / "tiny")
@@ -87,12 +87,22 @@ def test_engines_exported_before_the_coarse_correction_are_reported(exported, tm
     bundle.save_manifest()
     with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:  # no margin: one size
         assert running.models["tiny"].runtime.name == "onnxruntime-cpu"
-    m.predictor_margin = 2  # the Predictor's engines too are then missing at its canvas
+    m.predictor_margin = 2  # the Predictor's canvas and the Projector's second size are missing
     bundle.save_manifest()
     caplog.set_level("WARNING", logger="sinfusion.server")
     with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
         assert running.models["tiny"].runtime.name == "torch-cpu"
+        assert list(running.models["tiny"].capabilities) == ["extrapolate", "generate", "upsample"]
     assert "falling back to runtime torch-cpu because onnxruntime-cpu: " in caplog.text
+    assert f"no onnx engine for predictor at {m.width + 4}x{m.height + 4}" in caplog.text
+    assert f"--roles predictor --size {m.width}x{m.height}" in caplog.text
+    # the Predictor re-exported at its canvas: now the Projector's canvas is the one named
+    from sinfusion.export.pipeline import ExportOptions, export_bundle
+    export_bundle(Bundle.open(bundle.path), ExportOptions(kinds=("onnx",), batches=(1, 4),
+                                                          roles=("predictor",)))
+    caplog.clear()
+    with BackgroundServer(ServerConfig(models=copy, grace=0.5)) as running:
+        assert running.models["tiny"].runtime.name == "torch-cpu"
     assert f"no onnx engine for projector at {m.width + 4}x{m.height + 4}" in caplog.text
     assert f"--roles projector --size {m.width}x{m.height}" in caplog.text
 
