@@ -55,24 +55,17 @@ def _engine_batch_sizes(denoiser, bundle: Bundle) -> dict[str, tuple[int, ...]]:
     correcting Projector's: BundleSampling.sizes), was exported before its manifest asked for that
     size: broken, so that `auto` falls back with a warning naming the export to run."""
     m, sampling = bundle.manifest, bundle.sampling()
+    exported = {e.role for e in denoiser.entries}
     sizes = {}
     for role in bundle.roles:
-        exported = any(e.role == role for e in getattr(denoiser, "entries", ()))
+        if role not in exported:
+            continue
         try:
-            found = tuple(sorted({int(b) for b in denoiser.batch_sizes(role)}))
+            for height, width in sampling.sizes(role, m.height, m.width):
+                found = denoiser.batch_sizes(role, height, width)
+                sizes.setdefault(role, tuple(sorted({int(b) for b in found})))  # at the canvas
         except BundleError as exc:
-            if exported:
-                raise Unavailable(str(exc), broken=True) from None
-            continue
-        except (KeyError, ValueError):
-            continue
-        for height, width in sampling.sizes(role, m.height, m.width)[1:] if found else ():
-            try:
-                denoiser.batch_sizes(role, height, width)
-            except BundleError as exc:
-                raise Unavailable(str(exc), broken=True) from None
-        if found:
-            sizes[role] = found
+            raise Unavailable(str(exc), broken=True) from None
     if not sizes:
         raise Unavailable("the bundle has no engines for it")
     return sizes

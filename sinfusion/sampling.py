@@ -415,6 +415,17 @@ def _colours_if_corrected(sampling: BundleSampling, options: SamplingOptions, fr
     return arrays.colours_of(frame) if corrects(sampling, options) else None
 
 
+def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.random.Generator,
+                    margin: int = 0, steps: int = 0, method: str = "ddpm") -> Loop:
+    """One correction pass: x noised to `level` (with its edges repeated `margin` px out), denoised
+    by the Projector in `steps` steps, cut back; x moves `weight` of the way to the result."""
+    noisy = noise_to_level(arrays.pad_edges(x, margin), rs.schedule, level, rng)
+    corrected = yield from denoise("projector", rs, noisy, rng, start=level, steps=steps,
+                                   method=method)
+    corrected = arrays.crop_margin(corrected, margin)
+    return corrected if weight == 1.0 else x + weight * (corrected - x)
+
+
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
             options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off.
@@ -425,6 +436,11 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     frame for 10-25% more drift over 300 frames). That is done `correction_passes` times, each on the
     last one's frame: two half corrections cost about half of a whole one and drift less than one
     half (docs/training.md, "Projector correction").
+    Before those, a bundle with a coarse correction (`BundleSampling.coarse_level`) moves the frame
+    `coarse_correction_weight` of the way to the Projector's one-step estimate of it from that
+    level, made with the Predictor's margin of repeated edge: it pulls larger structures back to
+    the clip's, which level 1 cannot reach, without the Projector inventing at the frame's edges
+    (docs/training.md, "A coarse correction first").
     The corrected frame then takes `colours` (default: the frame's own): its mean colour and colour
     covariance, so brightness, contrast and saturation, as shown (clamped). Correction mends patches, it does not change the exposure: a small bias of the
     Projector, or the contrast a clamp takes from a frame, would otherwise add up over a stream
@@ -437,16 +453,11 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     x = frame
     coarse = sampling.coarse_level(options)
     if coarse:
-        margin = sampling.predictor_margin
-        noisy = noise_to_level(arrays.pad_edges(x, margin), rs.schedule, coarse, rng)
-        estimate = yield from denoise("projector", rs, noisy, rng, start=coarse, steps=1,
-                                      method="ddim")
-        x = x + sampling.coarse_correction_weight * (arrays.crop_margin(estimate, margin) - x)
+        x = yield from _projector_pass(rs, x, coarse, sampling.coarse_correction_weight, rng,
+                                       sampling.predictor_margin, steps=1, method="ddim")
     for _ in range(sampling.correction_passes):
-        noisy = noise_to_level(x, rs.schedule, options.correction_steps, rng)
-        corrected = yield from denoise("projector", rs, noisy, rng, start=options.correction_steps)
-        x = (corrected if sampling.correction_weight == 1.0
-             else x + sampling.correction_weight * (corrected - x))
+        x = yield from _projector_pass(rs, x, options.correction_steps,
+                                       sampling.correction_weight, rng)
     return arrays.keep_colours(x, colours)
 
 
