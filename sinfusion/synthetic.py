@@ -2,7 +2,7 @@
 
 The scene is built to look like what SinFusion is for (a static camera, moving texture-like content):
 a sky whose soft clouds drift right, a sea whose waves roll left below the horizon, and a few bright
-blobs that bob across, all over a fixed fine-grained texture. Every motion is a steady translation of a
+blobs that cross it in lanes, all over a fixed fine-grained texture. Every motion is a steady translation of a
 few pixels per frame, so a Predictor can learn "frame n -> frame n+k" from a handful of frames, and the
 texture gives the Projector a patch distribution to learn. Same seed, same clip, bit for bit.
 """
@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 SAMPLE_FPS = 12.0
+BLOB_LANES = np.array([0.2, 0.7, 0.88])  # blob heights (fractions of the frame's): one in the sky, two at sea
+BLOB_PALETTE = np.array([[240.0, 90.0, 190.0], [140.0, 250.0, 110.0], [250.0, 200.0, 60.0]])  # pink, green, gold
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int) -> np.ndarray:
@@ -46,10 +48,16 @@ def make_sample_clip(frames: int = 48, height: int = 64, width: int = 96, seed: 
     # Fixed fine texture (grain) that every frame shares: gives the models patches to learn.
     grain = rng.normal(0.0, 6.0, size=(height, width, 1))
     clouds = _smooth_noise(rng, height, width * 2, cells=4)  # twice as wide: drifts without repeating
-    blob_y = rng.uniform(0.2, 0.8, size=3) * height
+    # One lane each, so no two blobs ever cross (see BLOB_PALETTE for why); two at sea, where the
+    # waves under a blob look alike everywhere: a blob crossing the sky's white clouds meets
+    # backgrounds the training frames never showed it on, and a 3-minute Predictor dissolves it.
+    blob_y = (BLOB_LANES[rng.permutation(3)] + rng.uniform(-0.03, 0.03, size=3)) * height
     blob_x = rng.uniform(0, width, size=3)
     blob_speed = rng.choice([-1.5, 1.0, 2.0], size=3, replace=False)
-    blob_color = rng.uniform(120, 255, size=(3, 3))
+    # Three hues far apart: a small Predictor tells a blob's motion by its look, and two look-alike
+    # blobs moving opposite ways teach it their average (measured: a pink blob stood still), as
+    # two blobs crossing each other smear into one.
+    blob_color = BLOB_PALETTE[rng.permutation(3)]
 
     out = np.empty((frames, height, width, 3), np.uint8)
     for n in range(frames):
@@ -66,10 +74,10 @@ def make_sample_clip(frames: int = 48, height: int = 64, width: int = 96, seed: 
         wave = 0.5 + 0.5 * np.sin(phase)[..., None]
         sea_rgb = np.stack([20 + 0 * yy, 70 + 0.8 * depth, 110 + 1.2 * depth], axis=-1) + 45 * wave
         img = np.where(sky[..., None], sky_rgb, sea_rgb)
-        # Blobs: soft bright discs crossing the frame and bobbing up and down.
+        # Blobs: soft bright discs crossing the frame, each at a steady speed in its lane.
         for b in range(3):
             cx = (blob_x[b] + blob_speed[b] * n) % width
-            cy = blob_y[b] + 2.0 * np.sin(2 * np.pi * n / 16 + b)
+            cy = blob_y[b]
             dx = np.minimum(np.abs(xx - cx), width - np.abs(xx - cx))  # wrap around the edges
             w = np.exp(-(dx ** 2 + (yy - cy) ** 2) / (2 * (height / 16) ** 2))[..., None]
             img = img * (1 - w) + blob_color[b] * w
