@@ -76,7 +76,7 @@ class ModelInfo:
     quality: NextFrameQuality | None = None  # None: trained without held-out frames
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps
     correction_passes: int = 1  # corrections of each frame
-    predictor_margin: int = 0  # px of repeated edge the Predictor works with
+    predictor_margin: int = 0  # px of mirrored frame the Predictor works with
     coarse_correction_level: int = 0  # a coarse correction's level before those at T_corr (0: none)
     coarse_correction_weight: float = 1.0  # share of its change a frame keeps
 

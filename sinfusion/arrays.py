@@ -63,19 +63,36 @@ def concat(arrays: Sequence):
     return torch.cat([like(a, ref) for a in arrays], dim=0)
 
 
-def pad_edges(frame, margin: int):
-    """A (C, H, W) frame with its edge pixels repeated `margin` px out on every side (0: itself)."""
+def pad_mirrored(frame, margin: int):
+    """A (C, H, W) frame mirrored `margin` px out on every side (0: itself).
+
+    The mirror is about the edge pixels, which are not repeated (numpy's "reflect"); a side shorter
+    than the margin is mirrored again, and a side of one pixel is repeated. What lies past the edge
+    thus carries the frame's own texture, where a repeated edge is streaks of one colour.
+    """
     if margin == 0:
         return frame
     if is_host(frame):
-        return np.pad(frame, ((0, 0), (margin, margin), (margin, margin)), mode="edge")
+        for axis in (2, 1):
+            widths = [(0, 0)] * 3
+            widths[axis] = (margin, margin)
+            frame = np.pad(frame, widths, mode="reflect" if frame.shape[axis] > 1 else "edge")
+        return frame
     import torch.nn.functional as F
 
-    return F.pad(frame[None], (margin,) * 4, mode="replicate")[0]
+    out = frame[None]
+    for axis, pad in ((3, lambda n: (n, n, 0, 0)), (2, lambda n: (0, 0, n, n))):
+        left = margin
+        while left:  # torch mirrors by less than the side's length at a time
+            step = min(left, out.shape[axis] - 1)
+            mode = "reflect" if step else "replicate"
+            step = step or left
+            out, left = F.pad(out, pad(step), mode=mode), left - step
+    return out[0]
 
 
 def crop_margin(frame, margin: int):
-    """The inverse of pad_edges: the (C, H, W) frame without `margin` px on every side."""
+    """The inverse of pad_mirrored: the (C, H, W) frame without `margin` px on every side."""
     return frame if margin == 0 else frame[:, margin:-margin, margin:-margin]
 
 

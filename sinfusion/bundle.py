@@ -162,7 +162,7 @@ class Manifest:
     correction_steps: int = 3  # default T_corr for serving
     correction_weight: float = 1.0  # share of the Projector's change a correction keeps (1: paper)
     correction_passes: int = 1  # corrections per frame, each on the last one's result (1: paper)
-    predictor_margin: int = 0  # px of repeated edge the Predictor works with (0: paper; sampling.py)
+    predictor_margin: int = 0  # px of mirrored frame the Predictor works with (0: paper; sampling.py)
     # A coarse correction before those at T_corr: level (0: none, the paper's) and the share of its
     # change a frame keeps (sampling.correct).
     coarse_correction_level: int = 0

@@ -11,7 +11,7 @@ import torch
 
 from sinfusion import sampling as S
 from sinfusion.arrays import (_colour_moments, colours_from, colours_of, crop_margin, keep_colours,
-                             match_channels, pad_edges)
+                             match_channels, pad_mirrored)
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -278,7 +278,7 @@ def test_manifest_records_the_predictor_margin(tiny_bundle):
         Bundle.open(tiny_bundle.path)
 
 
-def test_the_predictor_works_on_the_frame_with_its_edges_repeated(tiny_bundle):
+def test_the_predictor_works_on_the_frame_mirrored_past_its_edges(tiny_bundle):
     """With a margin the Predictor's steps take the frame padded by its edge pixels and noise of that
     size; the frame is cut back out of the result before the correction; host = device arrays."""
     sampling = dataclasses.replace(tiny_bundle.sampling(), predictor_margin=3)
@@ -297,8 +297,9 @@ def test_the_predictor_works_on_the_frame_with_its_edges_repeated(tiny_bundle):
     assert [(r, s) for r, s, _ in seen] == [("predictor", (1, 3, 22, 30))] * 2
     cond = seen[0][2][0]
     np.testing.assert_array_equal(cond[:, 3:-3, 3:-3], frame)
-    np.testing.assert_array_equal(cond[:, :3, 3:-3], np.repeat(frame[:, :1], 3, axis=1))  # top edge
-    np.testing.assert_array_equal(cond[:, 3:-3, -3:], np.repeat(frame[:, :, -1:], 3, axis=2))
+    # the margin mirrors the frame about its edge rows and columns, which are not repeated
+    np.testing.assert_array_equal(cond[:, :3, 3:-3], frame[:, 3:0:-1])  # top: rows 3, 2, 1
+    np.testing.assert_array_equal(cond[:, 3:-3, -3:], frame[:, :, -2:-5:-1])  # right
     # by hand: the same draws at the canvas size, the step outputs cropped
     rng, rs = np.random.default_rng(0), sampling["predictor"]
     x = rng.standard_normal(cond.shape, dtype=np.float32)
@@ -306,8 +307,22 @@ def test_the_predictor_works_on_the_frame_with_its_edges_repeated(tiny_bundle):
                                  method="ddim", cond=cond, k=1.0), TorchDenoiser(tiny_bundle))
     np.testing.assert_allclose(out, x[:, 3:-3, 3:-3], atol=1e-6)
     device = torch.from_numpy(frame)
-    np.testing.assert_array_equal(pad_edges(device, 3).numpy(), cond)
-    assert crop_margin(pad_edges(device, 3), 3).shape == device.shape
+    np.testing.assert_array_equal(pad_mirrored(device, 3).numpy(), cond)
+    assert crop_margin(pad_mirrored(device, 3), 3).shape == device.shape
+
+
+@pytest.mark.parametrize("shape, margin", [((3, 4, 6), 8), ((3, 2, 9), 5), ((3, 1, 5), 3), ((3, 9, 9), 0)])
+def test_the_mirrored_margin_is_the_same_on_host_and_device(shape, margin):
+    """Sides shorter than the margin are mirrored again, a one-pixel side repeated, on numpy and
+    torch alike (torch mirrors by less than a side's length at a time)."""
+    frame = np.random.default_rng(0).random(shape, dtype=np.float32)
+    host = pad_mirrored(frame, margin)
+    assert host.shape == (3, shape[1] + 2 * margin, shape[2] + 2 * margin)
+    np.testing.assert_array_equal(pad_mirrored(torch.from_numpy(frame), margin).numpy(), host)
+    np.testing.assert_array_equal(crop_margin(host, margin), frame)
+    if min(shape[1:]) > 1:
+        np.testing.assert_array_equal(host, np.pad(frame, ((0, 0), (margin,) * 2, (margin,) * 2),
+                                                   mode="reflect"))
 
 
 def test_manifest_records_the_coarse_correction(tiny_bundle):
@@ -362,7 +377,7 @@ def test_a_coarse_correction_comes_first_with_the_margin(tiny_bundle):
     assert seen == [("projector", (20, 28), 3.0), ("projector", (16, 24), 1.0)]
     # by hand, with the same draws
     rng, rs, eager = np.random.default_rng(5), sampling["projector"], TorchDenoiser(tiny_bundle)
-    noisy = S.noise_to_level(pad_edges(frame, 2), rs.schedule, 3, rng)
+    noisy = S.noise_to_level(pad_mirrored(frame, 2), rs.schedule, 3, rng)
     estimate = S.run_to_value(S.denoise("projector", rs, noisy, rng, start=3, steps=1,
                                         method="ddim"), eager)
     x = frame + 0.25 * (crop_margin(estimate, 2) - frame)

@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"corrections of each served frame, each on the last one's result "
                         f"(preset defaults: {defaults('correction_passes')}; docs/training.md)")
     t.add_argument("--predictor-margin", type=int_at_least(0), metavar="PX",
-                   help=f"px of repeated edge the served Predictor works with on every side, 0 = "
+                   help=f"px of mirrored frame the served Predictor works with past every edge, 0 = "
                         f"none (preset defaults: {defaults('predictor_margin')}; docs/training.md)")
     t.add_argument("--coarse-correction", type=int_at_least(0), metavar="T",
                    help=f"level of a coarse correction before those at T_corr, the Projector working "

@@ -83,7 +83,7 @@ class TrainConfig:
     correction_weight: float = 1.0
     # How many times a served frame is corrected, each on the last one's result (1 = the paper's).
     correction_passes: int = 1
-    # Pixels of repeated edge the served Predictor works with on every side (0 = none, the paper's):
+    # Pixels of mirrored frame the served Predictor works with past every edge (0 = none, the paper's):
     # the bundle's predictor_margin (sinfusion.sampling.predict_frame).
     predictor_margin: int = 0
     # A coarse correction before those at correction_steps (0 = none, the paper's): its level and
@@ -224,7 +224,7 @@ class CpuPreset(TinyPreset):
     their conditioning frames), trained for time rather than steps: of 15 minutes the Predictor and
     the Projector get 6 each, the Interpolator 3; the Predictor stops early once it beats copy on the
     held-out frames and stops improving. Frames are served with the Predictor working with an 8 px
-    margin of repeated edge, then 15% of a coarse correction by the Projector at level 3 (with the
+    margin of mirrored frame, then 15% of a coarse correction by the Projector at level 3 (with the
     same margin) and half of one at level 1.
     Measured on four real clips in docs/training.md.
     """
