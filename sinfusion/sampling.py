@@ -473,7 +473,7 @@ def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.ra
     made outside the frame and dropped, and what moves in is the frame's own texture, mirrored:
     over 300 frames tornado drifts 40% less and ants 30% less than without a margin. A margin of
     repeated edge pixels, as it was first, moved in as smooth bands (tornado's sky washing in from
-    the right); mirrored, tornado drifts a further 9-51% less and ants 7-21% (docs/training.md).
+    the right); mirrored, tornado drifts a further 9-51% less and ants 3-23% (docs/training.md).
     """
     rs = sampling["predictor"]
     margin = sampling.predictor_margin
