@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sinfusion.io.files import VideoError, write_image, write_video
-from sinfusion.synthetic import make_sample_clip, write_sample_clip
+from sinfusion.synthetic import BLOB_PALETTE, make_sample_clip, write_sample_clip
 from sinfusion.video import read_clip, target_size
 
 
@@ -111,6 +111,25 @@ def test_write_video_refuses_bad_suffix_and_no_frames(tmp_path):
     with pytest.raises(VideoError, match="no frames to write"):
         write_video(tmp_path / "x.mp4", [], 12.0)
     assert not (tmp_path / "x.mp4").exists()  # nothing half-written left behind
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sample_clip_blobs_cross_in_their_own_lanes_at_steady_speeds(seed):
+    """The demo's blobs are what a Predictor conditioned on one frame can learn: each keeps its row
+    and its speed (no bob), and no two share a lane or a hue (docs/training.md, the demo's clip)."""
+    clip = make_sample_clip(12, 64, 96, seed=seed).astype(np.float64)
+    rows, steps = [], []
+    for colour in BLOB_PALETTE:
+        dist = ((clip - colour) ** 2).sum(-1)  # the blob's centre: nearest its colour, over 5x5 px
+        dist = sum(np.roll(dist, (dy, dx), axis=(1, 2)) for dy in range(-2, 3) for dx in range(-2, 3))
+        ys, xs = np.unravel_index(dist.reshape(len(clip), -1).argmin(axis=1), dist.shape[1:])
+        assert np.ptp(ys) <= 1, f"blob {colour} leaves its lane: rows {ys}"
+        moves = (np.diff(xs) + 48) % 96 - 48  # across the wrap at the edges
+        assert abs(np.median(moves)) >= 1 and np.ptp(moves) <= 2, f"blob {colour}: steps {moves}"
+        rows.append(ys.mean())
+        steps.append(np.median(moves))
+    assert min(np.diff(sorted(rows))) >= 10  # lanes apart: no two blobs ever overlap
+    assert len(set(steps)) == 3  # and every blob its own speed
 
 
 def test_sample_clip_is_deterministic_and_moves(tmp_path):
