@@ -13,6 +13,7 @@ torch is imported only when a tensor is actually seen: an ONNX Runtime server ne
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -63,32 +64,37 @@ def concat(arrays: Sequence):
     return torch.cat([like(a, ref) for a in arrays], dim=0)
 
 
+@functools.lru_cache(maxsize=32)
+def _mirrored_index(length: int, margin: int) -> np.ndarray:
+    """Which of a side's `length` pixels each of its `length + 2 * margin` mirrored ones shows."""
+    index = np.pad(np.arange(length), margin, mode="reflect" if length > 1 else "edge")
+    index.setflags(write=False)  # shared by every call (cached)
+    return index
+
+
 def pad_mirrored(frame, margin: int):
     """A (C, H, W) frame mirrored `margin` px out on every side (0: itself).
 
     The mirror is about the edge pixels, which are not repeated (numpy's "reflect"); a side shorter
     than the margin is mirrored again, and a side of one pixel is repeated. What lies past the edge
-    thus carries the frame's own texture, where a repeated edge is streaks of one colour.
+    thus carries the frame's own texture, where a repeated edge is streaks of one colour. Host and
+    device gather the same pixels, by one index per side.
     """
     if margin == 0:
         return frame
     if is_host(frame):
-        for axis in (2, 1):
-            widths = [(0, 0)] * 3
-            widths[axis] = (margin, margin)
-            frame = np.pad(frame, widths, mode="reflect" if frame.shape[axis] > 1 else "edge")
-        return frame
-    import torch.nn.functional as F
+        rows, cols = (_mirrored_index(int(n), margin) for n in frame.shape[1:])
+        return frame.take(rows, axis=1).take(cols, axis=2)
+    rows, cols = (_mirrored_index_on(int(n), margin, frame.device) for n in frame.shape[1:])
+    return frame.index_select(1, rows).index_select(2, cols)
 
-    out = frame[None]
-    for axis, pad in ((3, lambda n: (n, n, 0, 0)), (2, lambda n: (0, 0, n, n))):
-        left = margin
-        while left:  # torch mirrors by less than the side's length at a time
-            step = min(left, out.shape[axis] - 1)
-            mode = "reflect" if step else "replicate"
-            step = step or left
-            out, left = F.pad(out, pad(step), mode=mode), left - step
-    return out[0]
+
+@functools.lru_cache(maxsize=32)
+def _mirrored_index_on(length: int, margin: int, device):
+    """_mirrored_index as a tensor on `device`, made once: no copy to the device per frame."""
+    import torch
+
+    return torch.as_tensor(_mirrored_index(length, margin), device=device)
 
 
 def crop_margin(frame, margin: int):
