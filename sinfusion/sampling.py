@@ -154,7 +154,7 @@ class SamplingOptions:
 PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 
 
-MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 2)
+MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 1, after a coarse one)
 MAX_PREDICTOR_MARGIN = 64  # px: a bound on a bundle's predictor_margin (the cpu preset uses 8)
 MAX_COARSE_LEVEL = 1000  # the longest schedule a config may ask for (TrainConfig.schedule_steps)
 
