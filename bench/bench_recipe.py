@@ -2,15 +2,15 @@
 
     nice .venv/bin/python -m bench.bench_recipe [--clips tornado,ants,boat_race,fish] [--minutes 10]
         [--preset cpu] [--set field=value ...] [--threads 2] [--device cpu] [--eval-every 60]
-        [--out results.json] [--plot curves.png]
+        [--out results.json] [--plot curves.png] [--data DIR]
 
 For each clip: the `sinfusion-quality nextframe` protocol (train the Predictor on frames 0-15, n=16,
 k=1, on nothing else; test every pair of unseen frames, at most 100), with the preset's sizes. While
 it trains, every --eval-every seconds the EMA Predictor is scored on 16 evenly spaced test pairs with
 a cheap sampler (DDIM 10 steps, no correction); the first time it beats copy by 0.5 dB on most of
 them is the clip's time to beat copy. At the end every test pair is scored with the paper's DDPM 50
-steps and with DDIM 10. Clips are read from ../shared/data (tornado is a folder of PNGs, the others
-mp4). Prints one table; --out also writes every measurement as JSON.
+steps and with DDIM 10. Clips are read from --data (default ../shared/data; tornado is a folder of
+PNGs, the others mp4). Prints one table; --out also writes every measurement as JSON.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def parse_value(text: str):
     return {"true": True, "false": False}.get(text.lower(), text)
 
 
-def run_clip(name: str, config, work: Path, eval_every: float, device: str = "cpu") -> dict:
+def run_clip(name: str, config, work: Path, eval_every: float, device: str = "cpu",
+             data: Path = DATA) -> dict:
     import numpy as np
 
     from sinfusion.quality.nextframe import evaluate, make_split
@@ -47,7 +48,7 @@ def run_clip(name: str, config, work: Path, eval_every: float, device: str = "cp
     from sinfusion.trainer.training import train_bundle
     from sinfusion.video import read_clip
 
-    frames = read_clip(DATA / CLIPS[name], max_side=config.max_side).frames
+    frames = read_clip(data / CLIPS[name], max_side=config.max_side).frames
     split = make_split(len(frames), 16, 1, 1, 0, 100)
     chosen = np.linspace(0, len(split.pairs) - 1, min(16, len(split.pairs))).round().astype(int)
     monitor = NextFrameMonitor(frames, [split.pairs[c] for c in chosen],
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (training and scoring)")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds between scores")
     parser.add_argument("--work", default="out/bench_recipe")
+    parser.add_argument("--data", type=Path, default=DATA,
+                        help="folder holding tornado/ and clips/ (default: ../shared/data)")
     parser.add_argument("--out", help="JSON file for every measurement")
     parser.add_argument("--plot", help="PNG of the curves (quality.plots.plot_time_to_beat)")
     args = parser.parse_args(argv)
@@ -106,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                                         "checkpoint_every": 0, "preview_every": 0})
     rows = []
     for name in args.clips.split(","):
-        if not (DATA / CLIPS[name]).exists():
-            print(f"skip {name}: {DATA / CLIPS[name]} not found", file=sys.stderr)
+        if not (args.data / CLIPS[name]).exists():
+            print(f"skip {name}: {args.data / CLIPS[name]} not found", file=sys.stderr)
             continue
-        row = run_clip(name, config, Path(args.work), args.eval_every, args.device)
+        row = run_clip(name, config, Path(args.work), args.eval_every, args.device, args.data)
         row["device"] = device_name(args.device)
         rows.append(row)
         d, q = row["final"]["ddpm50"], row["final"]["ddim10"]

@@ -99,6 +99,19 @@ def test_compiled_step_matches_eager(compiled, eager):
             np.testing.assert_allclose(got.numpy(), eager(role, *inputs), atol=2e-4, rtol=0)
 
 
+def test_eager_runtime_takes_device_tensors_as_well_as_arrays(resident, eager):
+    """The eager fp32 runtime (torch-cuda-eager, the reference) is fed what a device-resident loop
+    holds: tensors, e.g. the compiled runtime's last output. It must not route them through numpy,
+    which fails for CUDA tensors; the result is the same host array."""
+    for role in ("predictor", "projector"):
+        inputs = step_inputs(2, role, seed=7)
+        x = resident(role, *inputs)  # a tensor, as the loop carries it
+        as_tensors = [None if a is None else torch.from_numpy(a) for a in inputs[1:]]
+        got = eager(role, x, *as_tensors)
+        assert isinstance(got, np.ndarray)
+        np.testing.assert_array_equal(got, eager(role, x.numpy(), *inputs[1:]))
+
+
 def test_compiled_frames_match_eager_alone_and_batched(compiled, eager):
     sampling = sampling_facts(("predictor", "projector"))
     start = np.random.default_rng(3).uniform(-1, 1, (3, *SIZE)).astype(np.float32)

@@ -44,8 +44,10 @@ class TorchDenoiser:
             raise KeyError(f"no {role} loaded in this runtime (has: {', '.join(self.steps)})")
         dev = self.device
 
-        def tensor(a):
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+        def tensor(a):  # host arrays, or tensors already on a device (the loop keeps them there)
+            if a is None or isinstance(a, torch.Tensor):
+                return None if a is None else a.to(dev)
+            return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
         k_in = tensor(k) if step.net.config.use_k else None
         out = step(tensor(x), tensor(cond), tensor(t), k_in, tensor(coef), tensor(noise))
