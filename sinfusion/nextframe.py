@@ -114,6 +114,7 @@ def summary_line(record: dict) -> str:
     """
     if "pairs" not in record:  # nothing held out (or only the Interpolator was trained)
         return "next frame: not measured (no held-out frames)"
-    return (f"next frame on {record['pairs']} held-out pairs: model {record['model_psnr']:.2f} dB vs "
-            f"copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
+    n = record["pairs"]
+    return (f"next frame on {n} held-out pair{'' if n == 1 else 's'}: model "
+            f"{record['model_psnr']:.2f} dB vs copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
             f"{record['pairs']} won): {record['verdict']}")

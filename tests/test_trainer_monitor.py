@@ -59,6 +59,7 @@ def test_verdict_and_summary_line():
               "pairs_won": 4, "verdict": "beats copy"}
     assert summary_line(record) == ("next frame on 5 held-out pairs: model 31.23 dB vs copy "
                                     "30.00 dB (+1.23, 4/5 won): beats copy")
+    assert summary_line(dict(record, pairs=1, pairs_won=1)).startswith("next frame on 1 held-out pair:")
     assert "not measured" in summary_line({})
     assert "not measured" in summary_line({"upsampling": {"triplets": 3}})  # Interpolator alone
     # the trainer's last line: a model that does not beat copy is told what to do about it
@@ -149,7 +150,7 @@ def test_training_holds_out_the_tail_and_records_the_score(tmp_path):
     assert up["gain_db"] == pytest.approx(up["model_psnr"] - up["blend_psnr"], abs=2e-3)
     # with Upsample's default: in-between frames come from real frames and are not corrected
     assert up["sampling"]["method"] == "ddim" and up["sampling"]["correction_steps"] == 0
-    assert "blend" in upsampling_line(up)
+    assert "blend" in upsampling_line(up) and " 1 held-out triplet: " in upsampling_line(up)
 
 
 def test_time_budget_ends_a_role_early_and_resume_does_not_redo_it(tmp_path):

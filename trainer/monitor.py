@@ -231,7 +231,8 @@ class InBetweenMonitor(NextFrameMonitor):
 
 def upsampling_line(record: dict) -> str:
     """The manifest's "quality"."upsampling" record as one line."""
-    return (f"in-between frames on {record['triplets']} held-out triplets: model "
+    n = record["triplets"]
+    return (f"in-between frames on {n} held-out triplet{'' if n == 1 else 's'}: model "
             f"{record['model_psnr']:.2f} dB vs blend {record['blend_psnr']:.2f} dB "
             f"({record['gain_db']:+.2f}, {record['triplets_won']}/{record['triplets']} won): "
             f"{record['verdict']}")
