@@ -209,7 +209,7 @@ def cmd_diversity(args) -> None:
 def cmd_stability(args) -> None:
     from sinfusion.sampling import validate_k
 
-    from .stability import stability_report
+    from .stability import checks_line, stability_report
 
     frames = _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor") if args.generate else ("predictor",))
@@ -226,6 +226,8 @@ def cmd_stability(args) -> None:
                                                          "generate" if args.generate else "extrapolate"),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures or None, prefix=args.prefix)
+    what = "generated" if args.generate else f"extrapolated from frame {args.start_frame}"
+    print(f"{PROG}: {frames} frames {what}: {checks_line(result['checks'])}", file=sys.stderr)
     _emit(result, args.out)
 
 

@@ -159,6 +159,21 @@ def diversity_report(bundle_path, clips: int = 3, frames: int = 33,
     return report
 
 
+DRIFT_GOAL = 1.5  # late over early NNFDIST a long run should stay within (docs/quality.md)
+COLOUR_STATS = (("mean", "brightness"), ("std", "contrast"), ("saturation", "saturation"))
+
+
+def checks_line(checks: dict) -> str:
+    """stability_checks as one line for the shell: the drift against its goal, and the share of the
+    late frames whose colours stay inside the clip's band."""
+    (e0, e1), (l0, l1) = checks["early_frames"], checks["late_frames"]
+    verdict = "within" if checks["ratio"] <= DRIFT_GOAL else "over"
+    inside = ", ".join(f"{name} {checks[stat]['inside']:.0%}" for stat, name in COLOUR_STATS)
+    return (f"drift {checks['ratio']:.2f} (NNFDIST of frames {l0}-{l1} over frames {e0}-{e1}, "
+            f"{verdict} the goal of {DRIFT_GOAL}); frames {l0}-{l1} inside the clip's colour band: "
+            f"{inside}")
+
+
 def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late: int = 50) -> dict:
     """The long-run criteria: late NNFDIST against early, and colour inside the original's band.
 
@@ -176,7 +191,7 @@ def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late
                     "early_nnfdist": float(first.mean()), "late_nnfdist": float(last.mean()),
                     "ratio": float(last.mean() / max(first.mean(), 1e-12))}
     generated = colour["extrapolated"] if "extrapolated" in colour else colour["generated"]
-    for stat in ("mean", "std", "saturation"):
+    for stat, _ in COLOUR_STATS:
         band = (min(colour["original"][stat]), max(colour["original"][stat]))
         late_values = np.asarray(generated[stat][-late:])
         checks[stat] = {"band": [round(band[0], 4), round(band[1], 4)],

@@ -63,6 +63,12 @@ def test_stability_checks_flag_drift_and_colour_leaving_its_band():
     assert checks["ratio"] == pytest.approx(2.0)
     assert checks["mean"]["inside"] == 0.0 and checks["std"]["inside"] == 1.0
     assert checks["saturation"]["inside"] == 1.0 and checks["mean"]["late_range"] == [0.6, 0.6]
+    from sinfusion.quality.stability import checks_line
+
+    assert checks_line(checks) == (
+        "drift 2.00 (NNFDIST of frames 151-200 over frames 1-10, over the goal of 1.5); frames "
+        "151-200 inside the clip's colour band: brightness 0%, contrast 100%, saturation 100%")
+    assert "within the goal" in checks_line(stability_checks([1.0] * 200, colour))
 
 
 def test_diversity_report_orders_the_references(tiny_bundle, tmp_path):
@@ -158,13 +164,18 @@ def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch):
         cli.main(["nnf", str(a), str(a), "--iterations", "1"])
 
 
-def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path, monkeypatch):
+def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path, monkeypatch, capsys):
     out = tmp_path / "s.json"
     (tmp_path / "elsewhere").mkdir()
     code = cli.main(["stability", str(tiny_bundle.path), "--frames", "4", "--sampling-steps", "3",
                      "--iterations", "2", "--figures", str(tmp_path), "--out", str(out)])
     assert code == 0
+    checks = json.loads(out.read_text())["checks"]
     assert len(json.loads(out.read_text())["per_frame_nnfdist"]) == 3
+    # the shell gets the verdict in one line, with the JSON's figures
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith("sinfusion-quality: 4 frames extrapolated from frame 0: drift ")
+    assert f"{checks['ratio']:.2f}" in line and "goal of 1.5" in line and "brightness" in line
     assert (tmp_path / "stability.png").is_file()
     # without --figures nothing is drawn, anywhere (it used to write into ./docs/quality)
     monkeypatch.chdir(tmp_path / "elsewhere")
