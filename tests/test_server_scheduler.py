@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 
 import numpy as np
@@ -100,6 +101,40 @@ def test_cancelled_job_is_dropped_and_others_continue(model):
     frames, held, steps = asyncio.run(main())
     assert len(frames) == 3 and held == 0
     assert steps < 20  # stopped within a few steps of the cancel, not after 500 frames
+
+
+def test_a_batchs_streams_advance_side_by_side_and_a_failing_one_ends_alone(model):
+    """After a batched call each stream runs to its next request on the advancer pool, not the
+    engine thread; a loop that fails there ends its own stream with the error, the others finish."""
+    threads = set()
+
+    def failing(loop, after: int):
+        reply = None
+        for n in itertools.count():
+            item = loop.send(reply)
+            threads.add(threading.current_thread().name)
+            if n == after:
+                raise ValueError("this loop refuses to go on")
+            reply = yield item
+
+    async def main():
+        scheduler = Scheduler(model.name, model.runtime)
+        scheduler.start()
+        start = to_model(model.clip[0])
+        loops = [extrapolate(model.sampling, start, 3, 1, np.random.default_rng(s), FAST)
+                 for s in (1, 2, 3)]
+        jobs = [scheduler.submit(failing(loops[0], 3))] + [scheduler.submit(lp) for lp in loops[1:]]
+        outcome = []
+        for job in jobs:
+            try:
+                outcome.append(len([f async for f in job.frames()]))
+            except ValueError as exc:
+                outcome.append(str(exc))
+        await scheduler.close()
+        return outcome
+
+    assert asyncio.run(main()) == ["this loop refuses to go on", 3, 3]
+    assert any(name.startswith("advance-") for name in threads)
 
 
 def test_staggered_streams_fall_into_step(model):
