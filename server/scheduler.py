@@ -30,8 +30,8 @@ The event loop never blocks on an engine. A cancelled job is dropped before the 
 have joined. Random draws happen inside each job's own loop with its own generator, so batching
 changes no draw. After an engine call the batch's jobs are advanced to their next requests side by
 side on a small thread pool (each job by one thread): each draws its next noise there, 0.5-0.8 ms at
-256x144, which numpy does without the GIL, so a batch of 8 spends about the time of one draw between
-engine calls rather than eight (docs/gpu.md).
+256x144, which numpy does without the GIL, so the draws of a batch overlap between engine calls as
+far as the host's cores allow instead of adding up (docs/gpu.md).
 """
 
 from __future__ import annotations

@@ -44,9 +44,11 @@ class TorchDenoiser:
             raise KeyError(f"no {role} loaded in this runtime (has: {', '.join(self.steps)})")
         dev = self.device
 
-        def tensor(a):  # host arrays, or tensors already on a device (the loop keeps them there)
-            if a is None or isinstance(a, torch.Tensor):
-                return None if a is None else a.to(dev)
+        def tensor(a):
+            if a is None:
+                return None
+            if isinstance(a, torch.Tensor):  # a device-resident loop's frame: not through numpy
+                return a.to(dev)
             return torch.from_numpy(np.ascontiguousarray(a)).to(dev)
 
         k_in = tensor(k) if step.net.config.use_k else None
