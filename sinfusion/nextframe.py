@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .frames import to_model
+from .io.cli import counted
 from .sampling import (BundleSampling, Denoiser, SamplingOptions, interpolate_frame, predict_frame,
                        run_lockstep)
 
@@ -114,7 +115,6 @@ def summary_line(record: dict) -> str:
     """
     if "pairs" not in record:  # nothing held out (or only the Interpolator was trained)
         return "next frame: not measured (no held-out frames)"
-    n = record["pairs"]
-    return (f"next frame on {n} held-out pair{'' if n == 1 else 's'}: model "
-            f"{record['model_psnr']:.2f} dB vs copy {record['copy_psnr']:.2f} dB ({record['gain_db']:+.2f}, {record['pairs_won']}/"
-            f"{record['pairs']} won): {record['verdict']}")
+    return (f"next frame on {counted(record['pairs'], 'held-out pair')}: model "
+            f"{record['model_psnr']:.2f} dB vs copy {record['copy_psnr']:.2f} dB "
+            f"({record['gain_db']:+.2f}, {record['pairs_won']}/{record['pairs']} won): {record['verdict']}")

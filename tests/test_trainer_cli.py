@@ -65,6 +65,7 @@ def test_train_then_sample_every_mode(tmp_path, clip_mp4, capsys):
                         "--k", "-1", "--start", "5", "--sheet", tmp_path / "x.png", *fast)
     assert code == 0, err
     assert read_clip(tmp_path / "x.mp4").frames.shape == (4, 16, 24, 3)  # start frame + 3
+    assert "(4 frames of 24x16 at 12 fps)" in err
     assert (tmp_path / "x.png").is_file()
     code, err = run_cli(capsys, "sample", out, "--out", tmp_path / "g.mp4", "--generate", "2", *fast)
     assert code == 0, err
@@ -100,6 +101,7 @@ def test_single_image_cli(tmp_path, capsys):
                         *TINY, "--preview-every", "0")
     assert code == 0, err
     assert Bundle.open(tmp_path / "b").roles == ["projector"]
+    assert "(projector; one image of 24x16)" in err  # not "1 frames"
     code, err = run_cli(capsys, "sample", tmp_path / "b", "--out", tmp_path / "x.mp4", "--extrapolate", "2")
     assert_one_line_error(code, err, "needs a trained predictor")
 

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from sinfusion.bundle import BundleError
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError,
-                              add_sampling_args, duration, fail, int_at_least, non_negative_float,
-                              positive_float, sampling_choice, scales_arg, size_within, strength_arg,
-                              usage_failed, weight_arg)
+                              add_sampling_args, counted, duration, fail, int_at_least,
+                              non_negative_float, positive_float, sampling_choice, scales_arg,
+                              size_within, strength_arg, usage_failed, weight_arg)
 from sinfusion.io.files import VideoError
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions
 
@@ -210,8 +210,9 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         command = "trainer " + " ".join(shlex.quote(a) for a in again) + " --resume"
         return fail(PROG, f"{stop}; resume with: {command}", EXIT_INTERRUPTED)
     m = bundle.manifest
-    print(f"trainer: wrote {bundle.path} ({', '.join(m.roles)}; {m.frame_count} frames of "
-          f"{m.width}x{m.height}) in {time.monotonic() - began:.0f}s", file=sys.stderr)
+    what = "one image" if m.mode == "image" else counted(m.frame_count, "frame")
+    print(f"trainer: wrote {bundle.path} ({', '.join(m.roles)}; {what} of {m.width}x{m.height}) in "
+          f"{time.monotonic() - began:.0f}s", file=sys.stderr)
     if "predictor" in m.roles:
         print(f"trainer: {quality_report(m.quality)}", file=sys.stderr)
     if "upsampling" in m.quality:
@@ -279,8 +280,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     write_video(out, frames, fps)
     if args.sheet:
         write_image(args.sheet, contact_sheet(frames, columns=args.sheet_columns))
-    print(f"trainer: wrote {out} ({len(frames)} frames of {frames.shape[2]}x{frames.shape[1]} at "
-          f"{fps:g} fps) in {time.monotonic() - began:.1f}s", file=sys.stderr)
+    print(f"trainer: wrote {out} ({counted(len(frames), 'frame')} of {frames.shape[2]}x"
+          f"{frames.shape[1]} at {fps:g} fps) in {time.monotonic() - began:.1f}s", file=sys.stderr)
     return 0
 
 

@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from sinfusion import nextframe
+from sinfusion.io.cli import counted
 from sinfusion.nextframe import holdout_pairs, holdout_triplets, summary_line  # noqa: F401  (re-exported)
 from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions, options_record
 
@@ -231,8 +232,7 @@ class InBetweenMonitor(NextFrameMonitor):
 
 def upsampling_line(record: dict) -> str:
     """The manifest's "quality"."upsampling" record as one line."""
-    n = record["triplets"]
-    return (f"in-between frames on {n} held-out triplet{'' if n == 1 else 's'}: model "
+    return (f"in-between frames on {counted(record['triplets'], 'held-out triplet')}: model "
             f"{record['model_psnr']:.2f} dB vs blend {record['blend_psnr']:.2f} dB "
             f"({record['gain_db']:+.2f}, {record['triplets_won']}/{record['triplets']} won): "
             f"{record['verdict']}")

@@ -47,6 +47,11 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)", self.prog)
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 frame', '3 frames': a count in a message."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def fail(prog: str, message: object, code: int) -> int:
     """Report a failure as the convention's one stderr line; returns `code` for main to exit with."""
     line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
