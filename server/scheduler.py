@@ -29,9 +29,10 @@ its place in the batch to the others.
 The event loop never blocks on an engine. A cancelled job is dropped before the next call it would
 have joined. Random draws happen inside each job's own loop with its own generator, so batching
 changes no draw. After an engine call the batch's jobs are advanced to their next requests side by
-side on a small thread pool (each job by one thread): each draws its next noise there, 0.5-0.8 ms at
-256x144, which numpy does without the GIL, so the draws of a batch overlap between engine calls as
-far as the host's cores allow instead of adding up (docs/gpu.md).
+side on a small thread pool (each job by one thread): the host work of a loop between two requests
+(noise draws, the colour lock, uint8 conversion) is mostly numpy, which runs without the GIL, so a
+batch's share of it overlaps between engine calls as far as the host's cores allow instead of
+adding up (docs/server.md, docs/gpu.md).
 """
 
 from __future__ import annotations
