@@ -430,8 +430,22 @@ def _server_error(exc: ClientError, args) -> str:
 
 
 def run() -> None:
-    """Console-script entry: exit with main's code."""
-    sys.exit(main())
+    """Console-script entry: exit with main's code.
+
+    After a failure the process ends at once, its output flushed: an RPC the server refused early
+    can leave a gRPC thread behind that keeps the interpreter from shutting down (once in CI: the
+    one-line error printed, then a hang until killed). Everything the command writes is closed by
+    the time main returns."""
+    code = main()
+    if code != EXIT_OK:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                if stream is not None:  # None: the process was started with it closed
+                    stream.flush()
+            except (OSError, ValueError):  # a closed pipe or stream: nothing more can be written
+                pass
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
