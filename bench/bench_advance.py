@@ -1,7 +1,7 @@
 """Where a batch of streams spends its host time between engine calls: the loops' own work.
 
     python -m bench.bench_advance [--streams 8] [--size 144x256] [--frames 8] [--runtime host|resident]
-        [--threads 2] [--top 12]
+        [--threads 2] [--top 12 (0: all)]
 
 Drives `--streams` extrapolation loops (DDIM 10 + 3 correction, distinct seeds) by hand as the
 server's scheduler does (one batched engine call, then each loop advanced to its next request and
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frames", type=int, default=8, help="frames per stream")
     p.add_argument("--runtime", choices=("host", "resident"), default="resident")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--top", type=int, default=12, help="profile lines shown")
+    p.add_argument("--top", type=int, default=12, help="profile lines shown (0: all)")
     args = p.parse_args(argv)
 
     import numpy as np
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.streams} streams at {width}x{height}, {args.runtime}: {calls} calls, {frames} frames; "
           f"engine {1e3 * engine / calls:.2f} ms a call, advancing {1e3 * advancing / calls:.2f} ms a "
           f"call ({1e3 * advancing / frames:.2f} ms a frame)")
-    pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.top)
+    pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(
+        *([args.top] if args.top else []))
     print(f"command: python -m bench.bench_advance {' '.join(sys.argv[1:] if argv is None else argv)}")
     return 0
 
