@@ -1,6 +1,6 @@
 """Where a batch of streams spends its host time between engine calls: the loops' own work.
 
-    python -m bench.bench_advance [--streams 8] [--size 144x256] [--frames 8] [--runtime host|resident]
+    python -m bench.bench_advance [--streams 8] [--size 256x144] [--frames 8] [--runtime host|resident]
         [--threads 2] [--top 12 (0: all)]
 
 Drives `--streams` extrapolation loops (DDIM 10 + 3 correction, distinct seeds) by hand as the
@@ -24,11 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from sinfusion.io.cli import size
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--streams", type=int, default=8)
-    p.add_argument("--size", default="144x256", help="frame size HxW")
+    p.add_argument("--size", type=size, default=(256, 144), help="frame size WxH (default 256x144)")
     p.add_argument("--frames", type=int, default=8, help="frames per stream")
     p.add_argument("--runtime", choices=("host", "resident"), default="resident")
     p.add_argument("--threads", type=int, default=2)
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.sampling import SamplingOptions, Stepper, extrapolate, run_requests
 
     torch.set_num_threads(args.threads)
-    height, width = (int(v) for v in args.size.split("x"))
+    width, height = args.size
     with tempfile.TemporaryDirectory() as tmp:
         bundle = make_bundle(Path(tmp) / "b", channels=4, blocks=2, height=height, width=width)
         denoiser = (CompiledTorchDenoiser(bundle, "cpu", compile=False, batch_sizes=(1, args.streams))

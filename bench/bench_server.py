@@ -1,13 +1,14 @@
 """Concurrent extrapolation streams through the real server: frames/s and first-frame latency.
 
     nice .venv/bin/python -m bench.bench_server [--runtime torch-cpu|onnxruntime-cpu] [--streams 1,2,4,8]
-        [--frames 4] [--steps 10] [--correction 3] [--threads 1] [--size HxW]
+        [--frames 4] [--steps 10] [--correction 3] [--threads 1] [--size WxH]
 
 Two bundles with random weights (the speed of a step does not depend on their values): the tests'
 tiny network (2 blocks, 8 channels) at 16x24, and the paper's network (16 blocks, 64 channels) at a
-small 32x48 frame (--size sets another frame size for both, e.g. 144x256: with the tiny network
-the engine is then cheap and the scheduler's own work per step shows). For each stream count N, N clients start Extrapolate at once (DDIM `steps` steps,
-`correction` Projector steps per frame, distinct seeds) over a loopback gRPC channel; the table gives
+small 32x48 frame (--size sets another frame size for both, e.g. 256x144: with the tiny network
+the engine is then cheap and the scheduler's own work per step shows). For each stream count N, N
+clients start Extrapolate at once (DDIM `steps` steps, `correction` Projector steps per frame,
+distinct seeds) over a loopback gRPC channel; the table gives
 aggregate frames/s (all frames / wall time), frames/s per stream, first-frame latency (mean and
 max), engine calls per frame, the mean batch, engine time per frame, and the aggregate's ratio to one
 stream: that ratio is batching's gain. Each row is the best of --repeats runs (on a shared machine the
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from sinfusion.io.cli import size
 from sinfusion.server import ServerConfig, serve
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
@@ -130,7 +132,9 @@ async def main_async(args) -> None:
     counts = [int(c) for c in args.streams.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.networks.split(","):
-            spec = NETWORKS[name] if args.size is None else dict(NETWORKS[name], **args.size)
+            spec = dict(NETWORKS[name])
+            if args.size is not None:
+                spec["width"], spec["height"] = args.size
             folder = Path(tmp) / name
             bundle = make_bundle(folder / name, **spec)
             if args.runtime == "onnxruntime-cpu":
@@ -144,11 +148,6 @@ async def main_async(args) -> None:
             print_table(name, spec, rows, args.runtime, args)
 
 
-def frame_size(text: str) -> dict:
-    height, _, width = text.partition("x")
-    return dict(height=int(height), width=int(width))
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runtime", default="torch-cpu", choices=("torch-cpu", "onnxruntime-cpu"))
@@ -159,7 +158,7 @@ def main() -> None:
     p.add_argument("--correction", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3, help="runs per stream count; the best is shown")
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime intra-op threads")
-    p.add_argument("--size", type=frame_size, help="frame size HxW for every network (default: theirs)")
+    p.add_argument("--size", type=size, help="frame size WxH for every network (default: theirs)")
     args = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     logging.getLogger("sinfusion.server").setLevel(logging.WARNING)  # no per-stream lines here

@@ -9,7 +9,7 @@ from bench import bench_advance
 
 @pytest.mark.parametrize("runtime", ["host", "resident"])
 def test_bench_advance_profiles_the_loops_between_engine_calls(runtime, capsys):
-    assert bench_advance.main(["--streams", "2", "--size", "16x24", "--frames", "2",
+    assert bench_advance.main(["--streams", "2", "--size", "24x16", "--frames", "2",
                                "--runtime", runtime, "--top", "0"]) == 0
     out = capsys.readouterr().out
     # 2 frames a stream, each 10 + 3 steps and the correction's noising: every call ran both streams

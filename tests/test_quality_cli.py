@@ -170,8 +170,9 @@ def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path, monkeypatch, capsys):
     code = cli.main(["stability", str(tiny_bundle.path), "--frames", "4", "--sampling-steps", "3",
                      "--iterations", "2", "--figures", str(tmp_path), "--out", str(out)])
     assert code == 0
-    checks = json.loads(out.read_text())["checks"]
-    assert len(json.loads(out.read_text())["per_frame_nnfdist"]) == 3
+    report = json.loads(out.read_text())
+    checks = report["checks"]
+    assert len(report["per_frame_nnfdist"]) == 3
     # the shell gets the verdict in one line, with the JSON's figures
     line = capsys.readouterr().err.splitlines()[0]
     assert line.startswith("sinfusion-quality: 4 frames extrapolated from frame 0: drift ")
