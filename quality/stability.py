@@ -161,6 +161,11 @@ def diversity_report(bundle_path, clips: int = 3, frames: int = 33,
 
 DRIFT_GOAL = 1.5  # late over early NNFDIST a long run should stay within (docs/quality.md)
 COLOUR_STATS = (("mean", "brightness"), ("std", "contrast"), ("saturation", "saturation"))
+# How far past its band a colour statistic may read and still count as inside: a fortieth of a grey
+# level. A stream holds its start frame's brightness and contrast, and where that frame is the
+# clip's darkest or most contrasted the late frames read its value give or take 1e-5 (8-bit
+# rounding): at the band's edge, not past it.
+COLOUR_TOLERANCE = 1e-4
 
 
 def checks_line(checks: dict) -> str:
@@ -181,7 +186,8 @@ def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late
     mean over frames 1..early (both at most a quarter of the clip); a clip that washes out or builds
     up noise drifts up (the target is ratio <= 1.5 over 300 frames). For
     brightness (mean), contrast (std) and saturation, `inside` is the share of the late frames whose
-    value lies in [min, max] of the original clip's frames, and `band` / `late_range` show both.
+    value lies in [min, max] of the original clip's frames (give or take COLOUR_TOLERANCE), and
+    `band` / `late_range` show both.
     """
     values = np.asarray(per_frame, np.float64)
     quarter = max(1, len(values) // 4)
@@ -197,7 +203,8 @@ def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late
         checks[stat] = {"band": [round(band[0], 4), round(band[1], 4)],
                         "late_range": [round(float(late_values.min()), 4),
                                        round(float(late_values.max()), 4)],
-                        "inside": float(np.mean((late_values >= band[0]) & (late_values <= band[1])))}
+                        "inside": float(np.mean((late_values >= band[0] - COLOUR_TOLERANCE)
+                                                & (late_values <= band[1] + COLOUR_TOLERANCE)))}
     return checks
 
 

@@ -69,6 +69,12 @@ def test_stability_checks_flag_drift_and_colour_leaving_its_band():
         "drift 2.00 (NNFDIST of frames 151-200 over frames 1-10, over the goal of 1.5); frames "
         "151-200 inside the clip's colour band: brightness 0%, contrast 100%, saturation 100%")
     assert "within the goal" in checks_line(stability_checks([1.0] * 200, colour))
+    # a start frame at the band's edge, read back give or take 8-bit rounding, is inside; past it is not
+    edge = {"original": colour["original"], "extrapolated": {
+        "mean": [0.4 - 2e-5] * 201, "std": [0.3 + 2e-5] * 201, "saturation": [0.1 + 3e-4] * 201}}
+    checks = stability_checks(per_frame, edge)
+    assert checks["mean"]["inside"] == 1.0 and checks["std"]["inside"] == 1.0
+    assert checks["saturation"]["inside"] == 0.0
 
 
 def test_diversity_report_orders_the_references(tiny_bundle, tmp_path):
