@@ -408,3 +408,29 @@ def test_memory_layout_is_only_a_speed_choice():
         crops = ClipCrops(clip, cfg.crop_fraction, dev, run.generator)
         losses[layout] = [float(train_step(run, crops, tables)) for _ in range(5)]
     np.testing.assert_allclose(losses[None], losses[False], rtol=1e-4)
+
+
+def test_a_checkpoint_written_in_nchw_resumes_channels_last(tmp_path, monkeypatch):
+    """Checkpoints hold plain arrays: a run interrupted while the CPU trained NCHW tensors (before
+    channels-last was the default) resumes with today's layout and finishes."""
+    import functools
+
+    from sinfusion.trainer import training
+    from sinfusion.trainer.loop import build_run
+
+    clip = tiny_clip(6, 16, 24)
+    cfg = tiny_config(steps=4)
+    monkeypatch.setattr(training, "build_run", functools.partial(build_run, channels_last=False))
+
+    def stop(role, step, loss):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(TrainingInterrupted):
+        train_bundle(clip, tmp_path / "b", cfg, roles=["predictor"], progress=False, callback=stop)
+    monkeypatch.setattr(training, "build_run", build_run)
+    losses = []
+    bundle = train_bundle(clip, tmp_path / "b", cfg, roles=["predictor"], resume=True,
+                          progress=False, callback=lambda r, s, loss: losses.append(loss))
+    assert bundle.role("predictor").trained_steps == 4 and len(losses) == 2
+    assert np.isfinite(losses).all()
