@@ -6,9 +6,9 @@
 
 Each row runs trainer.loop.train_step (crop sampling on the device, noising, forward, loss, backward,
 Adam, EMA) on a synthetic clip: the tiny preset's network on the sample clip (96x64 unless --size,
-crops 91x61, batch 2; the cpu preset trains 16:9 clips at 128x72) and the paper's network (16 blocks x 64 channels) on a 256x144 clip (crops 243x137, batch 1,
-as paper appendix D), in each memory layout of --layouts (channels-last is the trainer's default
-on every device). It prints wall-clock steps/s and, because this machine is shared, also steps
+crops 91x61, batch 2; the cpu preset trains 16:9 clips at 128x72) and the paper's network (16 blocks
+x 64 channels) on a 256x144 clip (crops 243x137, batch 1, as paper appendix D), in each memory
+layout of --layouts (channels-last is the trainer's default on every device). It prints wall-clock steps/s and, because this machine is shared, also steps
 per CPU-second of this process (with one thread, what an idle core would do) and the load average.
 """
 
@@ -22,7 +22,7 @@ import time
 from sinfusion.io.cli import size
 
 
-def bench(name: str, role: str, device: str, steps: int, size: tuple[int, int] = (96, 64),
+def bench(name: str, role: str, device: str, steps: int, tiny_size: tuple[int, int] = (96, 64),
           channels_last: bool = True) -> dict:
     import torch
 
@@ -33,7 +33,7 @@ def bench(name: str, role: str, device: str, steps: int, size: tuple[int, int] =
     from sinfusion.trainer.crops import ClipCrops
 
     if name == "tiny":
-        config, (h, w) = get_preset("tiny"), (size[1], size[0])
+        config, (h, w) = get_preset("tiny"), (tiny_size[1], tiny_size[0])
     else:
         config, (h, w) = get_preset("paper"), (144, 256)
     frames = make_sample_clip(8, h, w)
