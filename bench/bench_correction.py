@@ -2,13 +2,14 @@
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
         --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--passes N]
-        [--margin PX] [--coarse LEVEL:WEIGHT] [--steps N] [--frames 300] [--seed 0]
+        [--margin PX] [--coarse LEVEL:WEIGHT] [--layout PULL:SIGMA:MOTION] [--steps N] [--method ddim]
+        [--frames 300] [--seed 0]
         [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
 copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
-correction weight, passes, Predictor margin and coarse correction unless --weight, --passes,
---margin, --coarse; --coarse 0:1 is none), and a
+correction weight, passes, Predictor margin, coarse correction and layout hold unless --weight,
+--passes, --margin, --coarse, --layout; --coarse 0:1 and --layout 0:0:0 are none), and a
 `--frames` extrapolation from the clip's frame 0 scored as `sinfusion-quality stability` does
 (late / early NNFDIST, colour bands), with a contact sheet per level in --figures. --train first
 trains a Projector alone on CLIP with the cpu preset and the --set overrides (the Projector gets
@@ -59,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
                                                    "predictor bundle's)")
     parser.add_argument("--coarse", help="coarse correction LEVEL:WEIGHT before the passes "
                                           "(default: the predictor bundle's; 0:1 = none)")
-    parser.add_argument("--steps", type=int, help="DDIM steps (default: the served default)")
+    parser.add_argument("--layout", help="layout hold PULL:SIGMA:MOTION of a stream's frames "
+                                          "(default: the predictor bundle's; 0:0:0 = none)")
+    parser.add_argument("--steps", type=int, help="sampler steps (default: the served default)")
+    parser.add_argument("--method", default="ddim", help="the Predictor's sampler: ddim or ddpm")
     parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
     from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
-    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate
+    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate, layout_weights
     from sinfusion.trainer.monitor import holdout_count
 
     torch.set_num_threads(args.threads)
@@ -96,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         level, weight = args.coarse.split(":")
         sampling = replace(sampling, coarse_correction_level=int(level),
                            coarse_correction_weight=float(weight))
+    if args.layout is not None:
+        pull, sigma, motion = (float(v) for v in args.layout.split(":"))
+        sampling = replace(sampling, layout_pull=pull, layout_sigma=sigma, layout_motion=motion,
+                           layout_weights=layout_weights(pb.frames(), pull, sigma, motion)
+                           if pull else None)
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):
         started = time.monotonic()
-        options = SamplingOptions(args.steps or DEFAULT_DDIM_STEPS, "ddim", level)
+        options = SamplingOptions(args.steps or DEFAULT_DDIM_STEPS, args.method, level)
         scores = nextframe.score_pairs(frames, pairs, nextframe.predict_pairs(
             denoiser, sampling, frames, pairs, 1, options, 0, 16))
         loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(args.seed),

@@ -79,6 +79,9 @@ class ModelInfo:
     predictor_margin: int = 0  # px of mirrored frame the Predictor works with
     coarse_correction_level: int = 0  # a coarse correction's level before those at T_corr (0: none)
     coarse_correction_weight: float = 1.0  # share of its change a frame keeps
+    layout_pull: float = 0.0  # share of the way a stream's frame moves to its first frame's layout
+    layout_sigma: float = 0.0  # px of blur that makes a frame's layout
+    layout_motion: float = 0.0  # the clip's layout spread where nothing is held (0: held everywhere)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -89,7 +92,8 @@ class ModelInfo:
                    tuple(m.roles), m.schedule_steps, m.default_correction_steps, tuple(m.batch_sizes),
                    m.mode, m.max_step, quality if m.HasField("quality") else None,
                    m.correction_weight or 1.0, m.correction_passes or 1, m.predictor_margin,
-                   m.coarse_correction_level, m.coarse_correction_weight or 1.0)
+                   m.coarse_correction_level, m.coarse_correction_weight or 1.0, m.layout_pull,
+                   m.layout_sigma, m.layout_motion)
 
 
 @dataclass(frozen=True)

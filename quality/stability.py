@@ -20,8 +20,8 @@ import numpy as np
 
 from sinfusion.bundle import Bundle
 from sinfusion.frames import to_model, to_uint8
-from sinfusion.sampling import (Frame, SamplingOptions, extrapolate, generate, options_record,
-                                run_lockstep)
+from sinfusion.sampling import (BundleSampling, Frame, SamplingOptions, extrapolate, generate,
+                                options_record, run_lockstep)
 
 from .nnf import NNFResult, PatchMatchOptions, nearest_neighbour_field
 
@@ -55,14 +55,16 @@ def generate_clips(bundle: Bundle, clips: int, frames: int, sampling: SamplingOp
 
 
 def extrapolate_clip(bundle: Bundle, start: int, frames: int, k: int, sampling: SamplingOptions,
-                     seed: int = 0, denoiser=None) -> np.ndarray:
-    """The clip's frame `start` followed by `frames` predicted frames, uint8 (frames+1, H, W, 3)."""
+                     seed: int = 0, denoiser=None, bundle_sampling: BundleSampling | None = None
+                     ) -> np.ndarray:
+    """The clip's frame `start` followed by `frames` predicted frames, uint8 (frames+1, H, W, 3),
+    sampled with the bundle's facts (or `bundle_sampling`, the same bundle's served otherwise)."""
     original = bundle.frames()
     if not 0 <= start < len(original):
         raise ValueError(f"start frame must be in [0, {len(original) - 1}], got {start}")
     roles = [r for r in ("predictor", "projector") if r in bundle.roles]
     denoiser = denoiser or _denoiser(bundle, roles)
-    loop = extrapolate(bundle.sampling(), to_model(original[start]), frames, k,
+    loop = extrapolate(bundle_sampling or bundle.sampling(), to_model(original[start]), frames, k,
                        np.random.default_rng(seed), sampling)
     (out,) = _collect([loop], denoiser, [frames])
     return np.concatenate([original[start:start + 1], out])
@@ -179,23 +181,30 @@ def checks_line(checks: dict) -> str:
             f"{inside}")
 
 
-def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late: int = 50) -> dict:
-    """The long-run criteria: late NNFDIST against early, and colour inside the original's band.
-
-    per_frame[i] is the NNFDIST of output frame i + 1. `ratio` = mean over the last `late` frames /
-    mean over frames 1..early (both at most a quarter of the clip); a clip that washes out or builds
-    up noise drifts up (the target is ratio <= 1.5 over 300 frames). For
-    brightness (mean), contrast (std) and saturation, `inside` is the share of the late frames whose
-    value lies in [min, max] of the original clip's frames (give or take COLOUR_TOLERANCE), and
-    `band` / `late_range` show both.
-    """
+def drift_check(per_frame: list[float], early: int = 10, late: int = 50) -> dict:
+    """How far a stream's late frames are from the clip against its early ones: per_frame[i] is the
+    NNFDIST of output frame i + 1; `ratio` = mean over the last `late` frames / mean over frames
+    1..early (both at most a quarter of the stream)."""
     values = np.asarray(per_frame, np.float64)
     quarter = max(1, len(values) // 4)
     early, late = min(early, quarter), min(late, quarter)
     first, last = values[:early], values[-late:]
-    checks: dict = {"early_frames": [1, early], "late_frames": [len(values) + 1 - late, len(values)],
-                    "early_nnfdist": float(first.mean()), "late_nnfdist": float(last.mean()),
-                    "ratio": float(last.mean() / max(first.mean(), 1e-12))}
+    return {"early_frames": [1, early], "late_frames": [len(values) + 1 - late, len(values)],
+            "early_nnfdist": float(first.mean()), "late_nnfdist": float(last.mean()),
+            "ratio": float(last.mean() / max(first.mean(), 1e-12))}
+
+
+def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late: int = 50) -> dict:
+    """The long-run criteria: late NNFDIST against early, and colour inside the original's band.
+
+    The drift is `drift_check`'s: a clip that washes out or builds up noise drifts up (the target
+    is ratio <= 1.5 over 300 frames). For
+    brightness (mean), contrast (std) and saturation, `inside` is the share of the late frames whose
+    value lies in [min, max] of the original clip's frames (give or take COLOUR_TOLERANCE), and
+    `band` / `late_range` show both.
+    """
+    checks = drift_check(per_frame, early, late)
+    late = checks["late_frames"][1] + 1 - checks["late_frames"][0]
     generated = colour["extrapolated"] if "extrapolated" in colour else colour["generated"]
     for stat, _ in COLOUR_STATS:
         band = (min(colour["original"][stat]), max(colour["original"][stat]))

@@ -51,6 +51,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         correction_passes=m.correction_passes, predictor_margin=m.predictor_margin,
         coarse_correction_level=m.coarse_correction_level,
         coarse_correction_weight=m.coarse_correction_weight,
+        layout_pull=m.layout_pull, layout_sigma=m.layout_sigma, layout_motion=m.layout_motion,
     )
 
 

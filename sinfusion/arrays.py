@@ -102,6 +102,41 @@ def crop_margin(frame, margin: int):
     return frame if margin == 0 else frame[:, margin:-margin, margin:-margin]
 
 
+@functools.lru_cache(maxsize=32)
+def _blur_matrix(length: int, sigma: float) -> np.ndarray:
+    """(length, length) float32: a Gaussian blur of standard deviation `sigma` px along one side,
+    the side mirrored past its ends as `pad_mirrored` does; each row sums to 1."""
+    radius = max(1, int(np.ceil(3.0 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    source = _mirrored_index(length, radius)  # padded position -> pixel of the side
+    m = np.zeros((length, length), np.float64)
+    for offset, weight in enumerate(taps):  # output i reads padded position i + offset
+        np.add.at(m, (np.arange(length), source[offset:offset + length]), weight)
+    m = m.astype(np.float32)
+    m.setflags(write=False)  # shared by every call (cached)
+    return m
+
+
+@functools.lru_cache(maxsize=32)
+def _blur_matrix_on(length: int, sigma: float, device):
+    """_blur_matrix as a tensor on `device`, made once."""
+    import torch
+
+    return torch.tensor(_blur_matrix(length, sigma), device=device)  # a copy: the cache is read-only
+
+
+def layout(frame, sigma: float):
+    """A (C, H, W) frame's layout: the frame blurred by a Gaussian of `sigma` px, mirrored past its
+    edges. A matrix product on each side, the same arithmetic on host and device."""
+    h, w = (int(n) for n in frame.shape[1:])
+    if is_host(frame):
+        down, across = _blur_matrix(h, sigma), _blur_matrix(w, sigma)
+        return (down @ frame @ across.T).astype(np.float32)
+    down, across = (_blur_matrix_on(n, sigma, frame.device) for n in (h, w))
+    return down @ frame @ across.T
+
+
 def rows(batch) -> list:
     """A batched output split into its samples: float32 numpy rows, or views of the device tensor."""
     if is_host(batch) or not hasattr(batch, "unbind"):

@@ -31,7 +31,7 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import BundleSampling, Palette, RoleSampling, serving_problems
+from .sampling import BundleSampling, Palette, RoleSampling, layout_weights, serving_problems
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -167,6 +167,13 @@ class Manifest:
     # change a frame keeps (sampling.correct).
     coarse_correction_level: int = 0
     coarse_correction_weight: float = 1.0
+    # Each corrected frame of a stream moves this share of the way to its start frame's layout, the
+    # frame blurred by layout_sigma px, where the clip's layout holds still: less where it varies,
+    # none where its standard deviation reaches layout_motion (0: everywhere alike). Pull 0: none,
+    # the paper's (sampling.correct, sampling.layout_weights).
+    layout_pull: float = 0.0
+    layout_sigma: float = 0.0
+    layout_motion: float = 0.0
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -197,6 +204,9 @@ class Manifest:
             "predictor_margin": self.predictor_margin,
             "coarse_correction_level": self.coarse_correction_level,
             "coarse_correction_weight": self.coarse_correction_weight,
+            "layout_pull": self.layout_pull,
+            "layout_sigma": self.layout_sigma,
+            "layout_motion": self.layout_motion,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -234,6 +244,9 @@ class Manifest:
                 predictor_margin=int(d.get("predictor_margin", 0)),
                 coarse_correction_level=int(d.get("coarse_correction_level", 0)),
                 coarse_correction_weight=float(d.get("coarse_correction_weight", 1.0)),
+                layout_pull=float(d.get("layout_pull", 0.0)),
+                layout_sigma=float(d.get("layout_sigma", 0.0)),
+                layout_motion=float(d.get("layout_motion", 0.0)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -253,7 +266,8 @@ class Manifest:
         projector = m.roles.get("projector")
         problems = serving_problems(m.correction_weight, m.correction_passes, m.predictor_margin,
                                     m.coarse_correction_level, m.coarse_correction_weight,
-                                    int(projector.schedule["steps"]) if projector else None)
+                                    int(projector.schedule["steps"]) if projector else None,
+                                    m.layout_pull, m.layout_sigma, m.layout_motion)
         if problems:
             raise BundleError(f"{where}: {problems[0]}")
         return m
@@ -267,6 +281,7 @@ class Bundle:
     def __init__(self, path: str | os.PathLike, manifest: Manifest) -> None:
         self.path = Path(path)
         self.manifest = manifest
+        self._layout_cache: tuple | None = None  # (manifest setting, layout weights)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Bundle:
@@ -336,12 +351,25 @@ class Bundle:
         return missing + [e.weights for e in self.manifest.roles.values() if not e.sha256]
 
     def sampling(self) -> BundleSampling:
-        """The sampling facts of every trained role."""
+        """The sampling facts of every trained role (with the layout pull of each pixel, from the
+        clip, where the bundle holds its streams' layout)."""
+        m = self.manifest
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
-                               for r, e in self.manifest.roles.items()}, self.manifest.palette,
-                              self.manifest.correction_weight, self.manifest.correction_passes,
-                              self.manifest.predictor_margin, self.manifest.coarse_correction_level,
-                              self.manifest.coarse_correction_weight)
+                               for r, e in m.roles.items()}, m.palette,
+                              m.correction_weight, m.correction_passes, m.predictor_margin,
+                              m.coarse_correction_level, m.coarse_correction_weight, m.layout_pull,
+                              m.layout_sigma, m.layout_motion, self._layout_weights())
+
+    def _layout_weights(self) -> np.ndarray | None:
+        """sampling.layout_weights of this clip, made once per manifest setting; None without a
+        layout pull."""
+        m = self.manifest
+        if not m.layout_pull:
+            return None
+        key = (m.layout_pull, m.layout_sigma, m.layout_motion)
+        if self._layout_cache is None or self._layout_cache[0] != key:
+            self._layout_cache = (key, layout_weights(self.frames(), *key))
+        return self._layout_cache[1]
 
     def save_manifest(self) -> None:
         atomic_write_json(self.path / MANIFEST, self.manifest.to_dict())

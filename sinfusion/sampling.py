@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 
 from . import arrays
+from .frames import to_model
 from .schedule import Schedule
 
 METHODS = ("ddpm", "ddim")
@@ -157,14 +158,25 @@ PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 1, after a coarse one)
 MAX_PREDICTOR_MARGIN = 64  # px: a bound on a bundle's predictor_margin (the cpu preset uses 8)
 MAX_COARSE_LEVEL = 1000  # the longest schedule a config may ask for (TrainConfig.schedule_steps)
+MAX_LAYOUT_SIGMA = 64.0  # px: a bound on a bundle's layout_sigma (the cpu preset uses 2.5 at 128x72)
 
 
 def serving_problems(weight: float, passes: int, margin: int = 0, coarse_level: int = 0,
-                     coarse_weight: float = 1.0, schedule_steps: int | None = None) -> list[str]:
+                     coarse_weight: float = 1.0, schedule_steps: int | None = None,
+                     layout_pull: float = 0.0, layout_sigma: float = 0.0,
+                     layout_motion: float = 0.0) -> list[str]:
     """What is wrong with how a bundle serves frames (its or a training config's correction weight,
-    pass count, Predictor margin and coarse correction, whose level must lie on the Projector's
-    schedule of `schedule_steps` levels where that is known); empty when all are valid."""
+    pass count, Predictor margin, coarse correction, whose level must lie on the Projector's
+    schedule of `schedule_steps` levels where that is known, and layout hold); empty when all are
+    valid."""
     problems = []
+    if not 0.0 <= layout_pull < 1.0:
+        problems.append(f"layout_pull must be in [0, 1), got {layout_pull}")
+    if layout_pull > 0 and not 0.0 < layout_sigma <= MAX_LAYOUT_SIGMA:
+        problems.append(f"layout_sigma must be in (0, {MAX_LAYOUT_SIGMA:g}] px where layout_pull "
+                        f"is above 0, got {layout_sigma}")
+    if not 0.0 <= layout_motion <= 2.0:
+        problems.append(f"layout_motion must be in [0, 2], got {layout_motion}")
     top = MAX_COARSE_LEVEL if schedule_steps is None else schedule_steps
     if not 0 <= coarse_level <= top:
         problems.append(f"coarse_correction_level must be in [0, {top}], got {coarse_level}")
@@ -190,6 +202,10 @@ def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
         if sampling.coarse_level(options):
             record["coarse_correction_level"] = sampling.coarse_correction_level
             record["coarse_correction_weight"] = sampling.coarse_correction_weight
+        if sampling.layout_pull:
+            record["layout_pull"] = sampling.layout_pull
+            record["layout_sigma"] = sampling.layout_sigma
+            record["layout_motion"] = sampling.layout_motion
     if sampling.predictor_margin:
         record["predictor_margin"] = sampling.predictor_margin
     return record
@@ -246,7 +262,8 @@ class BundleSampling:
     clip's palette (None in bundles written before it was recorded), how much of the Projector's
     change a correction keeps (1 = all of it, the paper's; a cpu bundle keeps half), how many
     times a frame is corrected at T_corr (1, the paper's), the Predictor's margin (0, the paper's;
-    see `predict_frame`) and the coarse correction before those (level 0: none, the paper's; see
+    see `predict_frame`), the coarse correction before those (level 0: none, the paper's; see
+    `correct`) and the layout hold of a stream's corrected frames (pull 0: none, the paper's; see
     `correct`)."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
@@ -256,6 +273,11 @@ class BundleSampling:
     predictor_margin: int = 0  # px, 0..MAX_PREDICTOR_MARGIN
     coarse_correction_level: int = 0  # 0: none
     coarse_correction_weight: float = 1.0
+    layout_pull: float = 0.0  # 0: none
+    layout_sigma: float = 0.0  # px at the bundle's frame size
+    layout_motion: float = 0.0  # 0: held everywhere alike
+    # Each pixel's pull (H, W), from the clip (`layout_weights`); None: no frame is held
+    layout_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -409,10 +431,39 @@ def corrects(sampling: BundleSampling, options: SamplingOptions) -> bool:
     return options.correction_steps > 0 and "projector" in sampling.roles
 
 
-def _colours_if_corrected(sampling: BundleSampling, options: SamplingOptions, frame):
-    """The colours the correction gives frames taken after `frame`; None (nothing computed) when
+@dataclass(frozen=True)
+class StreamAnchor:
+    """What the correction holds every frame of a stream to, taken once from its start frame: the
+    colours, and the layout (`arrays.layout`) where the bundle holds one (else None)."""
+
+    colours: arrays.Colours
+    layout: object | None = None
+
+
+def layout_weights(frames: np.ndarray, pull: float, sigma: float, motion: float) -> np.ndarray:
+    """Each pixel's layout pull, float32 (H, W), from a clip's uint8 frames (N, H, W, 3): `pull`
+    where the clip's layout holds still, falling linearly to none where its standard deviation over
+    the clip (the colour channels' mean, on the [-1, 1] scale) reaches `motion` (0: `pull`
+    everywhere). What moves in the clip moves freely in a stream; what stands still stays."""
+    if motion <= 0:
+        return np.full(frames.shape[1:3], pull, np.float32)
+    total = squares = 0.0
+    for frame in frames:  # a frame at a time: a long clip's layouts are not all held at once
+        x = arrays.layout(to_model(frame), sigma)
+        total, squares = total + x.astype(np.float64), squares + x.astype(np.float64) ** 2
+    mean = total / len(frames)
+    spread = np.sqrt(np.maximum(squares / len(frames) - mean**2, 0.0)).mean(axis=0)
+    return (pull * np.clip(1.0 - spread / motion, 0.0, 1.0)).astype(np.float32)
+
+
+def stream_anchor(sampling: BundleSampling, options: SamplingOptions, frame) -> StreamAnchor | None:
+    """The anchor the correction gives frames taken after `frame`; None (nothing computed) when
     frames are not corrected."""
-    return arrays.colours_of(frame) if corrects(sampling, options) else None
+    if not corrects(sampling, options):
+        return None
+    held = sampling.layout_weights is not None
+    return StreamAnchor(arrays.colours_of(frame),
+                        arrays.layout(frame, sampling.layout_sigma) if held else None)
 
 
 def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.random.Generator,
@@ -427,7 +478,7 @@ def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.rand
 
 
 def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generator,
-            options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
+            options: SamplingOptions, anchor: StreamAnchor | None = None) -> Loop:
     """Projector correction: noise to T_corr, denoise back (paper appendix D). No-op when off.
 
     The frame moves by the bundle's `correction_weight` of what the Projector changed: the noise it
@@ -441,15 +492,23 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     level, made with the Predictor's margin of mirrored frame: it pulls larger structures back to
     the clip's, which level 1 cannot reach, without the Projector inventing at the frame's edges
     (docs/training.md, "A coarse correction first").
-    The corrected frame then takes `colours` (default: the frame's own): its mean colour and colour
-    covariance, so brightness, contrast and saturation, as shown (clamped). Correction mends patches, it does not change the exposure: a small bias of the
-    Projector, or the contrast a clamp takes from a frame, would otherwise add up over a stream
-    (measured: tornado's brightness went from the clip's 0.42 to 0.51 in 300 corrected frames).
+    Where the `anchor` has a layout (a stream's start frame's, when the bundle holds one), the
+    frame's own layout then moves each pixel's `layout_weights` share of the way to it: the frame
+    plus that share of the difference of the two blurred frames. Where the clip holds still, each
+    frame's big picture relaxes towards the start frame's while finer detail and what moves in the
+    clip move freely: tornado's cloud stays over its trees instead of lifting away (300 frames
+    drift 2.1 instead of 6.6), which neither correction reaches (docs/training.md, "Holding the
+    layout").
+    The corrected frame then takes the anchor's colours (default: the frame's own): its mean colour
+    and colour covariance, so brightness, contrast and saturation, as shown (clamped). Correction
+    mends patches, it does not change the exposure: a small bias of the Projector, or the contrast a
+    clamp takes from a frame, would otherwise add up over a stream (measured: tornado's brightness
+    went from the clip's 0.42 to 0.51 in 300 corrected frames).
     """
     if not corrects(sampling, options):
         return frame
     rs = sampling["projector"]
-    colours = arrays.colours_of(frame) if colours is None else colours
+    colours = arrays.colours_of(frame) if anchor is None else anchor.colours
     x = frame
     coarse = sampling.coarse_level(options)
     if coarse:
@@ -458,13 +517,16 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     for _ in range(sampling.correction_passes):
         x = yield from _projector_pass(rs, x, options.correction_steps,
                                        sampling.correction_weight, rng)
+    if anchor is not None and anchor.layout is not None:
+        x = x + arrays.like(sampling.layout_weights, x) * (arrays.like(anchor.layout, x)
+                                                           - arrays.layout(x, sampling.layout_sigma))
     return arrays.keep_colours(x, colours)
 
 
 def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.random.Generator,
-                  options: SamplingOptions, colours: arrays.Colours | None = None) -> Loop:
+                  options: SamplingOptions, anchor: StreamAnchor | None = None) -> Loop:
     """Frame n+k from frame n: Predictor from noise, conditioned on prev, then Projector correction,
-    which gives the frame `colours` (default: prev's).
+    which holds the frame to `anchor` (default: prev's).
 
     With a `predictor_margin` M, the Predictor works on prev mirrored M px out past its edges on
     every side, and the frame is cut back out of its output. A network sees zeros past a frame's
@@ -482,8 +544,8 @@ def predict_frame(sampling: BundleSampling, prev: np.ndarray, k: int, rng: np.ra
     x = yield from denoise("predictor", rs, x, rng, start=rs.schedule.steps, steps=options.steps,
                            method=options.method, cond=cond, k=float(k))
     x = arrays.crop_margin(x, margin)
-    colours = _colours_if_corrected(sampling, options, prev) if colours is None else colours
-    return (yield from correct(sampling, x, rng, options, colours))
+    anchor = stream_anchor(sampling, options, prev) if anchor is None else anchor
+    return (yield from correct(sampling, x, rng, options, anchor))
 
 
 def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.ndarray,
@@ -502,14 +564,15 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
     """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`.
 
     The start frame itself is not emitted. Each frame is yielded as soon as it is final. Corrected
-    frames keep the start frame's colours: measured against it, a frame's small error (where a clamp
-    takes contrast the rescale cannot give back) stays one frame's, instead of adding up over a stream.
+    frames keep the start frame's colours (and layout, where the bundle holds it): measured against
+    it, a frame's small error (where a clamp takes contrast the rescale cannot give back) stays one
+    frame's, instead of adding up over a stream.
     """
     validate_k(k)
-    colours = _colours_if_corrected(sampling, options, start)  # once: every corrected frame's
+    anchor = stream_anchor(sampling, options, start)  # once: every corrected frame's
     prev = start
     for i in range(count):
-        prev = yield from predict_frame(sampling, prev, k, rng, options, colours)
+        prev = yield from predict_frame(sampling, prev, k, rng, options, anchor)
         yield Frame(i, prev)
     return prev
 
@@ -521,10 +584,10 @@ def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: 
         return None
     first = yield from generate_frame(sampling, shape, rng, options)
     yield Frame(0, first)
-    colours = _colours_if_corrected(sampling, options, first)
+    anchor = stream_anchor(sampling, options, first)
     last = first
     for i in range(1, count):
-        last = yield from predict_frame(sampling, last, k, rng, options, colours)
+        last = yield from predict_frame(sampling, last, k, rng, options, anchor)
         yield Frame(i, last)
     return last
 

@@ -11,7 +11,7 @@ import torch
 
 from sinfusion import sampling as S
 from sinfusion.arrays import (_colour_moments, colours_from, colours_of, crop_margin, keep_colours,
-                             match_channels, pad_mirrored)
+                             layout, match_channels, pad_mirrored)
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -202,14 +202,14 @@ def test_correction_keeps_the_frames_colours(tiny_bundle):
     frame = frames[3]
     on = S.SamplingOptions(correction_steps=2)
 
-    def corrected(sampling, colours=None):
-        return S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), on, colours),
+    def corrected(sampling, anchor=None):
+        return S.run_to_value(S.correct(sampling, frame, np.random.default_rng(0), on, anchor),
                               denoiser)
 
     fixed = corrected(sampling)
     assert np.abs(fixed - frame).mean() > 1e-3  # the Projector did change it
     assert_same_colours(fixed, frame)
-    assert_same_colours(corrected(sampling, colours=colours_of(frames[0])), frames[0])
+    assert_same_colours(corrected(sampling, S.StreamAnchor(colours_of(frames[0]))), frames[0])
     assert sampling.correction_weight == 1.0  # the tiny preset's (and the paper's)
     half = corrected(dataclasses.replace(sampling, correction_weight=0.5))
     assert_same_colours(half, frame)
@@ -394,3 +394,107 @@ def test_a_coarse_correction_comes_first_with_the_margin(tiny_bundle):
     assert (record["coarse_correction_level"], record["coarse_correction_weight"]) == (3, 0.25)
     assert "coarse_correction_level" not in S.options_record(
         dataclasses.replace(options, correction_steps=3), sampling)
+
+
+def test_a_layout_is_a_gaussian_blur_mirrored_past_the_edges_on_host_and_device():
+    """A flat frame is its own layout; inside the frame a point spreads by sigma px in each
+    direction and keeps its sum; at the edges the frame is mirrored as the Predictor's margin is;
+    a device tensor gets the same numbers."""
+    flat = np.full((3, 12, 20), 0.3, np.float32)
+    np.testing.assert_allclose(layout(flat, 2.0), flat, atol=1e-6)
+    point = np.zeros((1, 41, 41), np.float32)
+    point[0, 20, 20] = 1.0
+    blurred = layout(point, 3.0)[0]
+    assert blurred.sum() == pytest.approx(1.0, abs=1e-4)
+    spread = np.sqrt((blurred.sum(axis=0) * (np.arange(41) - 20.0) ** 2).sum())
+    assert spread == pytest.approx(3.0, rel=0.02)
+    frame = np.random.default_rng(0).random((3, 9, 14), dtype=np.float32)
+    radius = 6  # ceil(3 sigma) for sigma 2
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / 2.0) ** 2)
+    taps /= taps.sum()
+    padded = pad_mirrored(frame, radius)
+    by_hand = sum(w * padded[:, dy:dy + 9, radius:-radius] for dy, w in enumerate(taps))
+    by_hand = sum(w * np.pad(by_hand, ((0, 0), (0, 0), (radius, radius)), mode="reflect")[:, :, dx:dx + 14]
+                  for dx, w in enumerate(taps))
+    np.testing.assert_allclose(layout(frame, 2.0), by_hand, atol=1e-5)
+    np.testing.assert_allclose(layout(torch.from_numpy(frame), 2.0).numpy(), layout(frame, 2.0), atol=1e-6)
+
+
+def test_the_layout_pull_is_held_where_the_clip_holds_still():
+    """Each pixel's pull: the bundle's where the clip's layout does not change, none where its
+    spread over the clip reaches layout_motion, linear between; layout_motion 0 holds every pixel
+    alike."""
+    clip = np.full((6, 20, 30, 3), 100, np.uint8)
+    for t in range(6):  # a bright square crossing the left half; the right half stands still
+        clip[t, 8:12, 2 + 2 * t:6 + 2 * t] = 250
+    weights = S.layout_weights(clip, 0.2, 1.5, 0.05)
+    assert weights.shape == (20, 30) and weights.dtype == np.float32
+    assert weights[:, 22:].min() == pytest.approx(0.2)  # still: held
+    assert weights[10, 6:12].max() == 0.0  # the square's path: free
+    assert 0 < weights[6, 8] < 0.2 or 0 < weights[5, 8] < 0.2  # its blurred edge: in between
+    np.testing.assert_array_equal(S.layout_weights(clip, 0.2, 1.5, 0.0), np.full((20, 30), 0.2, np.float32))
+
+
+def test_manifest_records_the_layout_hold(tiny_bundle):
+    """Written and read back, with each pixel's pull made from the bundle's clip; older manifests
+    hold no layout (the paper's); a pull outside [0, 1), a pull without a blur or a motion outside
+    [0, 2] is refused with the field named."""
+    path = tiny_bundle.path / "manifest.json"
+    data = json.loads(path.read_text())
+    assert (data["layout_pull"], data["layout_sigma"], data["layout_motion"]) == (0.0, 0.0, 0.0)
+    assert tiny_bundle.sampling().layout_weights is None
+    data.update(layout_pull=0.1, layout_sigma=2.5, layout_motion=0.05)
+    path.write_text(json.dumps(data))
+    bundle = Bundle.open(tiny_bundle.path)
+    sampling = bundle.sampling()
+    assert (sampling.layout_pull, sampling.layout_sigma, sampling.layout_motion) == (0.1, 2.5, 0.05)
+    np.testing.assert_array_equal(sampling.layout_weights,
+                                  S.layout_weights(bundle.frames(), 0.1, 2.5, 0.05))
+    for field in ("layout_pull", "layout_sigma", "layout_motion"):
+        del data[field]
+    path.write_text(json.dumps(data))
+    assert Bundle.open(tiny_bundle.path).sampling().layout_pull == 0.0
+    for values, message in (({"layout_pull": 1.0, "layout_sigma": 2.0}, r"layout_pull must be in \[0, 1\), got 1.0"),
+                            ({"layout_pull": 0.1}, r"layout_sigma must be in \(0, 64\] px"),
+                            ({"layout_motion": -1}, r"layout_motion must be in \[0, 2\]")):
+        path.write_text(json.dumps({**data, **values}))
+        with pytest.raises(BundleError, match=message):
+            Bundle.open(tiny_bundle.path)
+
+
+def test_a_stream_holds_its_start_frames_layout(tiny_bundle):
+    """After the passes at T_corr, a frame of a stream moves each pixel's layout pull of the way
+    from its own layout to the start frame's, then takes the start frame's colours; frames
+    corrected without a stream's anchor (the Interpolator's) and uncorrected ones are held to
+    nothing. Over a stream the frames' layouts stay nearer the start frame's than without the hold."""
+    frames = tiny_bundle.frames().astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+    pulls = np.linspace(0.2, 0.6, frames[0, 0].size, dtype=np.float32).reshape(frames.shape[2:])
+    sampling = dataclasses.replace(tiny_bundle.sampling(), correction_weight=0.5, layout_pull=0.6,
+                                   layout_sigma=2.0, layout_weights=pulls)
+    options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
+    anchor = S.stream_anchor(sampling, options, frames[0])
+    np.testing.assert_array_equal(anchor.layout, layout(frames[0], 2.0))
+    eager = TorchDenoiser(tiny_bundle)
+    out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
+    rng, rs = np.random.default_rng(2), sampling["projector"]  # the same draws, by hand
+    raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frames[3], rs.schedule, 1, rng), rng,
+                                   start=1), eager)
+    x = frames[3] + 0.5 * (raw - frames[3])
+    held = x + pulls * (anchor.layout - layout(x, 2.0))
+    np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
+    unheld = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options), eager)
+    np.testing.assert_allclose(unheld, keep_colours(x, colours_of(frames[3])), atol=1e-5)
+    assert S.stream_anchor(sampling, dataclasses.replace(options, correction_steps=0), frames[0]) is None
+    assert S.stream_anchor(tiny_bundle.sampling(), options, frames[0]).layout is None
+    record = S.options_record(options, sampling)
+    assert (record["layout_pull"], record["layout_sigma"], record["layout_motion"]) == (0.6, 2.0, 0.0)
+    assert "layout_pull" not in S.options_record(options, tiny_bundle.sampling())
+
+    def drift(pull):
+        held = dataclasses.replace(sampling, layout_pull=pull, layout_weights=None if pull == 0 else
+                                   np.full(frames.shape[2:], pull, np.float32))
+        loop = S.extrapolate(held, frames[0], 6, 1, np.random.default_rng(0), options)
+        return [np.abs(layout(f.image, 2.0) - anchor.layout).mean() for f in S.run(loop, eager)]
+
+    free, kept = drift(0.0), drift(0.4)
+    assert kept[-1] < 0.8 * free[-1], (free, kept)

@@ -160,7 +160,8 @@ def test_resident_loop_keeps_tensors_and_matches_numpy(resident, eager):
 def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eager):
     """Each role is prepared at the sizes its steps take: with a margin, the Predictor's canvas (the
     frame padded on the device, then cut back), and the frame and that canvas for a Projector that
-    corrects coarsely; the frames equal the numpy runtime's."""
+    corrects coarsely; the frames, held to the start frame's layout on the device, equal the
+    numpy runtime's."""
     nets = {r: networks[r] for r in ("predictor", "projector")}
     canvas = (SIZE[0] + 4, SIZE[1] + 4)
     sizes = {"predictor": canvas, "projector": [SIZE, canvas]}  # and the coarse correction's
@@ -170,7 +171,9 @@ def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eag
         ("predictor", canvas), ("projector", SIZE), ("projector", canvas)}
     sampling = sampling_facts(("predictor", "projector"))
     sampling = BundleSampling(sampling.roles, predictor_margin=2, coarse_correction_level=3,
-                              coarse_correction_weight=0.25)
+                              coarse_correction_weight=0.25, layout_pull=0.2, layout_sigma=1.5,
+                              layout_weights=np.linspace(0, 0.2, SIZE[0] * SIZE[1],
+                                                         dtype=np.float32).reshape(SIZE))
     start = np.random.default_rng(4).uniform(-1, 1, (3, *SIZE)).astype(np.float32)
     ours = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), den)]
     theirs = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), eager)]

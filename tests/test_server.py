@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from sinfusion import sampling
 from sinfusion.frames import to_model, to_uint8
 from sinfusion.v1 import sinfusion_pb2 as pb
-from tests.conftest import pixels, raw, serve, tiny_clip
+from sinfusion.bundle import Bundle
+from tests.conftest import make_tiny_bundle, pixels, raw, serve, tiny_clip
 
 H, W = 16, 24
 
@@ -58,6 +59,7 @@ def test_list_and_describe(stub):
     assert info.correction_weight == 1.0  # set: a server before the field sends 0 (clients read 1)
     assert info.correction_passes == 1 and info.predictor_margin == 0
     assert (info.coarse_correction_level, info.coarse_correction_weight) == (0, 1.0)
+    assert (info.layout_pull, info.layout_sigma) == (0.0, 0.0)  # the paper's: none
     still = stub.DescribeModel(pb.DescribeModelRequest(model="still"))
     assert list(still.capabilities) == ["generate"]
 
@@ -70,6 +72,25 @@ def test_extrapolate_streams_frames_in_order(stub, step):
     for f in frames:
         assert (f.width, f.height, f.synthesized, f.resized) == (W, H, True, False)
         pixels(f)
+
+
+def test_a_model_holding_its_streams_layout_says_so_and_serves_the_core_loop(tmp_path):
+    """DescribeModel reports the manifest's layout hold, and an Extrapolate stream's frames are the
+    core loop's with it (each held to the start frame's layout)."""
+    bundle = make_tiny_bundle(tmp_path / "models" / "held")
+    bundle.manifest.layout_pull, bundle.manifest.layout_sigma = 0.3, 1.5
+    bundle.save_manifest()
+    with serve(tmp_path / "models", grace=0.5) as (running, stub):
+        info = stub.DescribeModel(pb.DescribeModelRequest(model="held"))
+        assert (info.layout_pull, info.layout_sigma) == (0.3, 1.5)
+        served = [pixels(f) for f in stub.Extrapolate(pb.ExtrapolateRequest(
+            model="held", frames=3, start_frame=1, sampling=fast(seed=4)))]
+        model = running.models["held"]
+        assert model.sampling.layout_pull == 0.3
+        start = to_model(Bundle.open(bundle.path).frames()[1])
+        assert_core_frames(served, model, sampling.extrapolate(
+            model.sampling, start, 3, 1, np.random.default_rng(4),
+            sampling.SamplingOptions(steps=2, method="ddim", correction_steps=1)))
 
 
 def test_extrapolate_from_client_frame_resizes_or_not(stub):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -16,7 +17,7 @@ from sinfusion.trainer.loop import TrainingInterrupted, lr_at, noise_levels
 from sinfusion.trainer.presets import PaperPreset, TinyPreset, TrainConfig, get_preset
 from sinfusion.trainer.crops import MIRRORED_K, ClipCrops, crop_size, k_limit
 from sinfusion.trainer.training import TrainerError, train_bundle
-from tests.conftest import tiny_clip
+from tests.conftest import make_tiny_bundle, tiny_clip
 
 
 def coded_clip(n: int = 6, h: int = 16, w: int = 24) -> np.ndarray:
@@ -169,6 +170,10 @@ def test_presets_and_config_validation():
         TrainConfig(coarse_correction_level=51)
     with pytest.raises(ValueError, match=r"coarse_correction_weight must be in \(0, 1\]"):
         TrainConfig(coarse_correction_weight=0)
+    with pytest.raises(ValueError, match=r"layout_pull must be in \[0, 1\)"):
+        TrainConfig(layout_pull=1.0, layout_sigma=2.0)
+    with pytest.raises(ValueError, match=r"layout_sigma must be in \(0, 64\] px"):
+        TrainConfig(layout_pull=0.1)
 
 
 def test_the_projector_trains_a_share_at_the_correction_levels():
@@ -180,6 +185,8 @@ def test_the_projector_trains_a_share_at_the_correction_levels():
             cpu.correction_passes) == (1, 0.5, 0.5, 1)
     assert (cpu.coarse_correction_level, cpu.coarse_correction_weight) == (3, 0.15)
     assert PaperPreset().coarse_correction_level == 0 == get_preset("tiny").coarse_correction_level
+    assert (cpu.layout_pull, cpu.layout_sigma, cpu.layout_motion) == (0.15, 2.5, 0.05)
+    assert PaperPreset().layout_pull == 0 == get_preset("tiny").layout_pull  # no hold, no check
     paper = PaperPreset()
     assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)
     assert (cpu.predictor_margin, get_preset("tiny").predictor_margin, paper.predictor_margin) == (8, 0, 0)
@@ -434,3 +441,89 @@ def test_a_checkpoint_written_in_nchw_resumes_channels_last(tmp_path, monkeypatc
                           progress=False, callback=lambda r, s, loss: losses.append(loss))
     assert bundle.role("predictor").trained_steps == 4 and len(losses) == 2
     assert np.isfinite(losses).all()
+
+
+
+def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_less(tmp_path, monkeypatch):
+    """With a layout pull, once the Predictor and the Projector are trained the trainer extrapolates
+    from the clip's first frame with the hold and without it; the manifest records both drifts and
+    keeps the pull only where the held stream drifts less. The roles after it get the time it took
+    out of their share; presets without a pull (tiny, paper) measure nothing."""
+    from sinfusion.trainer import layout_check, training
+
+    measured = []  # 8 frames instead of CHECK_FRAMES: a test's tiny clip
+
+    def check(bundle):
+        measured.append(layout_check.check_layout_hold(bundle, frames=8))
+        return measured[-1]
+
+    monkeypatch.setattr(training, "check_layout_hold", check)
+    budgets = {}
+    real_train_role = training.train_role
+
+    def train_role(run, *args, **kwargs):
+        budgets[run.role] = run.time_budget_s
+        return real_train_role(run, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_role", train_role)
+    config = tiny_config(steps=2, layout_pull=0.2, layout_sigma=1.5, time_budget_s=3600.0)
+    bundle = train_bundle(tiny_clip(8, 16, 24), tmp_path / "b", config, progress=False, device="cpu")
+    record = bundle.manifest.quality["layout"]
+    assert [record] == measured
+    assert record["frames"] == 8 and record["seed"] == 0 and record["seconds"] > 0
+    assert record["held"] == (record["held_ratio"] < record["free_ratio"])
+    assert Bundle.open(bundle.path).manifest.layout_pull == (0.2 if record["held"] else 0.0)
+    share = config.time_for("interpolator", ["predictor", "projector", "interpolator"])
+    assert budgets["interpolator"] == pytest.approx(share - record["seconds"])
+    assert budgets["predictor"] == config.time_for("predictor", ["predictor", "projector", "interpolator"])
+    measured.clear()
+    plain = train_bundle(tiny_clip(8, 16, 24), tmp_path / "p", tiny_config(steps=2), progress=False,
+                         device="cpu")
+    assert "layout" not in plain.manifest.quality and not measured
+
+
+def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path):
+    """held_ratio and free_ratio are drift_check's ratio of the stream extrapolated with and without
+    the hold; a lost hold sets the manifest's pull to 0, and the bundle then serves none."""
+    from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
+    from sinfusion.quality.stability import drift_check, extrapolate_clip
+    from sinfusion.trainer.layout_check import check_layout_hold, layout_line
+
+    bundle = make_tiny_bundle(tmp_path / "b", frames=6)
+    bundle.manifest.layout_pull, bundle.manifest.layout_sigma = 0.3, 1.5
+    bundle.save_manifest()
+    held = bundle.sampling()
+    record = check_layout_hold(bundle, frames=8)
+    options = sampling.SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps)
+    den = TorchDenoiser(bundle, roles=["predictor", "projector"])
+
+    def ratio(facts) -> float:
+        stream = extrapolate_clip(bundle, 0, 8, 1, options, 0, den, facts)
+        field = nearest_neighbour_field(stream, bundle.frames(), PatchMatchOptions())
+        return round(drift_check(field.per_frame_distance().tolist())["ratio"], 3)
+
+    assert held.layout_weights is not None
+    free = dataclasses.replace(held, layout_weights=None)
+    assert (record["held_ratio"], record["free_ratio"]) == (ratio(held), ratio(free))
+    again = Bundle.open(bundle.path)
+    assert again.manifest.quality["layout"] == record
+    assert again.manifest.layout_pull == (0.3 if record["held"] else 0.0)
+    assert (again.sampling().layout_weights is None) == (not record["held"])
+    assert layout_line(record).startswith("holds" if record["held"] else "does not hold")
+
+
+def test_a_clip_that_moves_everywhere_has_no_layout_to_hold(tmp_path):
+    """Where under a tenth of the pixels would be held at half the pull or more, no stream is made:
+    the hold is dropped and the record says how much of the clip holds still."""
+    from sinfusion.trainer.layout_check import MIN_HELD_SHARE, check_layout_hold, layout_line
+
+    bundle = make_tiny_bundle(tmp_path / "b", frames=6)
+    bundle.manifest.layout_pull, bundle.manifest.layout_sigma = 0.3, 1.5
+    bundle.manifest.layout_motion = 0.05
+    noisy = np.random.default_rng(0).integers(0, 256, (6, 16, 24, 3), dtype=np.uint8)
+    bundle.frames = lambda: noisy  # every pixel changes from frame to frame
+    assert (bundle.sampling().layout_weights >= 0.15).mean() < MIN_HELD_SHARE
+    record = check_layout_hold(bundle)
+    assert record["held"] is False and "frames" not in record and record["held_share"] < MIN_HELD_SHARE
+    assert Bundle.open(bundle.path).manifest.layout_pull == 0.0
+    assert "holds still at" in layout_line(record)

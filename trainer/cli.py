@@ -19,8 +19,8 @@ from pathlib import Path
 from sinfusion.bundle import BundleError
 from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser, UsageError,
                               add_sampling_args, counted, duration, fail, int_at_least,
-                              non_negative_float, positive_float, sampling_choice, scales_arg,
-                              size_within, strength_arg, usage_failed, weight_arg)
+                              non_negative_float, positive_float, pull_arg, sampling_choice,
+                              scales_arg, size_within, strength_arg, usage_failed, weight_arg)
 from sinfusion.io.files import VideoError
 from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions
 
@@ -36,6 +36,32 @@ def _roles(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"unknown role {', '.join(bad) or '(none)'}; "
                                          f"valid roles: {', '.join(ROLES)}")
     return roles
+
+
+# How a bundle serves its frames, recorded in its manifest: (flag, type, metavar, TrainConfig field,
+# help); each help ends with the presets' defaults.
+SERVING_FLAGS = [
+    ("--correction-steps", int_at_least(0), "T", "correction_steps",
+     "the bundle's default Projector correction level for serving, 0 = none"),
+    ("--correction-weight", weight_arg, "W", "correction_weight",
+     "share of the Projector's change a served correction keeps, in (0, 1]"),
+    ("--correction-passes", int_at_least(1), "N", "correction_passes",
+     "corrections of each served frame, each on the last one's result"),
+    ("--predictor-margin", int_at_least(0), "PX", "predictor_margin",
+     "px of mirrored frame the served Predictor works with past every edge, 0 = none"),
+    ("--coarse-correction", int_at_least(0), "T", "coarse_correction_level",
+     "level of a coarse correction before those at T_corr, the Projector working with the "
+     "Predictor's margin, 0 = none"),
+    ("--coarse-weight", weight_arg, "W", "coarse_correction_weight",
+     "share of the coarse correction's change a served frame keeps, in (0, 1]"),
+    ("--layout-pull", pull_arg, "W", "layout_pull",
+     "share of the way each served frame of a stream moves to its start frame's layout, in "
+     "[0, 1), 0 = none; kept only where the trainer measures that streams drift less"),
+    ("--layout-sigma", positive_float, "PX", "layout_sigma",
+     "blur that makes a frame's layout, in px of the trained frames"),
+    ("--layout-motion", non_negative_float, "STD", "layout_motion",
+     "how much the clip's blurred frames vary where no pixel is held, 0 = every pixel alike"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,25 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "prediction against copying (-1 = automatic, 0 = off)")
     t.add_argument("--eval-every", type=positive_float, metavar="SECONDS",
                    help="seconds of predictor training between held-out measurements (default 60)")
-    t.add_argument("--correction-steps", type=int_at_least(0), metavar="T",
-                   help=f"the bundle's default Projector correction level for serving, 0 = none "
-                        f"(preset defaults: {defaults('correction_steps')}; measured in docs/training.md)")
-    t.add_argument("--correction-weight", type=weight_arg, metavar="W",
-                   help=f"share of the Projector's change a served correction keeps, in (0, 1] "
-                        f"(preset defaults: {defaults('correction_weight')}; docs/training.md)")
-    t.add_argument("--correction-passes", type=int_at_least(1), metavar="N",
-                   help=f"corrections of each served frame, each on the last one's result "
-                        f"(preset defaults: {defaults('correction_passes')}; docs/training.md)")
-    t.add_argument("--predictor-margin", type=int_at_least(0), metavar="PX",
-                   help=f"px of mirrored frame the served Predictor works with past every edge, 0 = "
-                        f"none (preset defaults: {defaults('predictor_margin')}; docs/training.md)")
-    t.add_argument("--coarse-correction", type=int_at_least(0), metavar="T",
-                   help=f"level of a coarse correction before those at T_corr, the Projector working "
-                        f"with the Predictor's margin, 0 = none (preset defaults: "
-                        f"{defaults('coarse_correction_level')}; docs/training.md)")
-    t.add_argument("--coarse-weight", type=weight_arg, metavar="W",
-                   help=f"share of the coarse correction's change a served frame keeps, in (0, 1] "
-                        f"(preset defaults: {defaults('coarse_correction_weight')})")
+    for flag, kind, metavar, field_name, text in SERVING_FLAGS:
+        t.add_argument(flag, type=kind, metavar=metavar, dest=field_name,
+                       help=f"{text} (preset defaults: {defaults(field_name)}; docs/training.md)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -171,11 +181,8 @@ def _train_config(args: argparse.Namespace):
         "blocks": args.blocks, "checkpoint_every": args.checkpoint_every,
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
-        "stop_margin_db": args.stop_margin, "correction_steps": args.correction_steps,
-        "correction_weight": args.correction_weight, "correction_passes": args.correction_passes,
-        "predictor_margin": args.predictor_margin,
-        "coarse_correction_level": args.coarse_correction,
-        "coarse_correction_weight": args.coarse_weight,
+        "stop_margin_db": args.stop_margin,
+        **{field_name: getattr(args, field_name) for *_, field_name, _ in SERVING_FLAGS},
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},
     }
@@ -219,6 +226,10 @@ def cmd_train(args: argparse.Namespace, argv: list[str]) -> int:
         from .monitor import upsampling_line
 
         print(f"trainer: {upsampling_line(m.quality['upsampling'])}", file=sys.stderr)
+    if "layout" in m.quality:
+        from .layout_check import layout_line
+
+        print(f"trainer: {layout_line(m.quality['layout'])}", file=sys.stderr)
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
 from .crops import crop_size
+from .layout_check import CHECK_FRAMES, check_layout_hold, needs_check
 from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
                    train_role)
 from .monitor import (InBetweenMonitor, NextFrameMonitor, holdout_count, holdout_pairs,
@@ -126,8 +128,31 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         correction_passes=config.correction_passes,
                         predictor_margin=config.predictor_margin,
                         coarse_correction_level=config.coarse_correction_level,
-                        coarse_correction_weight=config.coarse_correction_weight)
+                        coarse_correction_weight=config.coarse_correction_weight,
+                        layout_pull=config.layout_pull, layout_sigma=config.layout_sigma,
+                        layout_motion=config.layout_motion)
     return Bundle.create(out, manifest, clip.frames)
+
+
+def _monitor_for(role: str, given: NextFrameMonitor | None, frames: np.ndarray, held: int,
+                 config: TrainConfig, correction: int):
+    """What measures a role while it trains: `given` for the Predictor, else the held-out monitor
+    of the clip's tail (none without held-out frames)."""
+    tail = (len(frames) - held, len(frames))
+    if role == "predictor":
+        if given is not None or not held:
+            return given
+        return NextFrameMonitor(
+            frames, holdout_pairs(len(frames), held),
+            options=SamplingOptions.chosen(default_correction=correction, loop="extrapolate"),
+            eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db, holdout=tail)
+    triplets = holdout_triplets(len(frames), held) if role == "interpolator" else []
+    if not triplets:
+        return None
+    return InBetweenMonitor(
+        frames, [(i, i + 2) for i in triplets],
+        options=SamplingOptions.chosen(default_correction=correction, loop="upsample"),
+        eval_every_s=config.eval_every_s, holdout=tail)
 
 
 def train_bundle(
@@ -180,33 +205,33 @@ def train_bundle(
     train_frames = frames[:len(frames) - held]
 
     # The Projector first, so that the Predictor's held-out score uses the served sampler
-    # (Predictor -> Projector correction); the roles are independent otherwise.
-    for role in sorted(chosen, key=TRAIN_ORDER.index):
+    # (Predictor -> Projector correction); the roles are independent otherwise. Once both are
+    # trained the layout hold is measured (trainer/layout_check.py), in the time left to the roles
+    # after them.
+    order = sorted(chosen, key=TRAIN_ORDER.index)
+    checked_after = [r for r in order if r in ("predictor", "projector")][-1:]
+    checked_s = 0.0
+    for role in order:
         amp = default_amp_dtype(dev)
         settings = dict(config.to_dict(), steps=config.steps_for(role), crop=[crop[0], crop[1]],
                         device=dev.type, mixed_precision=str(amp).replace("torch.", "") if amp else "no",
                         holdout_frames=held)
         run = build_run(role, config, schedule, dev, settings, amp_dtype=amp)
-        run.time_budget_s = config.time_for(role, chosen)
+        budget = config.time_for(role, chosen)  # less the check's time, down to half of it
+        run.time_budget_s = max(budget / 2, budget - checked_s)
         state = checkpoint.load_state(out, role) if resume else None
         if state is not None:
             resume_run(run, out, state)
-            if role in bundle.manifest.roles and (run.state.step >= run.total or run.out_of_time):
-                continue  # finished in an earlier run
-        role_monitor = monitor if role == "predictor" else None
-        tail = (len(frames) - held, len(frames))
-        correction = bundle.manifest.correction_steps
-        if role == "predictor" and held and monitor is None:
-            role_monitor = NextFrameMonitor(
-                frames, holdout_pairs(len(frames), held),
-                options=SamplingOptions.chosen(default_correction=correction, loop="extrapolate"),
-                eval_every_s=config.eval_every_s, stop_margin_db=config.stop_margin_db, holdout=tail)
-        triplets = holdout_triplets(len(frames), held) if role == "interpolator" else []
-        if triplets:
-            role_monitor = InBetweenMonitor(
-                frames, [(i, i + 2) for i in triplets],
-                options=SamplingOptions.chosen(default_correction=correction, loop="upsample"),
-                eval_every_s=config.eval_every_s, holdout=tail)
-        train_role(run, bundle, train_frames, progress=progress, callback=callback,
-                   monitor=role_monitor)
+        finished_before = (state is not None and role in bundle.manifest.roles
+                           and (run.state.step >= run.total or run.out_of_time))
+        if not finished_before:
+            train_role(run, bundle, train_frames, progress=progress, callback=callback,
+                       monitor=_monitor_for(role, monitor, frames, held, config,
+                                            bundle.manifest.correction_steps))
+        if role in checked_after and needs_check(bundle) and (
+                not finished_before or "layout" not in bundle.manifest.quality):
+            if progress:
+                print(f"trainer: measuring the layout hold ({CHECK_FRAMES} frames twice)",
+                      file=sys.stderr, flush=True)
+            checked_s += check_layout_hold(bundle)["seconds"]
     return bundle

@@ -124,6 +124,12 @@ def weight_arg(text: str) -> float:
     return _checked(value, 0.0 < value <= 1.0, "a number in (0, 1]", text)
 
 
+def pull_arg(text: str) -> float:
+    """A share in [0, 1), such as --layout-pull (0: none)."""
+    value = _number(text)
+    return _checked(value, 0.0 <= value < 1.0, "a number in [0, 1)", text)
+
+
 def scales_arg(text: str) -> list[float]:
     """--scales: comma-separated numbers in (0, 1], e.g. 0.9,0.8,0.7."""
     values = []

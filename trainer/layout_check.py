@@ -1,0 +1,86 @@
+"""Whether a bundle's streams hold their start frame's layout: measured on its clip by the trainer.
+
+The layout hold (`sinfusion.sampling.correct`) pulls each frame of a stream towards its start
+frame's blurred picture where the clip stands still. On a scene that holds still around what moves
+in it (tornado's cloud and funnel) it stops the Predictor's blur from dissolving the scene: 300
+frames drift a third as far. But where things cross the whole scene (fish swimming through open
+water) it pulls back the start frame's blurred fish, which the networks draw again as fragments,
+and the stream drifts half again as far. One recipe must serve both, so the trainer measures it:
+once the Predictor and the Projector are trained, it extrapolates `CHECK_FRAMES` frames from the
+clip's first frame with the hold and without it (seed `CHECK_SEED`, the served sampler), scores both
+as `sinfusion-quality stability` does (NNFDIST of the last frames over the first ones'), and keeps
+the hold only where its frames drift less. At 120 frames the verdicts were those of 300 on the
+shared clips (docs/training.md, "Holding the layout"). A clip that moves nearly everywhere (less
+than `MIN_HELD_SHARE` of its pixels held at half the pull or more, such as the demo's waves) has
+nothing to hold: no stream is made and the hold is dropped.
+
+The manifest records the measurement as "quality"."layout" ({"held_share", "held", "seconds", and
+where streams were made "frames", "seed", "held_ratio", "free_ratio"}); where the hold is dropped,
+its `layout_pull` becomes 0.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from sinfusion.bundle import Bundle
+from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
+from sinfusion.quality.stability import drift_check, extrapolate_clip
+from sinfusion.runtimes.torch_runtime import TorchDenoiser
+from sinfusion.sampling import SamplingOptions
+
+CHECK_FRAMES = 120
+CHECK_SEED = 0
+MIN_HELD_SHARE = 0.1
+
+
+def needs_check(bundle: Bundle) -> bool:
+    """A bundle that holds its layout, with the two roles a stream runs."""
+    return bundle.manifest.layout_pull > 0 and {"predictor", "projector"} <= set(bundle.roles)
+
+
+def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CHECK_SEED) -> dict:
+    """Measure the bundle's layout hold against none and keep it only if it drifts less; the
+    manifest is updated and saved. Returns the "quality"."layout" record."""
+    started = time.monotonic()
+    held = bundle.sampling()
+    share = float((held.layout_weights >= held.layout_pull / 2).mean())
+    if share < MIN_HELD_SHARE:
+        return _keep(bundle, {"held_share": round(share, 3), "held": False,
+                              "seconds": round(time.monotonic() - started, 1)})
+    clip = bundle.frames()
+    denoiser = TorchDenoiser(bundle, roles=["predictor", "projector"])
+    options = SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps,
+                                     loop="extrapolate")
+
+    def ratio(sampling) -> float:
+        stream = extrapolate_clip(bundle, 0, frames, 1, options, seed, denoiser, sampling)
+        field = nearest_neighbour_field(stream, clip, PatchMatchOptions())
+        return drift_check(field.per_frame_distance().tolist())["ratio"]
+
+    held_ratio, free_ratio = ratio(held), ratio(replace(held, layout_weights=None))
+    return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
+                          "held_ratio": round(held_ratio, 3), "free_ratio": round(free_ratio, 3),
+                          "held": held_ratio < free_ratio,
+                          "seconds": round(time.monotonic() - started, 1)})
+
+
+def _keep(bundle: Bundle, record: dict) -> dict:
+    """Record the measurement in the manifest, dropping the hold where it lost; saved."""
+    m = bundle.manifest
+    if not record["held"]:
+        m.layout_pull = 0.0
+    m.quality = {**m.quality, "layout": record}
+    bundle.save_manifest()
+    return record
+
+
+def layout_line(record: dict) -> str:
+    """The manifest's "quality"."layout" record as one line."""
+    verdict = "holds its streams' layout" if record["held"] else "does not hold its streams' layout"
+    if "frames" not in record:
+        return f"{verdict}: the clip holds still at {record['held_share']:.0%} of its pixels only"
+    return (f"{verdict}: {record['frames']} frames drift {record['held_ratio']:.2f} held, "
+            f"{record['free_ratio']:.2f} free (late / early NNFDIST; the clip holds still at "
+            f"{record['held_share']:.0%} of its pixels)")
