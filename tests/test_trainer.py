@@ -261,9 +261,11 @@ def test_training_reduces_the_loss(tmp_path):
 
 def test_single_image_trains_only_the_projector_on_the_linear_schedule(tmp_path):
     image = tiny_clip(1, 16, 24)
-    bundle = train_bundle(image, tmp_path / "img", tiny_config(steps=2, projector_target="x0"),
+    bundle = train_bundle(image, tmp_path / "img", tiny_config(steps=2, projector_target="x0",
+                                                               layout_pull=0.15, layout_sigma=2.5),
                           progress=False, device="cpu")
     assert bundle.manifest.mode == "image" and bundle.roles == ["projector"]
+    assert bundle.manifest.layout_pull == 0.0  # one image makes no streams to hold
     assert bundle.role("projector").schedule["kind"] == "linear"
     assert bundle.role("projector").target == "x0"  # the configured target, recorded
     with pytest.raises(TrainerError, match="only the projector"):
@@ -453,8 +455,8 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
 
     measured = []  # 8 frames instead of CHECK_FRAMES: a test's tiny clip
 
-    def check(bundle):
-        measured.append(layout_check.check_layout_hold(bundle, frames=8))
+    def check(bundle, **kwargs):
+        measured.append(layout_check.check_layout_hold(bundle, frames=8, **kwargs))
         return measured[-1]
 
     monkeypatch.setattr(training, "check_layout_hold", check)

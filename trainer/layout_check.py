@@ -21,6 +21,7 @@ its `layout_pull` becomes 0.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 
@@ -40,15 +41,20 @@ def needs_check(bundle: Bundle) -> bool:
     return bundle.manifest.layout_pull > 0 and {"predictor", "projector"} <= set(bundle.roles)
 
 
-def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CHECK_SEED) -> dict:
+def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CHECK_SEED,
+                      announce: bool = False) -> dict:
     """Measure the bundle's layout hold against none and keep it only if it drifts less; the
-    manifest is updated and saved. Returns the "quality"."layout" record."""
+    manifest is updated and saved. Returns the "quality"."layout" record. `announce`: say on stderr
+    that the streams are being made (the trainer's progress)."""
     started = time.monotonic()
     held = bundle.sampling()
     share = float((held.layout_weights >= held.layout_pull / 2).mean())
     if share < MIN_HELD_SHARE:
         return _keep(bundle, {"held_share": round(share, 3), "held": False,
                               "seconds": round(time.monotonic() - started, 1)})
+    if announce:
+        print(f"trainer: measuring the layout hold ({frames} frames twice)", file=sys.stderr,
+              flush=True)
     clip = bundle.frames()
     denoiser = TorchDenoiser(bundle, roles=["predictor", "projector"])
     options = SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from sinfusion.video import DEFAULT_FPS, Clip, read_clip
 
 from . import checkpoint
 from .crops import crop_size
-from .layout_check import CHECK_FRAMES, check_layout_hold, needs_check
+from .layout_check import check_layout_hold, needs_check
 from .loop import (StepCallback, TrainingInterrupted, build_run, default_amp_dtype, resume_run,
                    train_role)
 from .monitor import (InBetweenMonitor, NextFrameMonitor, holdout_count, holdout_pairs,
@@ -129,7 +128,9 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         predictor_margin=config.predictor_margin,
                         coarse_correction_level=config.coarse_correction_level,
                         coarse_correction_weight=config.coarse_correction_weight,
-                        layout_pull=config.layout_pull, layout_sigma=config.layout_sigma,
+                        # one image makes no streams to hold
+                        layout_pull=config.layout_pull if mode == "video" else 0.0,
+                        layout_sigma=config.layout_sigma,
                         layout_motion=config.layout_motion)
     return Bundle.create(out, manifest, clip.frames)
 
@@ -230,8 +231,5 @@ def train_bundle(
                                             bundle.manifest.correction_steps))
         if role in checked_after and needs_check(bundle) and (
                 not finished_before or "layout" not in bundle.manifest.quality):
-            if progress:
-                print(f"trainer: measuring the layout hold ({CHECK_FRAMES} frames twice)",
-                      file=sys.stderr, flush=True)
-            checked_s += check_layout_hold(bundle)["seconds"]
+            checked_s += check_layout_hold(bundle, announce=progress)["seconds"]
     return bundle
