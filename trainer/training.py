@@ -207,19 +207,17 @@ def train_bundle(
 
     # The Projector first, so that the Predictor's held-out score uses the served sampler
     # (Predictor -> Projector correction); the roles are independent otherwise. Once both are
-    # trained the layout hold is measured (trainer/layout_check.py), in the time left to the roles
-    # after them.
+    # trained the layout hold is measured (trainer/layout_check.py), on top of the roles' time: taken
+    # from the Interpolator's share it cost tornado's in-between frames their verdict.
     order = sorted(chosen, key=TRAIN_ORDER.index)
     checked_after = [r for r in order if r in ("predictor", "projector")][-1:]
-    checked_s = 0.0
     for role in order:
         amp = default_amp_dtype(dev)
         settings = dict(config.to_dict(), steps=config.steps_for(role), crop=[crop[0], crop[1]],
                         device=dev.type, mixed_precision=str(amp).replace("torch.", "") if amp else "no",
                         holdout_frames=held)
         run = build_run(role, config, schedule, dev, settings, amp_dtype=amp)
-        budget = config.time_for(role, chosen)  # less the check's time, down to half of it
-        run.time_budget_s = max(budget / 2, budget - checked_s)
+        run.time_budget_s = config.time_for(role, chosen)
         state = checkpoint.load_state(out, role) if resume else None
         if state is not None:
             resume_run(run, out, state)
@@ -231,5 +229,5 @@ def train_bundle(
                                             bundle.manifest.correction_steps))
         if role in checked_after and needs_check(bundle) and (
                 not finished_before or "layout" not in bundle.manifest.quality):
-            checked_s += check_layout_hold(bundle, announce=progress)["seconds"]
+            check_layout_hold(bundle, announce=progress)
     return bundle
