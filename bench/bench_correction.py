@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
     from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
-    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate, layout_weights
+    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate
     from sinfusion.trainer.monitor import holdout_count
 
     torch.set_num_threads(args.threads)
@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: parse_value(v) for k, v in (item.split("=", 1) for item in args.set)}
         projector = train_projector(args.train, args.minutes, overrides, Path(args.work))
     pb, jb = Bundle.open(args.predictor), Bundle.open(projector)
+    if args.layout is not None:  # the bundle then makes each pixel's pull from its clip, as served
+        m = pb.manifest
+        m.layout_pull, m.layout_sigma, m.layout_motion = (float(v) for v in args.layout.split(":"))
     denoiser = TorchDenoiser.from_networks({"predictor": load_network(pb, "predictor"),
                                             "projector": load_network(jb, "projector")})
     sampling = pb.sampling()
@@ -100,11 +103,6 @@ def main(argv: list[str] | None = None) -> int:
         level, weight = args.coarse.split(":")
         sampling = replace(sampling, coarse_correction_level=int(level),
                            coarse_correction_weight=float(weight))
-    if args.layout is not None:
-        pull, sigma, motion = (float(v) for v in args.layout.split(":"))
-        sampling = replace(sampling, layout_pull=pull, layout_sigma=sigma, layout_motion=motion,
-                           layout_weights=layout_weights(pb.frames(), pull, sigma, motion)
-                           if pull else None)
     frames = pb.frames()
     pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
     for level in (int(v) for v in args.tcorr.split(",")):

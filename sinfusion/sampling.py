@@ -22,7 +22,7 @@ that computes one step of `sinfusion.network.DiffusionStep`.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -434,10 +434,20 @@ def corrects(sampling: BundleSampling, options: SamplingOptions) -> bool:
 @dataclass(frozen=True)
 class StreamAnchor:
     """What the correction holds every frame of a stream to, taken once from its start frame: the
-    colours, and the layout (`arrays.layout`) where the bundle holds one (else None)."""
+    colours, and the layout (`arrays.layout`) with each pixel's pull towards it (the bundle's
+    `layout_weights`) where the bundle holds one (else None)."""
 
     colours: arrays.Colours
     layout: object | None = None
+    weights: object | None = None
+
+    def on_side_of(self, x) -> StreamAnchor:
+        """The same anchor next to x (host or device): a stream whose frames live on a device
+        copies its host start frame's layout and pulls there once, not with every frame."""
+        colours = self.colours.on_side_of(x)
+        if self.layout is None or arrays.is_host(x) == arrays.is_host(self.layout):
+            return self if colours is self.colours else replace(self, colours=colours)
+        return StreamAnchor(colours, arrays.like(self.layout, x), arrays.like(self.weights, x))
 
 
 def layout_weights(frames: np.ndarray, pull: float, sigma: float, motion: float) -> np.ndarray:
@@ -461,9 +471,10 @@ def stream_anchor(sampling: BundleSampling, options: SamplingOptions, frame) -> 
     frames are not corrected."""
     if not corrects(sampling, options):
         return None
-    held = sampling.layout_weights is not None
-    return StreamAnchor(arrays.colours_of(frame),
-                        arrays.layout(frame, sampling.layout_sigma) if held else None)
+    if sampling.layout_weights is None:
+        return StreamAnchor(arrays.colours_of(frame))
+    return StreamAnchor(arrays.colours_of(frame), arrays.layout(frame, sampling.layout_sigma),
+                        sampling.layout_weights)
 
 
 def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.random.Generator,
@@ -518,8 +529,8 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
         x = yield from _projector_pass(rs, x, options.correction_steps,
                                        sampling.correction_weight, rng)
     if anchor is not None and anchor.layout is not None:
-        x = x + arrays.like(sampling.layout_weights, x) * (arrays.like(anchor.layout, x)
-                                                           - arrays.layout(x, sampling.layout_sigma))
+        anchor = anchor.on_side_of(x)
+        x = x + anchor.weights * (anchor.layout - arrays.layout(x, sampling.layout_sigma))
     return arrays.keep_colours(x, colours)
 
 
@@ -573,6 +584,8 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
     prev = start
     for i in range(count):
         prev = yield from predict_frame(sampling, prev, k, rng, options, anchor)
+        if anchor is not None:  # kept where the frames are: copied across once
+            anchor = anchor.on_side_of(prev)
         yield Frame(i, prev)
     return prev
 
@@ -588,6 +601,8 @@ def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: 
     last = first
     for i in range(1, count):
         last = yield from predict_frame(sampling, last, k, rng, options, anchor)
+        if anchor is not None:
+            anchor = anchor.on_side_of(last)
         yield Frame(i, last)
     return last
 

@@ -474,6 +474,11 @@ def test_a_stream_holds_its_start_frames_layout(tiny_bundle):
     options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
     anchor = S.stream_anchor(sampling, options, frames[0])
     np.testing.assert_array_equal(anchor.layout, layout(frames[0], 2.0))
+    on_device = anchor.on_side_of(torch.from_numpy(frames[1]))  # a device runtime's frames
+    assert isinstance(on_device.layout, torch.Tensor) and isinstance(on_device.weights, torch.Tensor)
+    np.testing.assert_array_equal(on_device.weights.numpy(), pulls)
+    assert on_device.on_side_of(torch.from_numpy(frames[2])) is on_device  # copied across once
+    assert anchor.on_side_of(frames[2]) is anchor
     eager = TorchDenoiser(tiny_bundle)
     out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
     rng, rs = np.random.default_rng(2), sampling["projector"]  # the same draws, by hand
