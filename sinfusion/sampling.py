@@ -158,7 +158,7 @@ PAPER_SAMPLING = SamplingOptions(steps=0, method="ddpm", correction_steps=3)
 MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cpu preset uses 1, after a coarse one)
 MAX_PREDICTOR_MARGIN = 64  # px: a bound on a bundle's predictor_margin (the cpu preset uses 8)
 MAX_COARSE_LEVEL = 1000  # the longest schedule a config may ask for (TrainConfig.schedule_steps)
-MAX_LAYOUT_SIGMA = 64.0  # px: a bound on a bundle's layout_sigma (the cpu preset uses 2.5 at 128x72)
+MAX_LAYOUT_SIGMA = 64.0  # px: a bound on a bundle's layout_sigma (the cpu preset uses 0.6 at 128x72)
 
 
 def serving_problems(weight: float, passes: int, margin: int = 0, coarse_level: int = 0,
@@ -506,10 +506,10 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     Where the `anchor` has a layout (a stream's start frame's, when the bundle holds one), the
     frame's own layout then moves each pixel's `layout_weights` share of the way to it: the frame
     plus that share of the difference of the two blurred frames. Where the clip holds still, each
-    frame's big picture relaxes towards the start frame's while finer detail and what moves in the
-    clip move freely: tornado's cloud stays over its trees instead of lifting away (300 frames
-    drift 2.1 instead of 6.6), which neither correction reaches (docs/training.md, "Holding the
-    layout").
+    frame relaxes towards the start frame's picture while what moves in the clip moves freely:
+    tornado's cloud stays over its trees instead of lifting away, which neither correction reaches
+    (300 frames drift 2.1 instead of 6.6 with a 2.5 px blur, 1.7-1.8 instead of 3.5 with the cpu
+    preset's 0.6 px; docs/training.md, "Holding the layout").
     The corrected frame then takes the anchor's colours (default: the frame's own): its mean colour
     and colour covariance, so brightness, contrast and saturation, as shown (clamped). Correction
     mends patches, it does not change the exposure: a small bias of the Projector, or the contrast a

@@ -255,12 +255,13 @@ class CpuPreset(TinyPreset):
     # 300-frame drift falls by 40% on tornado and 30% on ants, holds on boat_race and fish
     # (docs/training.md, "A margin for the Predictor"), for about a fifth of a served frame's speed.
     predictor_margin: int = 8
-    # Each frame of a stream moves 15% of the way to its start frame's layout (blurred by 2.5 px)
-    # where the clip holds still (none where the layout's spread over the clip reaches 0.05), if
-    # the trainer measures that its streams drift less so (trainer/layout_check.py): tornado's
-    # 300 frames drift 2.1 instead of 6.6 (docs/training.md, "Holding the layout").
+    # Each frame of a stream moves 15% of the way to its start frame's picture (blurred by 0.6 px:
+    # the fine detail held too) where the clip holds still (none where the blurred frames' spread
+    # over the clip reaches 0.05), if the trainer measures that its streams drift less so
+    # (trainer/layout_check.py): tornado's 300 frames drift 1.7-1.8 instead of 3.5, 2.1 with a
+    # 2.5 px blur (docs/training.md, "Holding the layout").
     layout_pull: float = 0.15
-    layout_sigma: float = 2.5
+    layout_sigma: float = 0.6
     layout_motion: float = 0.05
     projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
