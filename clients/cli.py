@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     _input_args(p)
     _output_args(p)
 
-    p = command("generate", "a new variation of the clip, from noise")
+    p = command("generate", "a new variation of the clip, from one of its frames varied")
     p.add_argument("--model", required=True)
     p.add_argument("--frames", type=int_at_least(1), required=True, help="frames to produce")
     _sampling_args(p)

@@ -195,19 +195,22 @@ def cmd_plot_nextframe(args) -> None:
 
 
 def cmd_diversity(args) -> None:
+    from sinfusion.sampling import generate_defaults
+
     from .stability import diversity_report
 
     clips, frames = _positive("clips", args.clips), _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor"))
     result = diversity_report(args.bundle, clips=clips, frames=frames,
-                              sampling=_sampling_options(args, None, bundle, "generate"),
+                              sampling=_sampling_options(args, None, bundle,
+                                                         generate_defaults(bundle.manifest.mode)),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures or None, prefix=args.prefix)
     _emit(result, args.out)
 
 
 def cmd_stability(args) -> None:
-    from sinfusion.sampling import validate_k
+    from sinfusion.sampling import generate_defaults, validate_k
 
     from .stability import checks_line, stability_report
 
@@ -220,10 +223,10 @@ def cmd_stability(args) -> None:
         validate_k(args.k)
     except ValueError as exc:
         raise UsageError(f"--{exc}") from None
+    loop = generate_defaults(bundle.manifest.mode) if args.generate else "extrapolate"
     result = stability_report(args.bundle, frames=frames, generated=args.generate,
                               start=args.start_frame, k=args.k,
-                              sampling=_sampling_options(args, None, bundle,
-                                                         "generate" if args.generate else "extrapolate"),
+                              sampling=_sampling_options(args, None, bundle, loop),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures or None, prefix=args.prefix)
     what = "generated" if args.generate else f"extrapolated from frame {args.start_frame}"

@@ -100,7 +100,9 @@ def plot_stability(report: dict, path: str | Path) -> Path:
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     dist = np.asarray(report["per_frame_nnfdist"])
     frames = np.arange(1, len(dist) + 1)
-    ax.plot(frames, dist, lw=0.8, label="extrapolated frame vs original clip")
+    generated = report.get("mode") == "generate"
+    made = "generated" if generated else "extrapolated"
+    ax.plot(frames, dist, lw=0.8, label=f"{made} frame vs original clip")
     if len(dist) >= 9:
         smooth = np.convolve(dist, np.ones(9) / 9, mode="valid")
         ax.plot(frames[4:-4], smooth, lw=2, label="running mean (9 frames)")
@@ -112,8 +114,8 @@ def plot_stability(report: dict, path: str | Path) -> Path:
     ax.set_ylabel("NNFDIST per frame")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    ax.set_title(f"long-run stability: {report['frames']} frames from clip frame {report['start']}, "
-                 f"k={report['k']}")
+    origin = "generated (Generate)" if generated else f"from clip frame {report['start']}"
+    ax.set_title(f"long-run stability: {report['frames']} frames {origin}, k={report['k']}")
     colour = report["colour"]
     for key, label in (("mean", "brightness"), ("std", "contrast (std)"),
                        ("saturation", "saturation")):
@@ -121,7 +123,8 @@ def plot_stability(report: dict, path: str | Path) -> Path:
         line = ax2.plot(np.arange(len(values)), values, label=label)[0]
         orig = np.asarray(colour["original"][key])
         ax2.axhspan(orig.min(), orig.max(), color=line.get_color(), alpha=0.15)
-    ax2.set_xlabel("extrapolated frame (0 = the real start frame)")
+    ax2.set_xlabel("generated frame (0 = the varied clip frame it starts from)" if generated
+                   else "extrapolated frame (0 = the real start frame)")
     ax2.set_ylabel("[0, 1]; bands = original's range")
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8)

@@ -49,8 +49,9 @@ def generate_clips(bundle: Bundle, clips: int, frames: int, sampling: SamplingOp
     m = bundle.manifest
     denoiser = denoiser or _denoiser(bundle, ["predictor", "projector"])
     bundle_sampling = bundle.sampling()
+    clip = bundle.frames() if m.mode == "video" else None  # as Generate serves: from a clip frame
     loops = [generate(bundle_sampling, (m.height, m.width), frames, np.random.default_rng([seed, c]),
-                      sampling) for c in range(clips)]
+                      sampling, clip=clip) for c in range(clips)]
     return _collect(loops, denoiser, [frames] * clips)
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import grpc
 
 from sinfusion.frames import to_model
-from sinfusion.sampling import (Loop, extrapolate, generate, project, projection_levels, summarize,
-                                upsample)
+from sinfusion.sampling import (Loop, extrapolate, generate, generate_defaults, project,
+                                projection_levels, summarize, upsample)
 from sinfusion.v1 import sinfusion_pb2 as pb
 from sinfusion.v1 import sinfusion_pb2_grpc as pb_grpc
 
@@ -306,10 +306,13 @@ class SinFusionService(pb_grpc.SinFusionServicer):
                                    f"model {short(model.name)} has no Predictor: frames must be 1, "
                                    f"got {count}")
             roles = ("projector", "predictor")
-        s = rq.sampling(request.sampling, model, roles, "generate")
+        mode = model.bundle.manifest.mode
+        s = rq.sampling(request.sampling, model, roles, generate_defaults(mode))
         what = (f"frames={count} steps={s.options.steps} {s.options.method} "
                 f"correction={s.options.correction_steps} seed={s.seed}")
-        return Stream(model, what, generate(model.sampling, model.size, count, s.rng(), s.options))
+        clip = model.clip if mode == "video" else None  # a video's new clip starts from a clip frame
+        return Stream(model, what, generate(model.sampling, model.size, count, s.rng(), s.options,
+                                            clip=clip))
 
     # The image applications (paper section 6.2).
 

@@ -39,8 +39,9 @@ DEFAULT_METHOD = "ddim"
 DEFAULT_DDIM_STEPS = 3  # with the bundle's correction as good as 4 and 1.5x faster (docs/benchmarks.md)
 
 
-# Loops whose image the Projector draws from noise (generate) or from a noise level (project,
-# summarize) keep the paper's DDPM unless asked: the benchmark measured Predictor frames, not those.
+# Loops whose image the Projector draws from noise (a single image's generate) or from a noise level
+# (project, summarize) keep the paper's DDPM unless asked: the benchmark measured Predictor frames,
+# not those. A video's Generate samples as Extrapolate does (generate_defaults).
 PAPER_DEFAULT_LOOPS = ("generate", "project", "summarize")
 
 
@@ -571,8 +572,9 @@ def interpolate_frame(sampling: BundleSampling, before: np.ndarray, after: np.nd
 
 
 def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
-                rng: np.random.Generator, options: SamplingOptions) -> Loop:
-    """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`.
+                rng: np.random.Generator, options: SamplingOptions, first_index: int = 0) -> Loop:
+    """`count` frames, each k frames after (k < 0: before) the previous one, starting from `start`,
+    numbered from `first_index`.
 
     The start frame itself is not emitted. Each frame is yielded as soon as it is final. Corrected
     frames keep the start frame's colours (and layout, where the bundle holds it): measured against
@@ -586,25 +588,57 @@ def extrapolate(sampling: BundleSampling, start: np.ndarray, count: int, k: int,
         prev = yield from predict_frame(sampling, prev, k, rng, options, anchor)
         if anchor is not None:  # kept where the frames are: copied across once
             anchor = anchor.on_side_of(prev)
-        yield Frame(i, prev)
+        yield Frame(first_index + i, prev)
     return prev
 
 
+# How far Generate re-draws the clip frame a video's new clip starts from: the noise std `project`
+# gives it (level 15 of the cpu preset's 50). At 0.3 the variation is hard to see; at 0.6 a
+# Projector trained for minutes loses tornado's funnel and most of the ants (docs/server.md,
+# "Generate").
+GENERATE_STRENGTH = 0.45
+
+
+def generate_defaults(mode: str) -> str:
+    """The loop whose sampling defaults Generate takes in a bundle of `mode` ("video" or "image"):
+    a video's new clip is the extrapolation loop from a varied clip frame and samples as Extrapolate
+    does; an image's is drawn from noise, which keeps the paper's DDPM (PAPER_DEFAULT_LOOPS)."""
+    return "extrapolate" if mode == "video" else "generate"
+
+
+def vary_frame(sampling: BundleSampling, clip: np.ndarray, rng: np.random.Generator,
+               options: SamplingOptions) -> Loop:
+    """A variation of one of the clip's uint8 frames (N, H, W, 3), drawn at random: noised to
+    GENERATE_STRENGTH and denoised by the Projector (`project`), with that frame's colours.
+
+    The paper starts a new video from "some frame from the original video" or from the Projector's
+    draw from noise (section 6.1). A Projector trained for minutes on a CPU draws the clip's textures
+    from noise but not its scene (tornado: cloud masses over dark ground, no funnel, no sky), and
+    every frame after keeps that; re-drawn from a real frame, the scene stays the clip's while each
+    seed starts from another frame and another draw."""
+    real = to_model(clip[int(rng.integers(len(clip)))])
+    x = yield from run_quietly(project(sampling, real, GENERATE_STRENGTH, rng, options))
+    return arrays.keep_colours(x, arrays.colours_of(real))
+
+
 def generate(sampling: BundleSampling, shape: tuple[int, int], count: int, rng: np.random.Generator,
-             options: SamplingOptions, k: int = 1) -> Loop:
-    """A new clip: the first frame from the Projector, then the Predictor -> Projector loop."""
+             options: SamplingOptions, k: int = 1, clip: np.ndarray | None = None) -> Loop:
+    """A new clip: the first frame, then the Predictor -> Projector loop (`extrapolate`).
+
+    The first frame is a variation of a frame of `clip` (`vary_frame`; a video bundle's clip, whose
+    frames must be `shape`), or without one the Projector's draw from noise (`generate_frame`).
+    """
     if count < 1:
         return None
-    first = yield from generate_frame(sampling, shape, rng, options)
+    if clip is not None and tuple(clip.shape[1:3]) != tuple(shape):
+        raise ValueError(f"clip frames are {clip.shape[2]}x{clip.shape[1]}, the new clip "
+                         f"{shape[1]}x{shape[0]}")
+    if clip is None:
+        first = yield from generate_frame(sampling, shape, rng, options)
+    else:
+        first = yield from vary_frame(sampling, clip, rng, options)
     yield Frame(0, first)
-    anchor = stream_anchor(sampling, options, first)
-    last = first
-    for i in range(1, count):
-        last = yield from predict_frame(sampling, last, k, rng, options, anchor)
-        if anchor is not None:
-            anchor = anchor.on_side_of(last)
-        yield Frame(i, last)
-    return last
+    return (yield from extrapolate(sampling, first, count - 1, k, rng, options, first_index=1))
 
 
 def interpolate_between(sampling: BundleSampling, before: np.ndarray, after: np.ndarray, factor: int,

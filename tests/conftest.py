@@ -30,8 +30,9 @@ def tiny_clip(frames: int = 8, height: int = 16, width: int = 24, seed: int = 0)
 
 def make_tiny_bundle(path: Path, roles=("predictor", "projector", "interpolator"),
                      height: int = 16, width: int = 24, frames: int = 8, seed: int = 0,
-                     name: str | None = None):
-    """A bundle with randomly initialised tiny networks (2 blocks, 8 channels): real files, no training."""
+                     name: str | None = None, mode: str = "video"):
+    """A bundle with randomly initialised tiny networks (2 blocks, 8 channels): real files, no training.
+    mode "image": a single-image bundle (one frame)."""
     import torch
 
     from sinfusion.bundle import Bundle, Manifest, RoleEntry, weights_path
@@ -39,7 +40,8 @@ def make_tiny_bundle(path: Path, roles=("predictor", "projector", "interpolator"
     from sinfusion.network import SinFusionNet
 
     torch.manual_seed(seed)
-    manifest = Manifest(name=name or path.name, mode="video", width=width, height=height, fps=12.0,
+    frames = 1 if mode == "image" else frames
+    manifest = Manifest(name=name or path.name, mode=mode, width=width, height=height, fps=12.0,
                         frame_count=frames, source={"kind": "test"})
     bundle = Bundle.create(path, manifest, tiny_clip(frames, height, width, seed))
     for role in roles:

@@ -100,6 +100,38 @@ def test_streams_emit_frames_in_order_and_range():
     assert [f.synthesized for f in up] == [False, True, True, True] * 2 + [False]
 
 
+def test_a_new_clip_of_a_video_starts_from_a_clip_frame_the_seed_picks():
+    """Generate with the clip: its first frame is the Projector's projection of the clip frame its
+    seed draws, from GENERATE_STRENGTH's level, given that frame's colours; then the extrapolation.
+    (The oracle's frame is the picked one at half its contrast: only the picked frame's colours
+    make it that frame again.)"""
+    from sinfusion.frames import to_model
+
+    clip = np.random.default_rng(4).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    start = S.strength_level(cosine_schedule(50), S.GENERATE_STRENGTH)
+    for seed in (0, 1, 2, 3):
+        picked = to_model(clip[int(np.random.default_rng(seed).integers(len(clip)))])
+        oracle, levels = oracle_for(0.5 * picked), []
+
+        def denoiser(role, x, cond, t, *rest):
+            levels.append((role, int(t[0])))
+            return oracle(role, x, cond, t, *rest)
+
+        frames = list(S.run(S.generate(bundle_sampling(), (8, 8), 3, np.random.default_rng(seed),
+                                       S.SamplingOptions(steps=2), clip=clip), denoiser))
+        assert [f.index for f in frames] == [0, 1, 2]
+        np.testing.assert_allclose(frames[0].image, picked, atol=1e-4)
+        assert levels[0] == ("projector", start)
+    with pytest.raises(ValueError, match="clip frames are 8x8, the new clip 6x8"):
+        next(S.generate(bundle_sampling(), (8, 6), 2, np.random.default_rng(0), S.SamplingOptions(),
+                        clip=clip))
+
+
+def test_generate_takes_extrapolate_defaults_for_a_video_and_the_papers_for_an_image():
+    assert S.generate_defaults("video") == "extrapolate"
+    assert S.SamplingOptions.chosen(loop=S.generate_defaults("image")) == S.PAPER_SAMPLING
+
+
 def test_same_seed_same_frames_and_batched_equals_alone():
     """Batching requests of two streams gives each the frames it gets alone (per-stream RNG)."""
     x0 = np.random.default_rng(5).uniform(-1, 1, (3, 8, 8)).astype(np.float32)

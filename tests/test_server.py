@@ -128,15 +128,29 @@ def test_default_sampling_parameters_work(stub, running):
                                     np.random.default_rng(11), defaults)
         assert len(served) == 2
         assert_core_frames(served, model, loop)
-    # Generate draws its first frame from noise with the Projector: it keeps the paper's DDPM, and
-    # paints it with the clip's palette, as the core loop does with the bundle's.
-    assert model.sampling.palette is not None
-    assert model.sampling.palette == model.bundle.manifest.palette
+    # A video's Generate starts from a clip frame the Projector varies and extrapolates from it:
+    # Extrapolate's defaults.
     served = [pixels(f) for f in stub.Generate(pb.GenerateRequest(
         model="tiny", frames=2, sampling=pb.SamplingParams(seed=11)))]
     loop = sampling.generate(model.sampling, model.size, 2, np.random.default_rng(11),
-                             sampling.SamplingOptions(0, "ddpm", 3))
+                             sampling.SamplingOptions(sampling.DEFAULT_DDIM_STEPS, "ddim", 3),
+                             clip=model.clip)
     assert_core_frames(served, model, loop)
+
+
+def test_an_image_model_generates_from_noise_with_the_papers_sampler(tmp_path):
+    """A single image's Generate draws from noise with the Projector: the paper's DDPM, painted with
+    the image's palette, as the core loop does with the bundle's."""
+    make_tiny_bundle(tmp_path / "models" / "image", roles=("projector",), mode="image")
+    with serve(tmp_path / "models", grace=0.5) as (running, stub):
+        image = running.models["image"]
+        assert image.sampling.palette is not None
+        assert image.sampling.palette == image.bundle.manifest.palette
+        served = [pixels(f) for f in stub.Generate(pb.GenerateRequest(
+            model="image", frames=1, sampling=pb.SamplingParams(seed=11)))]
+        loop = sampling.generate(image.sampling, image.size, 1, np.random.default_rng(11),
+                                 sampling.SamplingOptions(0, "ddpm", 3))
+        assert_core_frames(served, image, loop)
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])

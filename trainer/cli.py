@@ -22,7 +22,7 @@ from sinfusion.io.cli import (EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OUTPUT, Parser,
                               non_negative_float, positive_float, pull_arg, sampling_choice,
                               scales_arg, size_within, strength_arg, usage_failed, weight_arg)
 from sinfusion.io.files import VideoError
-from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions
+from sinfusion.sampling import DEFAULT_STRENGTH, SUMMARY_AXES, SamplingOptions, generate_defaults
 
 PROG = "trainer"
 
@@ -270,9 +270,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
         mode, count = "generate", args.generate
     else:
         mode, count = "upsample", 0
+    loop = generate_defaults(bundle.manifest.mode) if mode == "generate" else mode
     request = RenderRequest(mode=mode, count=count, factor=args.upsample or 2, start=args.start,
                             k=args.k, seed=args.seed,
-                            options=_sampling_options(args, bundle.manifest.correction_steps, mode))
+                            options=_sampling_options(args, bundle.manifest.correction_steps, loop))
     roles = [r for r in bundle.roles if r in required_roles(mode) or r == "projector"]
     try:
         from .render import check_request

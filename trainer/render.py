@@ -93,8 +93,9 @@ def render(bundle: Bundle, request: RenderRequest,
         loop = sampling.extrapolate(bundle_sampling, to_model(clip[start]), request.count, request.k, rng,
                                     request.options)
     elif request.mode == "generate":
+        clip = bundle.frames() if m.mode == "video" else None  # a video's new clip starts from one
         loop = sampling.generate(bundle_sampling, (m.height, m.width), request.count, rng, request.options,
-                                 k=request.k)
+                                 k=request.k, clip=clip)
     else:
         clip = bundle.frames()
         loop = sampling.upsample(bundle_sampling, (to_model(f) for f in clip), request.factor, rng,

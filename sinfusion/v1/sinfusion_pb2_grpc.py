@@ -99,8 +99,10 @@ class SinFusionServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request, context):
-        """Server streaming. A new variation of the clip: the first frame is generated from noise by the
-        Projector, then each next frame by the Predictor -> Projector loop. One Frame message per frame.
+        """Server streaming. A new variation of the clip: the first frame is one of the clip's frames, drawn
+        at random (by the seed) and re-drawn by the Projector from a noise level (a single-image model's
+        is drawn from noise), then each next frame comes from the Predictor -> Projector loop, as in
+        Extrapolate. One Frame message per frame.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
