@@ -152,8 +152,9 @@ def test_resident_loop_keeps_tensors_and_matches_numpy(resident, eager):
     assert [i for i, (_, _, host_cond) in enumerate(seen) if host_cond] == [0, 1, 2, 3]
     for a, b in zip(ours, theirs):
         # the correction's colour keep rescales a random network's frame to the start frame's
-        # colours, which carries the float rounding of the steps on (a few pixels at 3e-4)
-        np.testing.assert_allclose(a, b, atol=5e-4)
+        # colours, which carries the float rounding of the steps on (a few pixels at 3e-4 to 8e-4,
+        # by the numpy build; the compiled runtime's test allows 1e-3 too)
+        np.testing.assert_allclose(a, b, atol=1e-3)
     assert rng_a.bit_generator.state == rng_b.bit_generator.state  # the same draws, no more
 
 

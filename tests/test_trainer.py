@@ -448,8 +448,8 @@ def test_a_checkpoint_written_in_nchw_resumes_channels_last(tmp_path, monkeypatc
 
 def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_less(tmp_path, monkeypatch):
     """With a layout pull, once the Predictor and the Projector are trained the trainer extrapolates
-    from the clip's first frame with the hold and without it; the manifest records both drifts and
-    keeps the pull only where the held stream drifts less. No role gives up its share of the time
+    from the clip's first and last frames with the hold and without it; the manifest records the
+    drifts and keeps the pull only where the held streams' worse start drifts less than the free's. No role gives up its share of the time
     for it; presets without a pull (tiny, paper) measure nothing."""
     from sinfusion.trainer import layout_check, training
 
@@ -473,6 +473,9 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
     record = bundle.manifest.quality["layout"]
     assert [record] == measured
     assert record["frames"] == 8 and record["seed"] == 0 and record["seconds"] > 0
+    assert record["starts"] == [0, 7]
+    assert (record["held_ratio"], record["free_ratio"]) == (max(record["held_ratios"]),
+                                                            max(record["free_ratios"]))
     assert record["held"] == (record["held_ratio"] < record["free_ratio"])
     assert Bundle.open(bundle.path).manifest.layout_pull == (0.2 if record["held"] else 0.0)
     assert budgets == {role: config.time_for(role, ["predictor", "projector", "interpolator"])
@@ -484,8 +487,9 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
 
 
 def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path):
-    """held_ratio and free_ratio are drift_check's ratio of the stream extrapolated with and without
-    the hold; a lost hold sets the manifest's pull to 0, and the bundle then serves none."""
+    """held_ratios and free_ratios are drift_check's ratios of the streams extrapolated with and
+    without the hold from the clip's first and last frames; a lost hold sets the manifest's pull to
+    0, and the bundle then serves none."""
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import drift_check, extrapolate_clip
     from sinfusion.trainer.layout_check import check_layout_hold, layout_line
@@ -498,19 +502,23 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
     options = sampling.SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps)
     den = TorchDenoiser(bundle, roles=["predictor", "projector"])
 
-    def ratio(facts) -> float:
-        stream = extrapolate_clip(bundle, 0, 8, 1, options, 0, den, facts)
+    def ratio(facts, start: int) -> float:
+        stream = extrapolate_clip(bundle, start, 8, 1, options, 0, den, facts)
         field = nearest_neighbour_field(stream, bundle.frames(), PatchMatchOptions())
         return round(drift_check(field.per_frame_distance().tolist())["ratio"], 3)
 
     assert held.layout_weights is not None
     free = dataclasses.replace(held, layout_weights=None)
-    assert (record["held_ratio"], record["free_ratio"]) == (ratio(held), ratio(free))
+    assert record["held_ratios"] == [ratio(held, 0), ratio(held, 5)]
+    assert record["free_ratios"] == [ratio(free, 0), ratio(free, 5)]
     again = Bundle.open(bundle.path)
     assert again.manifest.quality["layout"] == record
     assert again.manifest.layout_pull == (0.3 if record["held"] else 0.0)
     assert (again.sampling().layout_weights is None) == (not record["held"])
     assert layout_line(record).startswith("holds" if record["held"] else "does not hold")
+    assert "8 frames from frames 0 and 5 drift" in layout_line(record)
+    older = {k: v for k, v in record.items() if k not in ("starts", "held_ratios", "free_ratios")}
+    assert "8 frames from frame 0 drift" in layout_line(older)  # a bundle checked from frame 0 only
 
 
 def test_a_clip_that_moves_everywhere_has_no_layout_to_hold(tmp_path):

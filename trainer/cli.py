@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"steps for the {role} (overrides --steps and the preset)")
     t.add_argument("--time", type=duration, metavar="DURATION",
                    help=f"wall-clock budget of the whole run, e.g. 15m (shared by the roles: "
-                        f"{shares}; the layout check, about 100 s at 128x72, comes on top); preset "
+                        f"{shares}; the layout check, about 200 s at 128x72, comes on top); preset "
                         f"default")
     t.add_argument("--holdout", type=int_at_least(-1), metavar="N",
                    help="frames at the clip's end kept out of training to measure next-frame "
