@@ -13,6 +13,7 @@ the NNFDIST of its 3x3x3 patches against the original clip plus simple colour st
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,12 +33,16 @@ def _denoiser(bundle: Bundle, roles: list[str]):
     return TorchDenoiser(bundle, roles=roles)
 
 
-def _collect(loops, denoiser, counts: list[int]) -> list[np.ndarray]:
-    """Run loops in lock-step and gather each one's frames as uint8 (N, H, W, 3)."""
+def _collect(loops, denoiser, counts: list[int], progress: Callable[[], None] | None = None
+             ) -> list[np.ndarray]:
+    """Run loops in lock-step and gather each one's frames as uint8 (N, H, W, 3); `progress` is
+    called once per frame made."""
     frames: list[list[np.ndarray | None]] = [[None] * c for c in counts]
 
     def keep(i: int, frame: Frame) -> None:
         frames[i][frame.index] = frame.image
+        if progress is not None:
+            progress()
 
     run_lockstep(loops, denoiser, keep)
     return [to_uint8(np.stack(f)) for f in frames]
@@ -56,10 +61,11 @@ def generate_clips(bundle: Bundle, clips: int, frames: int, sampling: SamplingOp
 
 
 def extrapolate_clip(bundle: Bundle, start: int, frames: int, k: int, sampling: SamplingOptions,
-                     seed: int = 0, denoiser=None, bundle_sampling: BundleSampling | None = None
-                     ) -> np.ndarray:
+                     seed: int = 0, denoiser=None, bundle_sampling: BundleSampling | None = None,
+                     progress: Callable[[], None] | None = None) -> np.ndarray:
     """The clip's frame `start` followed by `frames` predicted frames, uint8 (frames+1, H, W, 3),
-    sampled with the bundle's facts (or `bundle_sampling`, the same bundle's served otherwise)."""
+    sampled with the bundle's facts (or `bundle_sampling`, the same bundle's served otherwise);
+    `progress` is called once per predicted frame."""
     original = bundle.frames()
     if not 0 <= start < len(original):
         raise ValueError(f"start frame must be in [0, {len(original) - 1}], got {start}")
@@ -67,7 +73,7 @@ def extrapolate_clip(bundle: Bundle, start: int, frames: int, k: int, sampling: 
     denoiser = denoiser or _denoiser(bundle, roles)
     loop = extrapolate(bundle_sampling or bundle.sampling(), to_model(original[start]), frames, k,
                        np.random.default_rng(seed), sampling)
-    (out,) = _collect([loop], denoiser, [frames])
+    (out,) = _collect([loop], denoiser, [frames], progress)
     return np.concatenate([original[start:start + 1], out])
 
 

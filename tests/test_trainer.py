@@ -486,6 +486,34 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
     assert "layout" not in plain.manifest.quality and not measured
 
 
+def test_ctrl_c_in_the_layout_check_keeps_the_trained_roles_and_resume_measures_again(
+        tmp_path, monkeypatch):
+    """The check comes once the Predictor and the Projector are saved: Ctrl-C there says so, and
+    --resume trains neither again but measures the hold, then trains the Interpolator."""
+    from sinfusion.trainer import layout_check, training
+
+    calls = []
+
+    def check(bundle, **kwargs):
+        calls.append(bundle.path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # what Ctrl-C does in the middle of the streams
+        return layout_check.check_layout_hold(bundle, frames=8, **kwargs)
+
+    monkeypatch.setattr(training, "check_layout_hold", check)
+    config = tiny_config(steps=2, layout_pull=0.2, layout_sigma=1.5, time_budget_s=3600.0)
+    clip = tiny_clip(8, 16, 24)
+    with pytest.raises(TrainingInterrupted, match="while measuring the layout hold"):
+        train_bundle(clip, tmp_path / "b", config, progress=False, device="cpu")
+    saved = Bundle.open(tmp_path / "b")
+    assert {"predictor", "projector"} <= set(saved.roles) and "layout" not in saved.manifest.quality
+    trained = set()
+    bundle = train_bundle(clip, tmp_path / "b", config, resume=True, progress=False, device="cpu",
+                          callback=lambda role, step, loss: trained.add(role))
+    assert len(calls) == 2 and "layout" in bundle.manifest.quality
+    assert trained == {"interpolator"} and "interpolator" in bundle.roles
+
+
 def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path):
     """held_ratios and free_ratios are drift_check's ratios of the streams extrapolated with and
     without the hold from the clip's first and last frames; a lost hold sets the manifest's pull to

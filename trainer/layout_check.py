@@ -33,6 +33,8 @@ import sys
 import time
 from dataclasses import replace
 
+from tqdm import tqdm
+
 from sinfusion.bundle import Bundle
 from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
 from sinfusion.quality.stability import drift_check, extrapolate_clip
@@ -69,16 +71,23 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
                                      loop="extrapolate")
 
     starts = sorted({0, len(clip) - 1})
+    # The same bar as training's: four streams are minutes of work on a CPU.
+    bar = tqdm(total=2 * len(starts) * frames, desc=f"{'layout check':>12}", unit="frame",
+               file=sys.stderr, disable=not announce, dynamic_ncols=True, leave=True)
 
-    def ratios(sampling) -> list[float]:
+    def ratios(sampling, name: str) -> list[float]:
         out = []
         for start in starts:
-            stream = extrapolate_clip(bundle, start, frames, 1, options, seed, denoiser, sampling)
+            stream = extrapolate_clip(bundle, start, frames, 1, options, seed, denoiser, sampling,
+                                      progress=lambda: bar.update(1))
             field = nearest_neighbour_field(stream, clip, PatchMatchOptions())
             out.append(round(drift_check(field.per_frame_distance().tolist())["ratio"], 3))
+            bar.set_postfix_str(f"{name} from {start}: {out[-1]:.2f}", refresh=True)
         return out
 
-    held_ratios, free_ratios = ratios(held), ratios(replace(held, layout_weights=None))
+    with bar:
+        held_ratios = ratios(held, "held")
+        free_ratios = ratios(replace(held, layout_weights=None), "free")
     return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
                           "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
                           "held_ratio": max(held_ratios), "free_ratio": max(free_ratios),

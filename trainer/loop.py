@@ -43,10 +43,13 @@ StepCallback = Callable[[str, int, float], None]
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by Ctrl-C after writing a checkpoint it can resume from."""
+    """Training stopped by Ctrl-C after writing a checkpoint it can resume from. `doing` names
+    what was stopped when it was not a role's steps (the layout check, after every role)."""
 
-    def __init__(self, bundle_dir: Path, role: str, step: int, total: int) -> None:
-        super().__init__(f"interrupted {role} at step {step}/{total}; checkpoint saved in {bundle_dir}")
+    def __init__(self, bundle_dir: Path, role: str, step: int, total: int,
+                 doing: str | None = None) -> None:
+        doing = doing or f"{role} at step {step}/{total}"
+        super().__init__(f"interrupted {doing}; checkpoint saved in {bundle_dir}")
         self.bundle_dir, self.role, self.step, self.total = bundle_dir, role, step, total
 
 

@@ -229,5 +229,10 @@ def train_bundle(
                                             bundle.manifest.correction_steps))
         if role in checked_after and needs_check(bundle) and (
                 not finished_before or "layout" not in bundle.manifest.quality):
-            check_layout_hold(bundle, announce=progress)
+            try:
+                check_layout_hold(bundle, announce=progress)
+            except KeyboardInterrupt:  # both roles are saved: --resume measures again, then goes on
+                raise TrainingInterrupted(bundle.path, role, run.state.step, run.total,
+                                          doing="while measuring the layout hold (the Predictor "
+                                                "and the Projector are trained)") from None
     return bundle
