@@ -209,6 +209,17 @@ def cmd_diversity(args) -> None:
     _emit(result, args.out)
 
 
+def _start_frame(value: str, count: int) -> int:
+    """--start-frame as an index of the bundle's `count` frames."""
+    try:
+        start = int(value)
+    except ValueError:
+        raise UsageError(f"--start-frame must be a frame index or 'last', got {value!r}") from None
+    if not 0 <= start < count:
+        raise UsageError(f"--start-frame must be in [0, {count - 1}] or 'last', got {start}")
+    return start
+
+
 def cmd_stability(args) -> None:
     from sinfusion.sampling import generate_defaults, validate_k
 
@@ -216,20 +227,19 @@ def cmd_stability(args) -> None:
 
     frames = _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor") if args.generate else ("predictor",))
-    if not 0 <= args.start_frame < bundle.manifest.frame_count:
-        raise UsageError(f"--start-frame must be in [0, {bundle.manifest.frame_count - 1}], "
-                         f"got {args.start_frame}")
+    count = bundle.manifest.frame_count
+    start = count - 1 if args.start_frame == "last" else _start_frame(args.start_frame, count)
     try:
         validate_k(args.k)
     except ValueError as exc:
         raise UsageError(f"--{exc}") from None
     loop = generate_defaults(bundle.manifest.mode) if args.generate else "extrapolate"
     result = stability_report(args.bundle, frames=frames, generated=args.generate,
-                              start=args.start_frame, k=args.k,
+                              start=start, k=args.k,
                               sampling=_sampling_options(args, None, bundle, loop),
                               patchmatch=_patchmatch_options(args), seed=args.seed,
                               figures=args.figures or None, prefix=args.prefix)
-    what = "generated" if args.generate else f"extrapolated from frame {args.start_frame}"
+    what = "generated" if args.generate else f"extrapolated from frame {start}"
     print(f"{PROG}: {frames} frames {what}: {checks_line(result['checks'])}", file=sys.stderr)
     _emit(result, args.out)
 
@@ -313,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--frames", type=int, default=33, help="frames per clip (default 33)")
         else:
             p.add_argument("--frames", type=int, default=300, help="frames to extrapolate (300)")
-            p.add_argument("--start-frame", type=int, default=0, help="clip frame to start from")
+            p.add_argument("--start-frame", default="0",
+                           help="clip frame to start from: an index, or 'last' (where the paper, "
+                                "`trainer sample` and the trainer's layout check extrapolate "
+                                "from; default 0)")
             p.add_argument("--k", type=int, default=1, help="frame step (default 1)")
             p.add_argument("--generate", action="store_true",
                            help="a generated clip (Generate) instead of extrapolating a real frame")

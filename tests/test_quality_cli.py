@@ -142,7 +142,8 @@ def test_cli_nnf_writes_json(tmp_path, capsys):
     (["nextframe", "{a}", "--preset", "huge"], 2, "unknown preset 'huge'"),
     (["plot-nextframe", "{a}/000.png", "--out", "{a}/x.png"], 3, "not a readable result file"),
     (["stability", "{a}"], 3, "not a bundle"),
-    (["stability", "{b}", "--start-frame", "99"], 2, "--start-frame must be in [0, 7], got 99"),
+    (["stability", "{b}", "--start-frame", "99"], 2, "--start-frame must be in [0, 7] or 'last', got 99"),
+    (["stability", "{b}", "--start-frame", "end"], 2, "--start-frame must be a frame index or 'last', got 'end'"),
     (["stability", "{b}", "--correction-steps", "99"], 2, "correction_steps must be in [0, 50]"),
     (["diversity", "{a}", "--clips", "0"], 2, "--clips must be >= 1"),
     (["diversity", "{a}"], 3, "not a bundle"),
@@ -191,6 +192,11 @@ def test_cli_stability_on_a_bundle(tiny_bundle, tmp_path, monkeypatch, capsys):
     report = json.loads(out.read_text())
     assert "figures" not in report and not any((tmp_path / "elsewhere").iterdir())
     assert report["sampling"]["correction_weight"] == 1.0  # the bundle's, recorded with its T_corr
+    # 'last': the clip's last frame, where the trainer's layout check and `trainer sample` start
+    assert cli.main(["stability", str(tiny_bundle.path), "--start-frame", "last", "--frames", "4",
+                     "--sampling-steps", "3", "--iterations", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["start"] == tiny_bundle.manifest.frame_count - 1
+    assert "extrapolated from frame 7:" in capsys.readouterr().err
 
 
 @pytest.mark.slow
