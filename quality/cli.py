@@ -210,7 +210,9 @@ def cmd_diversity(args) -> None:
 
 
 def _start_frame(value: str, count: int) -> int:
-    """--start-frame as an index of the bundle's `count` frames."""
+    """--start-frame as an index of the bundle's `count` frames ('last': the last one)."""
+    if value == "last":
+        return count - 1
     try:
         start = int(value)
     except ValueError:
@@ -227,8 +229,7 @@ def cmd_stability(args) -> None:
 
     frames = _positive("frames", args.frames, 3)
     bundle = _bundle(args.bundle, ("projector", "predictor") if args.generate else ("predictor",))
-    count = bundle.manifest.frame_count
-    start = count - 1 if args.start_frame == "last" else _start_frame(args.start_frame, count)
+    start = _start_frame(args.start_frame, bundle.manifest.frame_count)
     try:
         validate_k(args.k)
     except ValueError as exc:

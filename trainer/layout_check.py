@@ -88,10 +88,11 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
     with bar:
         held_ratios = ratios(held, "held")
         free_ratios = ratios(replace(held, layout_weights=None), "free")
+    held_ratio, free_ratio = max(held_ratios), max(free_ratios)  # each one's worse start
     return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
                           "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
-                          "held_ratio": max(held_ratios), "free_ratio": max(free_ratios),
-                          "held": max(held_ratios) < max(free_ratios),
+                          "held_ratio": held_ratio, "free_ratio": free_ratio,
+                          "held": held_ratio < free_ratio,
                           "seconds": round(time.monotonic() - started, 1)})
 
 

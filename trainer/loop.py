@@ -44,7 +44,8 @@ StepCallback = Callable[[str, int, float], None]
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C after writing a checkpoint it can resume from. `doing` names
-    what was stopped when it was not a role's steps (the layout check, after every role)."""
+    what was stopped when it was not a role's steps (the layout check, once the Predictor and the
+    Projector are trained)."""
 
     def __init__(self, bundle_dir: Path, role: str, step: int, total: int,
                  doing: str | None = None) -> None:
