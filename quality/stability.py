@@ -183,9 +183,12 @@ def checks_line(checks: dict) -> str:
     (e0, e1), (l0, l1) = checks["early_frames"], checks["late_frames"]
     verdict = "within" if checks["ratio"] <= DRIFT_GOAL else "over"
     inside = ", ".join(f"{name} {checks[stat]['inside']:.0%}" for stat, name in COLOUR_STATS)
-    return (f"drift {checks['ratio']:.2f} (NNFDIST of frames {l0}-{l1} over frames {e0}-{e1}, "
+    line = (f"drift {checks['ratio']:.2f} (NNFDIST of frames {l0}-{l1} over frames {e0}-{e1}, "
             f"{verdict} the goal of {DRIFT_GOAL}); frames {l0}-{l1} inside the clip's colour band: "
             f"{inside}")
+    if "motion" in checks:
+        line += f"; they change {checks['motion']['ratio']:.0%} as much per frame as the clip"
+    return line
 
 
 def drift_check(per_frame: list[float], early: int = 10, late: int = 50) -> dict:
@@ -199,6 +202,29 @@ def drift_check(per_frame: list[float], early: int = 10, late: int = 50) -> dict
     return {"early_frames": [1, early], "late_frames": [len(values) + 1 - late, len(values)],
             "early_nnfdist": float(first.mean()), "late_nnfdist": float(last.mean()),
             "ratio": float(last.mean() / max(first.mean(), 1e-12))}
+
+
+def mean_change(frames: np.ndarray, step: int = 1) -> float:
+    """Mean absolute change per pixel and channel, on [0, 1], between frames `step` apart (uint8
+    frames (N, H, W, 3), N > step), a frame pair at a time."""
+    total = 0.0
+    for a, b in zip(frames[:-step], frames[step:]):
+        total += float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+    return total / (len(frames) - step) / 255.0
+
+
+def motion_check(original: np.ndarray, stream: np.ndarray, k: int = 1, late: int = 50) -> dict:
+    """How fast a stream's late frames change against the clip: `late` is the mean change between
+    consecutive frames over its last `late` frames (each a step of k in the clip), `clip` the mean
+    change between the clip's frames |k| apart, `ratio` the one over the other. NNFDIST alone
+    cannot tell a living stream from a frozen one (a still frame of the clip has no drift at all):
+    near 1 the late frames move at the clip's pace, near 0 they stand still."""
+    step = min(max(1, abs(k)), len(original) - 1)
+    late = max(1, min(late, len(stream) - 1))
+    clip_change = mean_change(original, step)
+    late_change = mean_change(stream[-late - 1:])
+    return {"clip": round(clip_change, 6), "late": round(late_change, 6),
+            "ratio": round(late_change / max(clip_change, 1e-12), 3)}
 
 
 def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late: int = 50) -> dict:
@@ -259,6 +285,9 @@ def stability_report(bundle_path, frames: int = 300, start: int = 0, k: int = 1,
         "colour": {"original": colour_stats(original), "extrapolated": colour_stats(clip)},
     }
     report["checks"] = stability_checks(report["per_frame_nnfdist"], report["colour"])
+    late_frames = report["checks"]["late_frames"]
+    report["checks"]["motion"] = motion_check(original, clip, 1 if generated else k,
+                                              late_frames[1] + 1 - late_frames[0])
     if figures is not None:
         out = Path(figures)
         out.mkdir(parents=True, exist_ok=True)

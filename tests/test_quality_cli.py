@@ -46,6 +46,7 @@ def test_stability_report_scores_every_frame_and_draws(tiny_bundle, tmp_path):
     assert checks["ratio"] == pytest.approx(report["per_frame_nnfdist"][-1]
                                             / report["per_frame_nnfdist"][0])
     assert 0.0 <= checks["std"]["inside"] <= 1.0 and len(checks["mean"]["band"]) == 2
+    assert checks["motion"]["clip"] > 0 and checks["motion"]["ratio"] >= 0
     generated = stability_report(tiny_bundle.path, frames=7, sampling=FAST_SAMPLING,
                                  patchmatch=FAST_PM, generated=True)
     assert generated["mode"] == "generate" and len(generated["per_frame_nnfdist"]) == 6
@@ -75,6 +76,28 @@ def test_stability_checks_flag_drift_and_colour_leaving_its_band():
     checks = stability_checks(per_frame, edge)
     assert checks["mean"]["inside"] == 1.0 and checks["std"]["inside"] == 1.0
     assert checks["saturation"]["inside"] == 0.0
+
+
+def test_motion_check_tells_a_frozen_stream_from_one_at_the_clips_pace():
+    from sinfusion.quality.stability import checks_line, motion_check, stability_checks
+
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 256, (6, 4, 5, 3), dtype=np.uint8)
+    frozen = np.repeat(clip[-1:], 20, axis=0)
+    assert motion_check(clip, frozen) == {"clip": motion_check(clip, clip)["clip"], "late": 0.0,
+                                          "ratio": 0.0}
+    assert motion_check(clip, clip)["ratio"] == pytest.approx(1.0)
+    assert motion_check(clip, clip[::-1], k=-1)["ratio"] == pytest.approx(1.0)
+    # only the late frames count: a stream that moved and then stopped reads as stopped
+    moved_then_stopped = np.concatenate([clip, frozen])
+    assert motion_check(clip, moved_then_stopped, late=10)["ratio"] == 0.0
+    # frames 2 apart (k = 2) change more in the clip: the stream is measured against those
+    assert motion_check(clip, clip, k=2)["clip"] != motion_check(clip, clip)["clip"]
+    stats = ("mean", "std", "saturation")
+    checks = stability_checks([1.0] * 20, {"original": {s: [0.5] for s in stats},
+                                           "extrapolated": {s: [0.5] * 21 for s in stats}})
+    checks["motion"] = motion_check(clip, moved_then_stopped, late=5)
+    assert checks_line(checks).endswith("; they change 0% as much per frame as the clip")
 
 
 def test_diversity_report_orders_the_references(tiny_bundle, tmp_path):

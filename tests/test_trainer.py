@@ -516,10 +516,11 @@ def test_ctrl_c_in_the_layout_check_keeps_the_trained_roles_and_resume_measures_
 
 def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path):
     """held_ratios and free_ratios are drift_check's ratios of the streams extrapolated with and
-    without the hold from the clip's first and last frames; a lost hold sets the manifest's pull to
-    0, and the bundle then serves none."""
+    without the hold from the clip's first and last frames, held_motions and free_motions their
+    motion_check ratios; a lost hold sets the manifest's pull to 0, and the bundle then serves
+    none."""
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
-    from sinfusion.quality.stability import drift_check, extrapolate_clip
+    from sinfusion.quality.stability import drift_check, extrapolate_clip, motion_check
     from sinfusion.trainer.layout_check import check_layout_hold, layout_line
 
     bundle = make_tiny_bundle(tmp_path / "b", frames=6)
@@ -535,18 +536,29 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
         field = nearest_neighbour_field(stream, bundle.frames(), PatchMatchOptions())
         return round(drift_check(field.per_frame_distance().tolist())["ratio"], 3)
 
+    def motion(facts, start: int) -> float:
+        stream = extrapolate_clip(bundle, start, 8, 1, options, 0, den, facts)
+        return motion_check(bundle.frames(), stream, 1, late=1)["ratio"]  # drift_check's late frames: a quarter of 7
+
     assert held.layout_weights is not None
     free = dataclasses.replace(held, layout_weights=None)
     assert record["held_ratios"] == [ratio(held, 0), ratio(held, 5)]
     assert record["free_ratios"] == [ratio(free, 0), ratio(free, 5)]
+    assert record["held_motions"] == [motion(held, 0), motion(held, 5)]
+    assert record["free_motions"] == [motion(free, 0), motion(free, 5)]
+    kept = record["held_motions"] if record["held"] else record["free_motions"]
+    assert layout_line(record).endswith(f"; their last frames change {min(kept):.0%}-{max(kept):.0%} "
+                                        f"as much per frame as the clip")
     again = Bundle.open(bundle.path)
     assert again.manifest.quality["layout"] == record
     assert again.manifest.layout_pull == (0.3 if record["held"] else 0.0)
     assert (again.sampling().layout_weights is None) == (not record["held"])
     assert layout_line(record).startswith("holds" if record["held"] else "does not hold")
     assert "8 frames from frames 0 and 5 drift" in layout_line(record)
-    older = {k: v for k, v in record.items() if k not in ("starts", "held_ratios", "free_ratios")}
+    older = {k: v for k, v in record.items()
+             if k not in ("starts", "held_ratios", "free_ratios", "held_motions", "free_motions")}
     assert "8 frames from frame 0 drift" in layout_line(older)  # a bundle checked from frame 0 only
+    assert layout_line(older).endswith("of its pixels)")  # and before motion was measured
 
 
 def test_a_clip_that_moves_everywhere_has_no_layout_to_hold(tmp_path):

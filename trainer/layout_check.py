@@ -22,9 +22,11 @@ half the pull or more, such as the demo's waves) has nothing to hold: no stream 
 hold is dropped.
 
 The manifest records the measurement as "quality"."layout" ({"held_share", "held", "seconds", and
-where streams were made "frames", "seed", "starts", "held_ratios" and "free_ratios" per start, and
-"held_ratio" and "free_ratio", the worse of each}); where the hold is dropped, its `layout_pull`
-becomes 0.
+where streams were made "frames", "seed", "starts", "held_ratios" and "free_ratios" per start,
+"held_ratio" and "free_ratio", the worse of each, and "held_motions" and "free_motions" per start:
+how much the late frames change against the clip's frames (`motion_check`), which tells a stream
+that keeps moving from one that meets the drift goal by standing still}); where the hold is
+dropped, its `layout_pull` becomes 0.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from tqdm import tqdm
 
 from sinfusion.bundle import Bundle
 from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
-from sinfusion.quality.stability import drift_check, extrapolate_clip
+from sinfusion.quality.stability import drift_check, extrapolate_clip, motion_check
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
 from sinfusion.sampling import SamplingOptions
 
@@ -75,23 +77,28 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
     bar = tqdm(total=2 * len(starts) * frames, desc=f"{'layout check':>12}", unit="frame",
                file=sys.stderr, disable=not announce, dynamic_ncols=True, leave=True)
 
-    def ratios(sampling, name: str) -> list[float]:
-        out = []
+    def measure(sampling, name: str) -> tuple[list[float], list[float]]:
+        """Each start's drift ratio and motion ratio (motion_check: the late frames' pace)."""
+        drifts, motions = [], []
         for start in starts:
             stream = extrapolate_clip(bundle, start, frames, 1, options, seed, denoiser, sampling,
                                       progress=lambda: bar.update(1))
             field = nearest_neighbour_field(stream, clip, PatchMatchOptions())
-            out.append(round(drift_check(field.per_frame_distance().tolist())["ratio"], 3))
-            bar.set_postfix_str(f"{name} from {start}: {out[-1]:.2f}", refresh=True)
-        return out
+            drift = drift_check(field.per_frame_distance().tolist())
+            drifts.append(round(drift["ratio"], 3))
+            late = drift["late_frames"][1] + 1 - drift["late_frames"][0]
+            motions.append(motion_check(clip, stream, 1, late)["ratio"])
+            bar.set_postfix_str(f"{name} from {start}: {drifts[-1]:.2f}", refresh=True)
+        return drifts, motions
 
     with bar:
-        held_ratios = ratios(held, "held")
-        free_ratios = ratios(replace(held, layout_weights=None), "free")
+        held_ratios, held_motions = measure(held, "held")
+        free_ratios, free_motions = measure(replace(held, layout_weights=None), "free")
     held_ratio, free_ratio = max(held_ratios), max(free_ratios)  # each one's worse start
     return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
                           "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
                           "held_ratio": held_ratio, "free_ratio": free_ratio,
+                          "held_motions": held_motions, "free_motions": free_motions,
                           "held": held_ratio < free_ratio,
                           "seconds": round(time.monotonic() - started, 1)})
 
@@ -115,6 +122,11 @@ def layout_line(record: dict) -> str:
     several = len(starts) > 1
     origin = f"frames {' and '.join(str(s) for s in starts)}" if several else f"frame {starts[0]}"
     worst = ", the worse start" if several else ""
-    return (f"{verdict}: {record['frames']} frames from {origin} drift "
+    line = (f"{verdict}: {record['frames']} frames from {origin} drift "
             f"{record['held_ratio']:.2f} held, {record['free_ratio']:.2f} free (late / early "
             f"NNFDIST{worst}; the clip holds still at {record['held_share']:.0%} of its pixels)")
+    motions = record.get("held_motions" if record["held"] else "free_motions")
+    if motions:  # a record from before the motion check has none
+        line += (f"; their last frames change {min(motions):.0%}-{max(motions):.0%} as much per "
+                 f"frame as the clip")
+    return line
