@@ -549,6 +549,8 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
     kept = record["held_motions"] if record["held"] else record["free_motions"]
     assert layout_line(record).endswith(f"; their last frames change {min(kept):.0%}-{max(kept):.0%} "
                                         f"as much per frame as the clip")
+    same = {**record, "held_motions": [0.471, 0.468], "free_motions": [0.471, 0.468]}
+    assert layout_line(same).endswith("; their last frames change 47% as much per frame as the clip")
     again = Bundle.open(bundle.path)
     assert again.manifest.quality["layout"] == record
     assert again.manifest.layout_pull == (0.3 if record["held"] else 0.0)

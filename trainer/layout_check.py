@@ -127,6 +127,7 @@ def layout_line(record: dict) -> str:
             f"NNFDIST{worst}; the clip holds still at {record['held_share']:.0%} of its pixels)")
     motions = record.get("held_motions" if record["held"] else "free_motions")
     if motions:  # a record from before the motion check has none
-        line += (f"; their last frames change {min(motions):.0%}-{max(motions):.0%} as much per "
-                 f"frame as the clip")
+        low, high = f"{min(motions):.0%}", f"{max(motions):.0%}"
+        share = low if low == high else f"{low}-{high}"
+        line += f"; their last frames change {share} as much per frame as the clip"
     return line
