@@ -204,6 +204,12 @@ def drift_check(per_frame: list[float], early: int = 10, late: int = 50) -> dict
             "ratio": float(last.mean() / max(first.mean(), 1e-12))}
 
 
+def late_count(checks: dict) -> int:
+    """How many late frames `drift_check` scored (its "late_frames" range, both ends included)."""
+    first, last = checks["late_frames"]
+    return last + 1 - first
+
+
 def mean_change(frames: np.ndarray, step: int = 1) -> float:
     """Mean absolute change per pixel and channel, on [0, 1], between frames `step` apart (uint8
     frames (N, H, W, 3), N > step), a frame pair at a time."""
@@ -237,7 +243,7 @@ def stability_checks(per_frame: list[float], colour: dict, early: int = 10, late
     `band` / `late_range` show both.
     """
     checks = drift_check(per_frame, early, late)
-    late = checks["late_frames"][1] + 1 - checks["late_frames"][0]
+    late = late_count(checks)
     generated = colour["extrapolated"] if "extrapolated" in colour else colour["generated"]
     for stat, _ in COLOUR_STATS:
         band = (min(colour["original"][stat]), max(colour["original"][stat]))
@@ -285,9 +291,8 @@ def stability_report(bundle_path, frames: int = 300, start: int = 0, k: int = 1,
         "colour": {"original": colour_stats(original), "extrapolated": colour_stats(clip)},
     }
     report["checks"] = stability_checks(report["per_frame_nnfdist"], report["colour"])
-    late_frames = report["checks"]["late_frames"]
     report["checks"]["motion"] = motion_check(original, clip, 1 if generated else k,
-                                              late_frames[1] + 1 - late_frames[0])
+                                              late_count(report["checks"]))
     if figures is not None:
         out = Path(figures)
         out.mkdir(parents=True, exist_ok=True)

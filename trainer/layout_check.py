@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from sinfusion.bundle import Bundle
 from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
-from sinfusion.quality.stability import drift_check, extrapolate_clip, motion_check
+from sinfusion.quality.stability import drift_check, extrapolate_clip, late_count, motion_check
 from sinfusion.runtimes.torch_runtime import TorchDenoiser
 from sinfusion.sampling import SamplingOptions
 
@@ -86,8 +86,7 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
             field = nearest_neighbour_field(stream, clip, PatchMatchOptions())
             drift = drift_check(field.per_frame_distance().tolist())
             drifts.append(round(drift["ratio"], 3))
-            late = drift["late_frames"][1] + 1 - drift["late_frames"][0]
-            motions.append(motion_check(clip, stream, 1, late)["ratio"])
+            motions.append(motion_check(clip, stream, 1, late_count(drift))["ratio"])
             bar.set_postfix_str(f"{name} from {start}: {drifts[-1]:.2f}", refresh=True)
         return drifts, motions
 
