@@ -520,7 +520,7 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
     motion_check ratios; a lost hold sets the manifest's pull to 0, and the bundle then serves
     none."""
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
-    from sinfusion.quality.stability import drift_check, extrapolate_clip, motion_check
+    from sinfusion.quality.stability import drift_check, extrapolate_clip, late_count, motion_check
     from sinfusion.trainer.layout_check import check_layout_hold, layout_line
 
     bundle = make_tiny_bundle(tmp_path / "b", frames=6)
@@ -531,21 +531,21 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
     options = sampling.SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps)
     den = TorchDenoiser(bundle, roles=["predictor", "projector"])
 
-    def ratio(facts, start: int) -> float:
-        stream = extrapolate_clip(bundle, start, 8, 1, options, 0, den, facts)
-        field = nearest_neighbour_field(stream, bundle.frames(), PatchMatchOptions())
-        return round(drift_check(field.per_frame_distance().tolist())["ratio"], 3)
-
-    def motion(facts, start: int) -> float:
-        stream = extrapolate_clip(bundle, start, 8, 1, options, 0, den, facts)
-        return motion_check(bundle.frames(), stream, 1, late=1)["ratio"]  # drift_check's late frames: a quarter of 7
+    def scores(facts) -> tuple[list[float], list[float]]:
+        """Each start's drift ratio and motion ratio, from one stream per start."""
+        ratios, motions = [], []
+        for start in (0, 5):
+            stream = extrapolate_clip(bundle, start, 8, 1, options, 0, den, facts)
+            field = nearest_neighbour_field(stream, bundle.frames(), PatchMatchOptions())
+            drift = drift_check(field.per_frame_distance().tolist())
+            ratios.append(round(drift["ratio"], 3))
+            motions.append(motion_check(bundle.frames(), stream, 1, late_count(drift))["ratio"])
+        return ratios, motions
 
     assert held.layout_weights is not None
     free = dataclasses.replace(held, layout_weights=None)
-    assert record["held_ratios"] == [ratio(held, 0), ratio(held, 5)]
-    assert record["free_ratios"] == [ratio(free, 0), ratio(free, 5)]
-    assert record["held_motions"] == [motion(held, 0), motion(held, 5)]
-    assert record["free_motions"] == [motion(free, 0), motion(free, 5)]
+    assert (record["held_ratios"], record["held_motions"]) == scores(held)
+    assert (record["free_ratios"], record["free_motions"]) == scores(free)
     kept = record["held_motions"] if record["held"] else record["free_motions"]
     assert layout_line(record).endswith(f"; their last frames change {min(kept):.0%}-{max(kept):.0%} "
                                         f"as much per frame as the clip")
