@@ -2,14 +2,15 @@
 
     python -m bench.bench_correction PREDICTOR_BUNDLE [--projector BUNDLE | --train CLIP
         --minutes 6 --set field=value ...] [--tcorr 0,1,3] [--weight W] [--passes N]
-        [--margin PX] [--coarse LEVEL:WEIGHT] [--layout PULL:SIGMA:MOTION] [--steps N] [--method ddim]
+        [--margin PX] [--coarse LEVEL:WEIGHT] [--layout PULL:SIGMA:MOTION[:WINDOW]] [--steps N] [--method ddim]
         [--frames 300] [--seed 0]
         [--figures DIR] [--threads 1]
 
 For each correction level T_corr: next-frame PSNR on the predictor bundle's held-out pairs against
 copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
 correction weight, passes, Predictor margin, coarse correction and layout hold unless --weight,
---passes, --margin, --coarse, --layout; --coarse 0:1 and --layout 0:0:0 are none), and a
+--passes, --margin, --coarse, --layout; --coarse 0:1 and --layout 0:0:0 are none; a WINDOW above 0
+holds each pixel to the clip's layouts), and a
 `--frames` extrapolation from the clip's frame 0 scored as `sinfusion-quality stability` does
 (late / early NNFDIST, colour bands), with a contact sheet per level in --figures. --train first
 trains a Projector alone on CLIP with the cpu preset and the --set overrides (the Projector gets
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    "predictor bundle's)")
     parser.add_argument("--coarse", help="coarse correction LEVEL:WEIGHT before the passes "
                                           "(default: the predictor bundle's; 0:1 = none)")
-    parser.add_argument("--layout", help="layout hold PULL:SIGMA:MOTION of a stream's frames "
-                                          "(default: the predictor bundle's; 0:0:0 = none)")
+    parser.add_argument("--layout", help="layout hold PULL:SIGMA:MOTION[:WINDOW] of a stream's "
+                                          "frames (default: the predictor bundle's; 0:0:0 = none)")
     parser.add_argument("--steps", type=int, help="sampler steps (default: the served default)")
     parser.add_argument("--method", default="ddim", help="the Predictor's sampler: ddim or ddpm")
     parser.add_argument("--seed", type=int, default=0, help="the extrapolation's random seed")
@@ -88,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     pb, jb = Bundle.open(args.predictor), Bundle.open(projector)
     if args.layout is not None:  # the bundle then makes each pixel's pull from its clip, as served
         m = pb.manifest
-        m.layout_pull, m.layout_sigma, m.layout_motion = (float(v) for v in args.layout.split(":"))
+        pull, sigma, motion, *window = args.layout.split(":")
+        m.layout_pull, m.layout_sigma, m.layout_motion = float(pull), float(sigma), float(motion)
+        m.layout_window = int(window[0]) if window else 0
     denoiser = TorchDenoiser.from_networks({"predictor": load_network(pb, "predictor"),
                                             "projector": load_network(jb, "projector")})
     sampling = pb.sampling()

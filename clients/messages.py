@@ -82,6 +82,7 @@ class ModelInfo:
     layout_pull: float = 0.0  # share of the way a stream's frame moves to its first frame's layout
     layout_sigma: float = 0.0  # px of blur that makes a frame's layout
     layout_motion: float = 0.0  # the clip's layout spread where nothing is held (0: held everywhere)
+    layout_window: int = 0  # px matched to the clip's layouts (0: the first frame's is held)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
@@ -93,7 +94,7 @@ class ModelInfo:
                    m.mode, m.max_step, quality if m.HasField("quality") else None,
                    m.correction_weight or 1.0, m.correction_passes or 1, m.predictor_margin,
                    m.coarse_correction_level, m.coarse_correction_weight or 1.0, m.layout_pull,
-                   m.layout_sigma, m.layout_motion)
+                   m.layout_sigma, m.layout_motion, m.layout_window)
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def model_info(model: ServedModel) -> pb.ModelInfo:
         coarse_correction_level=m.coarse_correction_level,
         coarse_correction_weight=m.coarse_correction_weight,
         layout_pull=m.layout_pull, layout_sigma=m.layout_sigma, layout_motion=m.layout_motion,
+        layout_window=m.layout_window,
     )
 
 

@@ -102,13 +102,10 @@ def crop_margin(frame, margin: int):
     return frame if margin == 0 else frame[:, margin:-margin, margin:-margin]
 
 
-@functools.lru_cache(maxsize=32)
-def _blur_matrix(length: int, sigma: float) -> np.ndarray:
-    """(length, length) float32: a Gaussian blur of standard deviation `sigma` px along one side,
-    the side mirrored past its ends as `pad_mirrored` does; each row sums to 1."""
-    radius = max(1, int(np.ceil(3.0 * sigma)))
-    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
-    taps /= taps.sum()
+def _side_matrix(length: int, taps: np.ndarray) -> np.ndarray:
+    """(length, length) float32: the filter of `taps` (odd count, centred) along one side, the side
+    mirrored past its ends as `pad_mirrored` does."""
+    radius = len(taps) // 2
     source = _mirrored_index(length, radius)  # padded position -> pixel of the side
     m = np.zeros((length, length), np.float64)
     for offset, weight in enumerate(taps):  # output i reads padded position i + offset
@@ -119,11 +116,26 @@ def _blur_matrix(length: int, sigma: float) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _blur_matrix_on(length: int, sigma: float, device):
-    """_blur_matrix as a tensor on `device`, made once."""
+def _blur_matrix(length: int, sigma: float) -> np.ndarray:
+    """A Gaussian blur of standard deviation `sigma` px along one side; each row sums to 1."""
+    radius = max(1, int(np.ceil(3.0 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    return _side_matrix(length, taps / taps.sum())
+
+
+@functools.lru_cache(maxsize=32)
+def _window_matrix(length: int, radius: int) -> np.ndarray:
+    """The sum over the 2 radius + 1 pixels around each one along one side."""
+    return _side_matrix(length, np.ones(2 * radius + 1))
+
+
+@functools.lru_cache(maxsize=32)
+def _on_device(kind: str, length: int, size: float, device):
+    """A side matrix (`kind` "blur" or "window") as a tensor on `device`, made once."""
     import torch
 
-    return torch.tensor(_blur_matrix(length, sigma), device=device)  # a copy: the cache is read-only
+    host = _blur_matrix(length, size) if kind == "blur" else _window_matrix(length, int(size))
+    return torch.tensor(host, device=device)  # a copy: the cache is read-only
 
 
 def layout(frame, sigma: float):
@@ -133,8 +145,25 @@ def layout(frame, sigma: float):
     if is_host(frame):
         down, across = _blur_matrix(h, sigma), _blur_matrix(w, sigma)
         return (down @ frame @ across.T).astype(np.float32)
-    down, across = (_blur_matrix_on(n, sigma, frame.device) for n in (h, w))
+    down, across = (_on_device("blur", n, sigma, frame.device) for n in (h, w))
     return down @ frame @ across.T
+
+
+def nearest_layout(own, clip, radius: int):
+    """Each pixel of the clip's layouts `clip` (N, C, H, W) whose neighbourhood is nearest the
+    frame's layout `own` (C, H, W): at every pixel, the clip frame with the least summed squared
+    difference over the (2 radius + 1)^2 window around it (mirrored past the frame's edges), the
+    first of equals. Where the clip holds still every frame agrees; where it moves, a pixel takes
+    the clip's state that its surroundings look most like."""
+    c, h, w = (int(n) for n in own.shape)
+    error = ((clip - own[None]) ** 2).sum(1)  # (N, H, W)
+    if is_host(own):
+        error = _window_matrix(h, radius) @ error @ _window_matrix(w, radius).T
+        best = error.argmin(axis=0)[None, None]  # (1, 1, H, W)
+        return np.take_along_axis(clip, np.broadcast_to(best, (1, c, h, w)), axis=0)[0]
+    down, across = (_on_device("window", n, radius, own.device) for n in (h, w))
+    best = (down @ error @ across.T).argmin(dim=0)
+    return clip.gather(0, best.expand(1, c, h, w))[0]
 
 
 def rows(batch) -> list:

@@ -31,7 +31,8 @@ import numpy as np
 from . import __version__
 from .config import ROLES, TARGETS, NetworkConfig
 from .io.atomic import atomic_write_bytes, atomic_write_json
-from .sampling import BundleSampling, Palette, RoleSampling, layout_weights, serving_problems
+from .sampling import (BundleSampling, Palette, RoleSampling, clip_layouts, layout_weights,
+                       serving_problems)
 from .schedule import SCHEDULES, Schedule, make_schedule
 
 FORMAT = "sinfusion-bundle"
@@ -167,13 +168,15 @@ class Manifest:
     # change a frame keeps (sampling.correct).
     coarse_correction_level: int = 0
     coarse_correction_weight: float = 1.0
-    # Each corrected frame of a stream moves this share of the way to its start frame's layout, the
-    # frame blurred by layout_sigma px, where the clip's layout holds still: less where it varies,
-    # none where its standard deviation reaches layout_motion (0: everywhere alike). Pull 0: none,
-    # the paper's (sampling.correct, sampling.layout_weights).
+    # Each corrected frame of a stream moves this share of the way to a held layout (a frame
+    # blurred by layout_sigma px): its start frame's (layout_window 0), or at each pixel the clip
+    # frame's whose layout within layout_window px looks most like the frame's. Less where the
+    # clip's layout varies, none where its standard deviation reaches layout_motion (0: everywhere
+    # alike). Pull 0: none, the paper's (sampling.correct, sampling.layout_weights).
     layout_pull: float = 0.0
     layout_sigma: float = 0.0
     layout_motion: float = 0.0
+    layout_window: int = 0
     engines: list[dict] = field(default_factory=list)
     # The trainer's own measurement: next-frame prediction on held-out frames against copying the
     # current frame (trainer/monitor.py documents the fields). Empty when none was made.
@@ -207,6 +210,7 @@ class Manifest:
             "layout_pull": self.layout_pull,
             "layout_sigma": self.layout_sigma,
             "layout_motion": self.layout_motion,
+            "layout_window": self.layout_window,
             "roles": {r: e.to_dict() for r, e in self.roles.items()},
             "engines": list(self.engines),
             "quality": dict(self.quality),
@@ -247,6 +251,7 @@ class Manifest:
                 layout_pull=float(d.get("layout_pull", 0.0)),
                 layout_sigma=float(d.get("layout_sigma", 0.0)),
                 layout_motion=float(d.get("layout_motion", 0.0)),
+                layout_window=int(d.get("layout_window", 0)),
                 engines=list(d.get("engines", [])),
                 quality=dict(d.get("quality") or {}),
                 frames_sha256=str(d.get("frames_sha256") or ""),
@@ -267,7 +272,8 @@ class Manifest:
         problems = serving_problems(m.correction_weight, m.correction_passes, m.predictor_margin,
                                     m.coarse_correction_level, m.coarse_correction_weight,
                                     int(projector.schedule["steps"]) if projector else None,
-                                    m.layout_pull, m.layout_sigma, m.layout_motion)
+                                    m.layout_pull, m.layout_sigma, m.layout_motion,
+                                    m.layout_window)
         if problems:
             raise BundleError(f"{where}: {problems[0]}")
         return m
@@ -281,7 +287,7 @@ class Bundle:
     def __init__(self, path: str | os.PathLike, manifest: Manifest) -> None:
         self.path = Path(path)
         self.manifest = manifest
-        self._layout_cache: tuple | None = None  # (manifest setting, layout weights)
+        self._layout_cache: tuple | None = None  # (manifest setting, (weights, clip layouts))
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> Bundle:
@@ -351,24 +357,28 @@ class Bundle:
         return missing + [e.weights for e in self.manifest.roles.values() if not e.sha256]
 
     def sampling(self) -> BundleSampling:
-        """The sampling facts of every trained role (with the layout pull of each pixel, from the
-        clip, where the bundle holds its streams' layout)."""
+        """The sampling facts of every trained role (with the layout pull of each pixel, and the
+        clip's layouts where they are held to, from the clip, where the bundle holds its streams'
+        layout)."""
         m = self.manifest
+        weights, layouts = self._layout_hold()
         return BundleSampling({r: RoleSampling(e.make_schedule(), e.target)
                                for r, e in m.roles.items()}, m.palette,
                               m.correction_weight, m.correction_passes, m.predictor_margin,
                               m.coarse_correction_level, m.coarse_correction_weight, m.layout_pull,
-                              m.layout_sigma, m.layout_motion, self._layout_weights())
+                              m.layout_sigma, m.layout_motion, m.layout_window, weights, layouts)
 
-    def _layout_weights(self) -> np.ndarray | None:
-        """sampling.layout_weights of this clip, made once per manifest setting; None without a
-        layout pull."""
+    def _layout_hold(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """sampling.layout_weights and, with a layout window, sampling.clip_layouts of this clip,
+        made once per manifest setting; (None, None) without a layout pull."""
         m = self.manifest
         if not m.layout_pull:
-            return None
-        key = (m.layout_pull, m.layout_sigma, m.layout_motion)
+            return None, None
+        key = (m.layout_pull, m.layout_sigma, m.layout_motion, m.layout_window)
         if self._layout_cache is None or self._layout_cache[0] != key:
-            self._layout_cache = (key, layout_weights(self.frames(), *key))
+            frames = self.frames()
+            layouts = clip_layouts(frames, m.layout_sigma) if m.layout_window else None
+            self._layout_cache = (key, (layout_weights(frames, *key[:3]), layouts))
         return self._layout_cache[1]
 
     def save_manifest(self) -> None:

@@ -160,12 +160,16 @@ MAX_CORRECTION_PASSES = 8  # a bound on a bundle's corrections per frame (the cp
 MAX_PREDICTOR_MARGIN = 64  # px: a bound on a bundle's predictor_margin (the cpu preset uses 8)
 MAX_COARSE_LEVEL = 1000  # the longest schedule a config may ask for (TrainConfig.schedule_steps)
 MAX_LAYOUT_SIGMA = 64.0  # px: a bound on a bundle's layout_sigma (the cpu preset uses 0.6 at 128x72)
+MAX_LAYOUT_WINDOW = 16  # px: a bound on a bundle's layout_window (the cpu preset uses 3)
+# The clip layouts a stream is held to (layout_window > 0) are at most this many of its frames,
+# evenly spaced: each held frame compares itself with every one (a few ms at 128x72 for 64).
+MAX_HELD_LAYOUTS = 64
 
 
 def serving_problems(weight: float, passes: int, margin: int = 0, coarse_level: int = 0,
                      coarse_weight: float = 1.0, schedule_steps: int | None = None,
                      layout_pull: float = 0.0, layout_sigma: float = 0.0,
-                     layout_motion: float = 0.0) -> list[str]:
+                     layout_motion: float = 0.0, layout_window: int = 0) -> list[str]:
     """What is wrong with how a bundle serves frames (its or a training config's correction weight,
     pass count, Predictor margin, coarse correction, whose level must lie on the Projector's
     schedule of `schedule_steps` levels where that is known, and layout hold); empty when all are
@@ -178,6 +182,8 @@ def serving_problems(weight: float, passes: int, margin: int = 0, coarse_level: 
                         f"is above 0, got {layout_sigma}")
     if not 0.0 <= layout_motion <= 2.0:
         problems.append(f"layout_motion must be in [0, 2], got {layout_motion}")
+    if not 0 <= layout_window <= MAX_LAYOUT_WINDOW:
+        problems.append(f"layout_window must be in [0, {MAX_LAYOUT_WINDOW}] px, got {layout_window}")
     top = MAX_COARSE_LEVEL if schedule_steps is None else schedule_steps
     if not 0 <= coarse_level <= top:
         problems.append(f"coarse_correction_level must be in [0, {top}], got {coarse_level}")
@@ -207,6 +213,7 @@ def options_record(options: SamplingOptions, sampling: BundleSampling) -> dict:
             record["layout_pull"] = sampling.layout_pull
             record["layout_sigma"] = sampling.layout_sigma
             record["layout_motion"] = sampling.layout_motion
+            record["layout_window"] = sampling.layout_window
     if sampling.predictor_margin:
         record["predictor_margin"] = sampling.predictor_margin
     return record
@@ -265,7 +272,7 @@ class BundleSampling:
     times a frame is corrected at T_corr (1, the paper's), the Predictor's margin (0, the paper's;
     see `predict_frame`), the coarse correction before those (level 0: none, the paper's; see
     `correct`) and the layout hold of a stream's corrected frames (pull 0: none, the paper's; see
-    `correct`)."""
+    `correct`): to its start frame's layout (window 0) or to the clip's, pixel by pixel."""
 
     roles: dict[str, RoleSampling] = field(default_factory=dict)
     palette: Palette | None = None
@@ -277,8 +284,11 @@ class BundleSampling:
     layout_pull: float = 0.0  # 0: none
     layout_sigma: float = 0.0  # px at the bundle's frame size
     layout_motion: float = 0.0  # 0: held everywhere alike
+    layout_window: int = 0  # px: 0 holds the start frame's layout, above 0 the clip's (`correct`)
     # Each pixel's pull (H, W), from the clip (`layout_weights`); None: no frame is held
     layout_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
+    # The clip's layouts (N, 3, H, W) held to where layout_window is above 0 (`clip_layouts`)
+    clip_layouts: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, role: str) -> RoleSampling:
         if role not in self.roles:
@@ -435,20 +445,23 @@ def corrects(sampling: BundleSampling, options: SamplingOptions) -> bool:
 @dataclass(frozen=True)
 class StreamAnchor:
     """What the correction holds every frame of a stream to, taken once from its start frame: the
-    colours, and the layout (`arrays.layout`) with each pixel's pull towards it (the bundle's
-    `layout_weights`) where the bundle holds one (else None)."""
+    colours, and where the bundle holds the layout, each pixel's pull (the bundle's
+    `layout_weights`) towards the start frame's layout (`arrays.layout`) or, where the bundle has
+    a `layout_window`, towards the clip's layouts (N, 3, H, W), matched pixel by pixel."""
 
     colours: arrays.Colours
     layout: object | None = None
     weights: object | None = None
+    clip: object | None = None
 
     def on_side_of(self, x) -> StreamAnchor:
         """The same anchor next to x (host or device): a stream whose frames live on a device
-        copies its host start frame's layout and pulls there once, not with every frame."""
+        copies its host layouts and pulls there once, not with every frame."""
         colours = self.colours.on_side_of(x)
-        if self.layout is None or arrays.is_host(x) == arrays.is_host(self.layout):
+        if self.weights is None or arrays.is_host(x) == arrays.is_host(self.weights):
             return self if colours is self.colours else replace(self, colours=colours)
-        return StreamAnchor(colours, arrays.like(self.layout, x), arrays.like(self.weights, x))
+        return StreamAnchor(colours, *(None if a is None else arrays.like(a, x)
+                                       for a in (self.layout, self.weights, self.clip)))
 
 
 def layout_weights(frames: np.ndarray, pull: float, sigma: float, motion: float) -> np.ndarray:
@@ -467,14 +480,24 @@ def layout_weights(frames: np.ndarray, pull: float, sigma: float, motion: float)
     return (pull * np.clip(1.0 - spread / motion, 0.0, 1.0)).astype(np.float32)
 
 
+def clip_layouts(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """The layouts (`arrays.layout`) a stream is held to, float32 (N, 3, H, W), of a clip's uint8
+    frames (N, H, W, 3): every frame, or `MAX_HELD_LAYOUTS` of a longer clip, evenly spaced."""
+    picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), MAX_HELD_LAYOUTS)).round())
+    return np.stack([arrays.layout(to_model(frames[int(i)]), sigma) for i in picks])
+
+
 def stream_anchor(sampling: BundleSampling, options: SamplingOptions, frame) -> StreamAnchor | None:
     """The anchor the correction gives frames taken after `frame`; None (nothing computed) when
     frames are not corrected."""
     if not corrects(sampling, options):
         return None
+    colours = arrays.colours_of(frame)
     if sampling.layout_weights is None:
-        return StreamAnchor(arrays.colours_of(frame))
-    return StreamAnchor(arrays.colours_of(frame), arrays.layout(frame, sampling.layout_sigma),
+        return StreamAnchor(colours)
+    if sampling.clip_layouts is not None:
+        return StreamAnchor(colours, weights=sampling.layout_weights, clip=sampling.clip_layouts)
+    return StreamAnchor(colours, arrays.layout(frame, sampling.layout_sigma),
                         sampling.layout_weights)
 
 
@@ -504,13 +527,19 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     level, made with the Predictor's margin of mirrored frame: it pulls larger structures back to
     the clip's, which level 1 cannot reach, without the Projector inventing at the frame's edges
     (docs/training.md, "A coarse correction first").
-    Where the `anchor` has a layout (a stream's start frame's, when the bundle holds one), the
-    frame's own layout then moves each pixel's `layout_weights` share of the way to it: the frame
-    plus that share of the difference of the two blurred frames. Where the clip holds still, each
-    frame relaxes towards the start frame's picture while what moves in the clip moves freely:
-    tornado's cloud stays over its trees instead of lifting away, which neither correction reaches
-    (300 frames drift 2.1 instead of 6.6 with a 2.5 px blur, 1.7-1.8 instead of 3.5 with the cpu
-    preset's 0.6 px; docs/training.md, "Holding the layout").
+    Where the `anchor` holds a layout (when the bundle holds one), the frame's own layout then
+    moves each pixel's `layout_weights` share of the way to the held one: the frame plus that share
+    of the difference of the two blurred frames. The held layout is the stream's start frame's
+    (`layout_window` 0): where the clip holds still, each frame relaxes towards the start frame's
+    picture while what moves in the clip moves freely, and tornado's cloud stays over its trees
+    instead of lifting away, which neither correction reaches (300 frames drift 1.7-1.8 instead of
+    3.5; docs/training.md, "Holding the layout"). Or it is the clip's, pixel by pixel
+    (`arrays.nearest_layout`): each pixel takes the clip frame whose layout looks most like the
+    frame's within `layout_window` px of it. Where the clip holds still that is the start frame's
+    picture again; where it moves, the stream is held to a state the clip shows there, whichever
+    one it is nearest, so the pull can act on what moves too: tornado keeps its funnel for 300
+    frames, where with the start frame's it lifts into the cloud, fish keeps its school, boat_race
+    its smooth wakes (docs/training.md, "Holding to the clip").
     The corrected frame then takes the anchor's colours (default: the frame's own): its mean colour
     and colour covariance, so brightness, contrast and saturation, as shown (clamped). Correction
     mends patches, it does not change the exposure: a small bias of the Projector, or the contrast a
@@ -529,9 +558,12 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     for _ in range(sampling.correction_passes):
         x = yield from _projector_pass(rs, x, options.correction_steps,
                                        sampling.correction_weight, rng)
-    if anchor is not None and anchor.layout is not None:
+    if anchor is not None and anchor.weights is not None:
         anchor = anchor.on_side_of(x)
-        x = x + anchor.weights * (anchor.layout - arrays.layout(x, sampling.layout_sigma))
+        own = arrays.layout(x, sampling.layout_sigma)
+        held = anchor.layout if anchor.clip is None else \
+            arrays.nearest_layout(own, anchor.clip, sampling.layout_window)
+        x = x + anchor.weights * (held - own)
     return arrays.keep_colours(x, colours)
 
 

@@ -11,7 +11,7 @@ import torch
 
 from sinfusion import sampling as S
 from sinfusion.arrays import (_colour_moments, colours_from, colours_of, crop_margin, keep_colours,
-                             layout, match_channels, pad_mirrored)
+                             layout, match_channels, nearest_layout, pad_mirrored)
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -435,6 +435,39 @@ def test_the_layout_pull_is_held_where_the_clip_holds_still():
     np.testing.assert_array_equal(S.layout_weights(clip, 0.2, 1.5, 0.0), np.full((20, 30), 0.2, np.float32))
 
 
+def test_nearest_layout_takes_each_pixel_from_the_clip_frame_that_looks_most_like_it():
+    """Each pixel comes from the clip layout with the least squared difference summed over the
+    window around it (mirrored past the edges), the same on host and device; a frame near one of
+    the clip's takes that one whole, and a frame half one and half another takes each half."""
+    rng = np.random.default_rng(0)
+    clip = rng.standard_normal((5, 3, 9, 11)).astype(np.float32)
+    near = clip[2] + 0.01 * rng.standard_normal((3, 9, 11)).astype(np.float32)
+    np.testing.assert_array_equal(nearest_layout(near, clip, 2), clip[2])
+    halves = np.concatenate([clip[1][:, :, :5], clip[4][:, :, 5:]], axis=2)
+    held = nearest_layout(halves, clip, 1)
+    np.testing.assert_array_equal(held[:, :, :4], clip[1][:, :, :4])
+    np.testing.assert_array_equal(held[:, :, 6:], clip[4][:, :, 6:])
+    own = rng.standard_normal((3, 9, 11)).astype(np.float32)
+    errors = np.pad(((clip - own[None]) ** 2).sum(1), ((0, 0), (1, 1), (1, 1)), mode="reflect")
+    summed = sum(errors[:, i:i + 9, j:j + 11] for i in range(3) for j in range(3))
+    best = summed.argmin(0)
+    expected = clip[best, :, np.arange(9)[:, None], np.arange(11)[None]].transpose(2, 0, 1)
+    np.testing.assert_array_equal(nearest_layout(own, clip, 1), expected)
+    on_device = nearest_layout(torch.from_numpy(own), torch.from_numpy(clip), 1)
+    np.testing.assert_array_equal(on_device.numpy(), expected)
+
+
+def test_a_long_clip_is_held_to_evenly_spaced_layouts():
+    """The layouts a stream is held to: every frame of a short clip, MAX_HELD_LAYOUTS of a long
+    one, its first and last among them."""
+    clip = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 6, 3), np.uint8)
+    layouts = S.clip_layouts(clip, 0.6)
+    assert layouts.shape == (S.MAX_HELD_LAYOUTS, 3, 4, 6) and layouts.dtype == np.float32
+    picked = np.round((layouts[:, 0, 0, 0] + 1) * 127.5).astype(int)
+    assert picked[0] == 0 and picked[-1] == 99 and (np.diff(picked) > 0).all()
+    assert S.clip_layouts(clip[:10], 0.6).shape[0] == 10
+
+
 def test_manifest_records_the_layout_hold(tiny_bundle):
     """Written and read back, with each pixel's pull made from the bundle's clip; older manifests
     hold no layout (the paper's); a pull outside [0, 1), a pull without a blur or a motion outside
@@ -450,16 +483,32 @@ def test_manifest_records_the_layout_hold(tiny_bundle):
     assert (sampling.layout_pull, sampling.layout_sigma, sampling.layout_motion) == (0.1, 2.5, 0.05)
     np.testing.assert_array_equal(sampling.layout_weights,
                                   S.layout_weights(bundle.frames(), 0.1, 2.5, 0.05))
-    for field in ("layout_pull", "layout_sigma", "layout_motion"):
+    assert sampling.layout_window == 0 and sampling.clip_layouts is None  # the start frame's
+    data.update(layout_window=3)
+    path.write_text(json.dumps(data))
+    sampling = Bundle.open(tiny_bundle.path).sampling()
+    assert sampling.layout_window == 3
+    np.testing.assert_array_equal(sampling.clip_layouts, S.clip_layouts(bundle.frames(), 2.5))
+    for field in ("layout_pull", "layout_sigma", "layout_motion", "layout_window"):
         del data[field]
     path.write_text(json.dumps(data))
     assert Bundle.open(tiny_bundle.path).sampling().layout_pull == 0.0
     for values, message in (({"layout_pull": 1.0, "layout_sigma": 2.0}, r"layout_pull must be in \[0, 1\), got 1.0"),
                             ({"layout_pull": 0.1}, r"layout_sigma must be in \(0, 64\] px"),
-                            ({"layout_motion": -1}, r"layout_motion must be in \[0, 2\]")):
+                            ({"layout_motion": -1}, r"layout_motion must be in \[0, 2\]"),
+                            ({"layout_window": 17}, r"layout_window must be in \[0, 16\] px, got 17")):
         path.write_text(json.dumps({**data, **values}))
         with pytest.raises(BundleError, match=message):
             Bundle.open(tiny_bundle.path)
+
+
+def _half_corrected(sampling, frame, denoiser):
+    """`frame` after half of a Projector correction at level 1 (the draws of seed 2), by hand: what
+    `correct` holds to a layout next."""
+    rng, rs = np.random.default_rng(2), sampling["projector"]
+    raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frame, rs.schedule, 1, rng), rng,
+                                   start=1), denoiser)
+    return frame + 0.5 * (raw - frame)
 
 
 def test_a_stream_holds_its_start_frames_layout(tiny_bundle):
@@ -481,10 +530,7 @@ def test_a_stream_holds_its_start_frames_layout(tiny_bundle):
     assert anchor.on_side_of(frames[2]) is anchor
     eager = TorchDenoiser(tiny_bundle)
     out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
-    rng, rs = np.random.default_rng(2), sampling["projector"]  # the same draws, by hand
-    raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frames[3], rs.schedule, 1, rng), rng,
-                                   start=1), eager)
-    x = frames[3] + 0.5 * (raw - frames[3])
+    x = _half_corrected(sampling, frames[3], eager)
     held = x + pulls * (anchor.layout - layout(x, 2.0))
     np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
     unheld = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options), eager)
@@ -503,3 +549,26 @@ def test_a_stream_holds_its_start_frames_layout(tiny_bundle):
 
     free, kept = drift(0.0), drift(0.4)
     assert kept[-1] < 0.8 * free[-1], (free, kept)
+
+
+def test_a_stream_held_to_the_clip_takes_each_pixel_from_its_nearest_clip_layout(tiny_bundle):
+    """With a layout window, a frame of a stream moves each pixel's pull of the way from its own
+    layout to the clip's nearest (`nearest_layout`), not to the start frame's, on host and device
+    alike, then takes the start frame's colours; the measurement records the window."""
+    frames = tiny_bundle.frames().astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
+    clip = np.stack([layout(f, 1.0) for f in frames[4:8]])
+    sampling = dataclasses.replace(tiny_bundle.sampling(), correction_weight=0.5, layout_pull=0.3,
+                                   layout_sigma=1.0, layout_window=2, clip_layouts=clip,
+                                   layout_weights=np.full(frames.shape[2:], 0.3, np.float32))
+    options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
+    anchor = S.stream_anchor(sampling, options, frames[0])
+    assert anchor.layout is None and anchor.clip is clip
+    eager = TorchDenoiser(tiny_bundle)
+    out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
+    x = _half_corrected(sampling, frames[3], eager)
+    own = layout(x, 1.0)
+    held = x + 0.3 * (nearest_layout(own, clip, 2) - own)
+    np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
+    on_device = anchor.on_side_of(torch.from_numpy(frames[1]))  # the device runtime's: its test
+    assert isinstance(on_device.clip, torch.Tensor) and on_device.layout is None
+    assert S.options_record(options, sampling)["layout_window"] == 2

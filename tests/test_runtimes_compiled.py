@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -161,8 +162,8 @@ def test_resident_loop_keeps_tensors_and_matches_numpy(resident, eager):
 def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eager):
     """Each role is prepared at the sizes its steps take: with a margin, the Predictor's canvas (the
     frame padded on the device, then cut back), and the frame and that canvas for a Projector that
-    corrects coarsely; the frames, held to the start frame's layout on the device, equal the
-    numpy runtime's."""
+    corrects coarsely; the frames, held to the start frame's layout or to the clip's on the
+    device, equal the numpy runtime's."""
     nets = {r: networks[r] for r in ("predictor", "projector")}
     canvas = (SIZE[0] + 4, SIZE[1] + 4)
     sizes = {"predictor": canvas, "projector": [SIZE, canvas]}  # and the coarse correction's
@@ -176,11 +177,13 @@ def test_a_predictor_margin_runs_prepared_on_the_predictors_canvas(networks, eag
                               layout_weights=np.linspace(0, 0.2, SIZE[0] * SIZE[1],
                                                          dtype=np.float32).reshape(SIZE))
     start = np.random.default_rng(4).uniform(-1, 1, (3, *SIZE)).astype(np.float32)
-    ours = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), den)]
-    theirs = [f.image for f in run(extrapolate(sampling, start, 2, 1, np.random.default_rng(3), FAST), eager)]
-    assert [f.shape for f in ours] == [(3, *SIZE)] * 2
-    for a, b in zip(ours, theirs):
-        np.testing.assert_allclose(a, b, atol=5e-4)
+    clip = np.random.default_rng(5).uniform(-1, 1, (4, 3, *SIZE)).astype(np.float32)
+    for held in (sampling, replace(sampling, layout_window=1, clip_layouts=clip)):
+        ours = [f.image for f in run(extrapolate(held, start, 2, 1, np.random.default_rng(3), FAST), den)]
+        theirs = [f.image for f in run(extrapolate(held, start, 2, 1, np.random.default_rng(3), FAST), eager)]
+        assert [f.shape for f in ours] == [(3, *SIZE)] * 2
+        for a, b in zip(ours, theirs):
+            np.testing.assert_allclose(a, b, atol=5e-4)
 
 
 def test_resident_upsampling_mixes_host_and_device_frames(resident, eager):

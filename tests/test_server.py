@@ -82,7 +82,7 @@ def test_a_model_holding_its_streams_layout_says_so_and_serves_the_core_loop(tmp
     bundle.save_manifest()
     with serve(tmp_path / "models", grace=0.5) as (running, stub):
         info = stub.DescribeModel(pb.DescribeModelRequest(model="held"))
-        assert (info.layout_pull, info.layout_sigma) == (0.3, 1.5)
+        assert (info.layout_pull, info.layout_sigma, info.layout_window) == (0.3, 1.5, 0)
         served = [pixels(f) for f in stub.Extrapolate(pb.ExtrapolateRequest(
             model="held", frames=3, start_frame=1, sampling=fast(seed=4)))]
         model = running.models["held"]

@@ -185,7 +185,7 @@ def test_the_projector_trains_a_share_at_the_correction_levels():
             cpu.correction_passes) == (1, 0.5, 0.5, 1)
     assert (cpu.coarse_correction_level, cpu.coarse_correction_weight) == (3, 0.15)
     assert PaperPreset().coarse_correction_level == 0 == get_preset("tiny").coarse_correction_level
-    assert (cpu.layout_pull, cpu.layout_sigma, cpu.layout_motion) == (0.15, 0.6, 0.05)
+    assert (cpu.layout_pull, cpu.layout_sigma, cpu.layout_motion, cpu.layout_window) == (0.3, 0.6, 0.0, 3)
     assert PaperPreset().layout_pull == 0 == get_preset("tiny").layout_pull  # no hold, no check
     paper = PaperPreset()
     assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)
@@ -514,20 +514,24 @@ def test_ctrl_c_in_the_layout_check_keeps_the_trained_roles_and_resume_measures_
     assert trained == {"interpolator"} and "interpolator" in bundle.roles
 
 
-def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path):
+@pytest.mark.parametrize("window", [0, 2])
+def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_path, window):
     """held_ratios and free_ratios are drift_check's ratios of the streams extrapolated with and
-    without the hold from the clip's first and last frames, held_motions and free_motions their
-    motion_check ratios; a lost hold sets the manifest's pull to 0, and the bundle then serves
-    none."""
+    without the hold (to the start frame's layout, or with a window to the clip's) from the clip's
+    first and last frames, held_motions and free_motions their motion_check ratios; a lost hold
+    sets the manifest's pull to 0, and the bundle then serves none."""
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import drift_check, extrapolate_clip, late_count, motion_check
     from sinfusion.trainer.layout_check import check_layout_hold, layout_line
 
     bundle = make_tiny_bundle(tmp_path / "b", frames=6)
     bundle.manifest.layout_pull, bundle.manifest.layout_sigma = 0.3, 1.5
+    bundle.manifest.layout_window = window
     bundle.save_manifest()
     held = bundle.sampling()
+    assert (held.clip_layouts is not None) == (window > 0)
     record = check_layout_hold(bundle, frames=8)
+    assert record["window"] == window
     options = sampling.SamplingOptions.chosen(default_correction=bundle.manifest.correction_steps)
     den = TorchDenoiser(bundle, roles=["predictor", "projector"])
 
@@ -557,8 +561,11 @@ def test_the_layout_check_scores_both_streams_as_the_stability_command_does(tmp_
     assert (again.sampling().layout_weights is None) == (not record["held"])
     assert layout_line(record).startswith("holds" if record["held"] else "does not hold")
     assert "8 frames from frames 0 and 5 drift" in layout_line(record)
-    older = {k: v for k, v in record.items()
-             if k not in ("starts", "held_ratios", "free_ratios", "held_motions", "free_motions")}
+    held_to = ("each pixel held to the clip frame nearest it within 2 px" if window else
+               f"the clip holds still at {record['held_share']:.0%} of its pixels")
+    assert f"NNFDIST, the worse start; {held_to}); their last" in layout_line(record)
+    older = {k: v for k, v in record.items() if k not in
+             ("starts", "held_ratios", "free_ratios", "held_motions", "free_motions", "window")}
     assert "8 frames from frame 0 drift" in layout_line(older)  # a bundle checked from frame 0 only
     assert layout_line(older).endswith("of its pixels)")  # and before motion was measured
 

@@ -55,12 +55,15 @@ SERVING_FLAGS = [
     ("--coarse-weight", weight_arg, "W", "coarse_correction_weight",
      "share of the coarse correction's change a served frame keeps, in (0, 1]"),
     ("--layout-pull", pull_arg, "W", "layout_pull",
-     "share of the way each served frame of a stream moves to its start frame's layout, in "
+     "share of the way each served frame of a stream moves to a held layout, in "
      "[0, 1), 0 = none; kept only where the trainer measures that streams drift less"),
     ("--layout-sigma", positive_float, "PX", "layout_sigma",
      "blur that makes a frame's layout, in px of the trained frames"),
     ("--layout-motion", non_negative_float, "STD", "layout_motion",
      "how much the clip's blurred frames vary where no pixel is held, 0 = every pixel alike"),
+    ("--layout-window", int_at_least(0), "PX", "layout_window",
+     "hold each pixel to the clip frame whose layout within PX px looks most like the frame's, "
+     "0 = to the stream's start frame"),
 ]
 
 

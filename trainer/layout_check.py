@@ -1,12 +1,13 @@
-"""Whether a bundle's streams hold their start frame's layout: measured on its clip by the trainer.
+"""Whether a bundle's streams hold their layout: measured on its clip by the trainer.
 
-The layout hold (`sinfusion.sampling.correct`) pulls each frame of a stream towards its start
-frame's (slightly blurred) picture where the clip stands still. On a scene that holds still around
-what moves in it (tornado's cloud and funnel) it stops the Predictor's blur from dissolving the
-scene: 300 frames drift about half as far. But where things cross the scene (fish swimming through
-open water) a coarser hold pulled back the start frame's blurred fish, which the networks drew
-again as fragments, and the stream drifted half again as far. One recipe must serve both, so the
-trainer measures it:
+The layout hold (`sinfusion.sampling.correct`) pulls each frame of a stream towards a (slightly
+blurred) picture: its start frame's where the clip stands still, or, with a layout window (the cpu
+preset's), at each pixel the clip frame's that looks most like the frame there. On a scene that
+holds still around what moves in it (tornado's cloud and funnel) it stops the Predictor's blur from
+dissolving the scene: 300 frames drift about half as far. But where things cross the scene (fish
+swimming through open water) a coarser hold to the start frame pulled back its blurred fish, which
+the networks drew again as fragments, and the stream drifted half again as far. One recipe must
+serve every clip, so the trainer measures it:
 once the Predictor and the Projector are trained, it extrapolates `CHECK_FRAMES` frames from the
 clip's first frame and from its last (where the paper's extrapolation and `trainer sample` start)
 with the hold and without it (seed `CHECK_SEED`, the served sampler), scores each stream as
@@ -22,7 +23,7 @@ half the pull or more, such as the demo's waves) has nothing to hold: no stream 
 hold is dropped.
 
 The manifest records the measurement as "quality"."layout" ({"held_share", "held", "seconds", and
-where streams were made "frames", "seed", "starts", "held_ratios" and "free_ratios" per start,
+where streams were made "frames", "seed", "window" (the bundle's layout_window), "starts", "held_ratios" and "free_ratios" per start,
 "held_ratio" and "free_ratio", the worse of each, and "held_motions" and "free_motions" per start:
 how much the late frames change against the clip's frames (`motion_check`), which tells a stream
 that keeps moving from one that meets the drift goal by standing still}); where the hold is
@@ -95,7 +96,7 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
         free_ratios, free_motions = measure(replace(held, layout_weights=None), "free")
     held_ratio, free_ratio = max(held_ratios), max(free_ratios)  # each one's worse start
     return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
-                          "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
+                          "window": bundle.manifest.layout_window, "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
                           "held_ratio": held_ratio, "free_ratio": free_ratio,
                           "held_motions": held_motions, "free_motions": free_motions,
                           "held": held_ratio < free_ratio,
@@ -121,9 +122,14 @@ def layout_line(record: dict) -> str:
     several = len(starts) > 1
     origin = f"frames {' and '.join(str(s) for s in starts)}" if several else f"frame {starts[0]}"
     worst = ", the worse start" if several else ""
+    # A record from before the clip's layouts were held to has no window: its hold was the start
+    # frame's, where the clip holds still.
+    held_to = (f"each pixel held to the clip frame nearest it within {record['window']} px"
+               if record.get("window") else
+               f"the clip holds still at {record['held_share']:.0%} of its pixels")
     line = (f"{verdict}: {record['frames']} frames from {origin} drift "
             f"{record['held_ratio']:.2f} held, {record['free_ratio']:.2f} free (late / early "
-            f"NNFDIST{worst}; the clip holds still at {record['held_share']:.0%} of its pixels)")
+            f"NNFDIST{worst}; {held_to})")
     motions = record.get("held_motions" if record["held"] else "free_motions")
     if motions:  # a record from before the motion check has none
         low, high = f"{min(motions):.0%}", f"{max(motions):.0%}"

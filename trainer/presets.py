@@ -90,13 +90,15 @@ class TrainConfig:
     # the share of its change a frame keeps (the bundle's; sinfusion.sampling.correct).
     coarse_correction_level: int = 0
     coarse_correction_weight: float = 1.0
-    # The share of the way each corrected frame of a stream moves to its start frame's layout (the
-    # frame blurred by layout_sigma px at the training frame size; 0 = none, the paper's), where the
-    # clip holds still: none where the layout's standard deviation over the clip reaches
+    # The share of the way each corrected frame of a stream moves to a held layout (a frame blurred
+    # by layout_sigma px at the training frame size; 0 = none, the paper's): its start frame's
+    # (layout_window 0) or at each pixel the clip frame's that looks most like it within
+    # layout_window px. None where the layout's standard deviation over the clip reaches
     # layout_motion (0: everywhere alike). The bundle's (sinfusion.sampling.correct).
     layout_pull: float = 0.0
     layout_sigma: float = 0.0
     layout_motion: float = 0.0
+    layout_window: int = 0
     # Share of the Projector's samples drawn at the correction levels 1..correction_steps (its job in
     # every predicted frame), the rest at any level 1..T (Generate draws its first frame from noise).
     # The paper draws every level alike (0).
@@ -137,7 +139,7 @@ class TrainConfig:
             *((False, problem) for problem in serving_problems(
                 self.correction_weight, self.correction_passes, self.predictor_margin,
                 self.coarse_correction_level, self.coarse_correction_weight, self.schedule_steps,
-                self.layout_pull, self.layout_sigma, self.layout_motion)),
+                self.layout_pull, self.layout_sigma, self.layout_motion, self.layout_window)),
             (0.0 <= self.projector_correction_share <= 1.0,
              f"projector_correction_share must be in [0, 1], got {self.projector_correction_share}"),
             (self.time_budget_s >= 0, f"time budget must be >= 0 s, got {self.time_budget_s}"),
@@ -255,14 +257,16 @@ class CpuPreset(TinyPreset):
     # 300-frame drift falls by 40% on tornado and 30% on ants, holds on boat_race and fish
     # (docs/training.md, "A margin for the Predictor"), for about a fifth of a served frame's speed.
     predictor_margin: int = 8
-    # Each frame of a stream moves 15% of the way to its start frame's picture (blurred by 0.6 px:
-    # the fine detail held too) where the clip holds still (none where the blurred frames' spread
-    # over the clip reaches 0.05), if the trainer measures that its streams drift less so
-    # (trainer/layout_check.py): tornado's 300 frames drift 1.7-1.8 instead of 3.5, 2.1 with a
-    # 2.5 px blur (docs/training.md, "Holding the layout").
-    layout_pull: float = 0.15
+    # Each frame of a stream moves 30% of the way, at every pixel, to the picture (blurred by 0.6 px:
+    # the fine detail held too) of the clip frame that looks most like it within 3 px, if the
+    # trainer measures that its streams drift less so (trainer/layout_check.py): tornado keeps its
+    # funnel for 300 frames, fish its school, boat_race its smooth wakes, where a hold to the start
+    # frame's picture, where the clip holds still, let them go (docs/training.md, "Holding to the
+    # clip").
+    layout_pull: float = 0.3
     layout_sigma: float = 0.6
-    layout_motion: float = 0.05
+    layout_motion: float = 0.0
+    layout_window: int = 3
     projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
     predictor_steps: int = 200_000  # caps: the time budget ends each role first on a CPU

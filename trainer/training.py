@@ -131,7 +131,8 @@ def _create(out: Path, clip: Clip, mode: str, name: str | None, overwrite: bool,
                         # one image makes no streams to hold
                         layout_pull=config.layout_pull if mode == "video" else 0.0,
                         layout_sigma=config.layout_sigma,
-                        layout_motion=config.layout_motion)
+                        layout_motion=config.layout_motion,
+                        layout_window=config.layout_window)
     return Bundle.create(out, manifest, clip.frames)
 
 

@@ -93,7 +93,7 @@ class DescribeModelRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "width", "height", "fps", "frame_count", "capabilities", "runtime", "roles", "schedule_steps", "default_correction_steps", "batch_sizes", "mode", "max_step", "quality", "correction_weight", "correction_passes", "predictor_margin", "coarse_correction_level", "coarse_correction_weight", "layout_pull", "layout_sigma", "layout_motion")
+    __slots__ = ("name", "width", "height", "fps", "frame_count", "capabilities", "runtime", "roles", "schedule_steps", "default_correction_steps", "batch_sizes", "mode", "max_step", "quality", "correction_weight", "correction_passes", "predictor_margin", "coarse_correction_level", "coarse_correction_weight", "layout_pull", "layout_sigma", "layout_motion", "layout_window")
     NAME_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class ModelInfo(_message.Message):
     LAYOUT_PULL_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_SIGMA_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_MOTION_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_WINDOW_FIELD_NUMBER: _ClassVar[int]
     name: str
     width: int
     height: int
@@ -138,7 +139,8 @@ class ModelInfo(_message.Message):
     layout_pull: float
     layout_sigma: float
     layout_motion: float
-    def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., schedule_steps: _Optional[int] = ..., default_correction_steps: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[str] = ..., max_step: _Optional[int] = ..., quality: _Optional[_Union[NextFrameQuality, _Mapping]] = ..., correction_weight: _Optional[float] = ..., correction_passes: _Optional[int] = ..., predictor_margin: _Optional[int] = ..., coarse_correction_level: _Optional[int] = ..., coarse_correction_weight: _Optional[float] = ..., layout_pull: _Optional[float] = ..., layout_sigma: _Optional[float] = ..., layout_motion: _Optional[float] = ...) -> None: ...
+    layout_window: int
+    def __init__(self, name: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., fps: _Optional[float] = ..., frame_count: _Optional[int] = ..., capabilities: _Optional[_Iterable[str]] = ..., runtime: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., schedule_steps: _Optional[int] = ..., default_correction_steps: _Optional[int] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., mode: _Optional[str] = ..., max_step: _Optional[int] = ..., quality: _Optional[_Union[NextFrameQuality, _Mapping]] = ..., correction_weight: _Optional[float] = ..., correction_passes: _Optional[int] = ..., predictor_margin: _Optional[int] = ..., coarse_correction_level: _Optional[int] = ..., coarse_correction_weight: _Optional[float] = ..., layout_pull: _Optional[float] = ..., layout_sigma: _Optional[float] = ..., layout_motion: _Optional[float] = ..., layout_window: _Optional[int] = ...) -> None: ...
 
 class NextFrameQuality(_message.Message):
     __slots__ = ("model_psnr", "copy_psnr", "pairs", "pairs_won", "predictor_steps", "predictor_seconds", "verdict")
