@@ -130,12 +130,12 @@ def _window_matrix(length: int, radius: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=32)
-def _on_device(kind: str, length: int, size: float, device):
-    """A side matrix (`kind` "blur" or "window") as a tensor on `device`, made once."""
+def _on_device(side_matrix, length: int, size, device):
+    """A side matrix (`_blur_matrix` or `_window_matrix` of `length` and `size`) as a tensor on
+    `device`, made once."""
     import torch
 
-    host = _blur_matrix(length, size) if kind == "blur" else _window_matrix(length, int(size))
-    return torch.tensor(host, device=device)  # a copy: the cache is read-only
+    return torch.tensor(side_matrix(length, size), device=device)  # a copy: the cache is read-only
 
 
 def layout(frame, sigma: float):
@@ -145,7 +145,7 @@ def layout(frame, sigma: float):
     if is_host(frame):
         down, across = _blur_matrix(h, sigma), _blur_matrix(w, sigma)
         return (down @ frame @ across.T).astype(np.float32)
-    down, across = (_on_device("blur", n, sigma, frame.device) for n in (h, w))
+    down, across = (_on_device(_blur_matrix, n, sigma, frame.device) for n in (h, w))
     return down @ frame @ across.T
 
 
@@ -161,7 +161,7 @@ def nearest_layout(own, clip, radius: int):
         error = _window_matrix(h, radius) @ error @ _window_matrix(w, radius).T
         best = error.argmin(axis=0)[None, None]  # (1, 1, H, W)
         return np.take_along_axis(clip, np.broadcast_to(best, (1, c, h, w)), axis=0)[0]
-    down, across = (_on_device("window", n, radius, own.device) for n in (h, w))
+    down, across = (_on_device(_window_matrix, n, radius, own.device) for n in (h, w))
     best = (down @ error @ across.T).argmin(dim=0)
     return clip.gather(0, best.expand(1, c, h, w))[0]
 

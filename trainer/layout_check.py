@@ -23,11 +23,11 @@ half the pull or more, such as the demo's waves) has nothing to hold: no stream 
 hold is dropped.
 
 The manifest records the measurement as "quality"."layout" ({"held_share", "held", "seconds", and
-where streams were made "frames", "seed", "window" (the bundle's layout_window), "starts", "held_ratios" and "free_ratios" per start,
-"held_ratio" and "free_ratio", the worse of each, and "held_motions" and "free_motions" per start:
-how much the late frames change against the clip's frames (`motion_check`), which tells a stream
-that keeps moving from one that meets the drift goal by standing still}); where the hold is
-dropped, its `layout_pull` becomes 0.
+where streams were made "frames", "seed", "window" (the bundle's layout_window), "starts",
+"held_ratios" and "free_ratios" per start, "held_ratio" and "free_ratio", the worse of each, and
+"held_motions" and "free_motions" per start: how much the late frames change against the clip's
+frames (`motion_check`), which tells a stream that keeps moving from one that meets the drift goal
+by standing still}); where the hold is dropped, its `layout_pull` becomes 0.
 """
 
 from __future__ import annotations
@@ -96,7 +96,8 @@ def check_layout_hold(bundle: Bundle, frames: int = CHECK_FRAMES, seed: int = CH
         free_ratios, free_motions = measure(replace(held, layout_weights=None), "free")
     held_ratio, free_ratio = max(held_ratios), max(free_ratios)  # each one's worse start
     return _keep(bundle, {"held_share": round(share, 3), "frames": frames, "seed": seed,
-                          "window": bundle.manifest.layout_window, "starts": starts, "held_ratios": held_ratios, "free_ratios": free_ratios,
+                          "window": bundle.manifest.layout_window, "starts": starts,
+                          "held_ratios": held_ratios, "free_ratios": free_ratios,
                           "held_ratio": held_ratio, "free_ratio": free_ratio,
                           "held_motions": held_motions, "free_motions": free_motions,
                           "held": held_ratio < free_ratio,
