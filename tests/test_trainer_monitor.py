@@ -12,6 +12,7 @@ from sinfusion.bundle import Bundle
 from sinfusion.config import default_config
 from sinfusion.network import SinFusionNet
 from sinfusion.nextframe import score_pairs
+from sinfusion import sampling as S
 from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions
 from sinfusion.schedule import make_schedule
 from sinfusion.trainer.monitor import (InBetweenMonitor, Measurement, NextFrameMonitor, holdout_count,
@@ -111,6 +112,17 @@ def test_monitor_scores_an_untrained_anchored_predictor_as_copy():
                        .transpose(0, 3, 1, 2) / 127.5 - 1.0)
     assert m.copy_psnr == pytest.approx(copy["copy_psnr"], abs=1e-3)
     assert m.model_psnr == pytest.approx(m.copy_psnr, abs=0.05)  # the anchor is the copy
+
+
+def test_the_monitor_holds_predictions_only_to_the_trained_frames_layouts():
+    """A bundle held to the clip scores its held-out pairs held to the other frames' layouts: never
+    to the frames it is scored against; a bundle without clip layouts keeps none."""
+    frames = tiny_clip(8, 16, 24)
+    monitor = NextFrameMonitor(frames, [(5, 6), (6, 7)], holdout=(5, 8))
+    held = BundleSampling(layout_pull=0.3, layout_sigma=0.6, layout_window=3,
+                          clip_layouts=S.clip_layouts(frames, 0.6))
+    np.testing.assert_array_equal(monitor.seen_layouts(held), S.clip_layouts(frames[:5], 0.6))
+    assert monitor.seen_layouts(BundleSampling()) is None
 
 
 def test_in_between_monitor_scores_an_untrained_anchored_interpolator_as_the_blend():

@@ -1,8 +1,8 @@
 """Whether a bundle's streams hold their layout: measured on its clip by the trainer.
 
 The layout hold (`sinfusion.sampling.correct`) pulls each frame of a stream towards a (slightly
-blurred) picture: its start frame's where the clip stands still, or, with a layout window (the cpu
-preset's), at each pixel the clip frame's that looks most like the frame there. On a scene that
+blurred) picture: its start frame's where the clip stands still, or, with a layout window, at
+each pixel the clip frame's that looks most like the frame there. On a scene that
 holds still around what moves in it (tornado's cloud and funnel) it stops the Predictor's blur from
 dissolving the scene: 300 frames drift about half as far. But where things cross the scene (fish
 swimming through open water) a coarser hold to the start frame pulled back its blurred fish, which

@@ -44,7 +44,8 @@ import numpy as np
 from sinfusion import nextframe
 from sinfusion.io.cli import counted
 from sinfusion.nextframe import holdout_pairs, holdout_triplets, summary_line  # noqa: F401  (re-exported)
-from sinfusion.sampling import BundleSampling, RoleSampling, SamplingOptions, options_record
+from sinfusion.sampling import (BundleSampling, RoleSampling, SamplingOptions, clip_layouts,
+                                options_record)
 
 MIN_FRAMES_FOR_HOLDOUT = 12
 
@@ -126,8 +127,20 @@ class NextFrameMonitor:
             roles["projector"] = served["projector"]
             networks["projector"] = self._projector
         denoiser = TorchDenoiser.from_networks(networks, device=str(run.device))
-        self.facts = replace(served, roles=roles)  # with the run's network in its role
+        # with the run's network in its role, held to the trained frames' layouts only
+        self.facts = replace(served, roles=roles, clip_layouts=self.seen_layouts(served))
         return self.measure_with(denoiser, self.facts, run.state.step, run.state.elapsed_s)
+
+    def seen_layouts(self, served: BundleSampling):
+        """The clip layouts a stream held to the clip is pulled to, of the frames outside the
+        held-out ones: held to the held-out frames themselves, a prediction would be pulled to
+        the very frame it is scored against (tornado +1.94 dB over copy instead of +1.28 on one
+        bundle). None where the bundle holds no clip layouts."""
+        if served.clip_layouts is None:
+            return None
+        first, end = self.holdout
+        seen = np.concatenate([self.frames[:first], self.frames[end:]])
+        return clip_layouts(seen, served.layout_sigma)
 
     def sampling_record(self) -> dict:
         return options_record(self.options, self.facts)
