@@ -10,7 +10,8 @@ For each correction level T_corr: next-frame PSNR on the predictor bundle's held
 copying the frame (DDIM --steps, then the correction, as served: with the predictor bundle's
 correction weight, passes, Predictor margin, coarse correction and layout hold unless --weight,
 --passes, --margin, --coarse, --layout; --coarse 0:1 and --layout 0:0:0 are none; a WINDOW above 0
-holds each pixel to the clip's layouts), and a
+holds each pixel to the start frame's and the clip's layouts, the held-out frames' left out of the
+next frame's, as the trainer scores it), and a
 `--frames` extrapolation from the clip's frame 0 scored as `sinfusion-quality stability` does
 (late / early NNFDIST, colour bands), with a contact sheet per level in --figures. --train first
 trains a Projector alone on CLIP with the cpu preset and the --set overrides (the Projector gets
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
     from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
-    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate
+    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, clip_layouts, extrapolate
     from sinfusion.trainer.monitor import holdout_count
 
     torch.set_num_threads(args.threads)
@@ -107,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         sampling = replace(sampling, coarse_correction_level=int(level),
                            coarse_correction_weight=float(weight))
     frames = pb.frames()
-    pairs = nextframe.holdout_pairs(len(frames), holdout_count(len(frames)))
+    held_out = holdout_count(len(frames))
+    pairs = nextframe.holdout_pairs(len(frames), held_out)
+    # Held to the clip, the next frame is held to the trained frames' pictures only, as the
+    # trainer scores it: the held-out frames' would pull each prediction to its own target.
+    scored = sampling if sampling.clip_layouts is None else replace(
+        sampling, clip_layouts=clip_layouts(frames[:len(frames) - held_out], sampling.layout_sigma))
     for level in (int(v) for v in args.tcorr.split(",")):
         started = time.monotonic()
         options = SamplingOptions(args.steps or DEFAULT_DDIM_STEPS, args.method, level)
         scores = nextframe.score_pairs(frames, pairs, nextframe.predict_pairs(
-            denoiser, sampling, frames, pairs, 1, options, 0, 16))
+            denoiser, scored, frames, pairs, 1, options, 0, 16))
         loop = extrapolate(sampling, to_model(frames[0]), args.frames, 1, np.random.default_rng(args.seed),
                            options)
         clip = np.concatenate([frames[:1], _collect([loop], denoiser, [args.frames])[0]])

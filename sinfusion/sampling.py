@@ -447,7 +447,8 @@ class StreamAnchor:
     """What the correction holds every frame of a stream to, taken once from its start frame: the
     colours, and where the bundle holds the layout, each pixel's pull (the bundle's
     `layout_weights`) towards the start frame's layout (`arrays.layout`) or, where the bundle has
-    a `layout_window`, towards the clip's layouts (N, 3, H, W), matched pixel by pixel."""
+    a `layout_window`, towards the start frame's and the clip's layouts (N + 1, 3, H, W), matched
+    pixel by pixel."""
 
     colours: arrays.Colours
     layout: object | None = None
@@ -495,10 +496,14 @@ def stream_anchor(sampling: BundleSampling, options: SamplingOptions, frame) -> 
     colours = arrays.colours_of(frame)
     if sampling.layout_weights is None:
         return StreamAnchor(colours)
+    start = arrays.layout(frame, sampling.layout_sigma)
     if sampling.clip_layouts is not None:
-        return StreamAnchor(colours, weights=sampling.layout_weights, clip=sampling.clip_layouts)
-    return StreamAnchor(colours, arrays.layout(frame, sampling.layout_sigma),
-                        sampling.layout_weights)
+        # The start frame's own picture is one of those held to: a stream's first frames stay
+        # nearest it, as the clip's next frame does, where only the clip's would pull them to
+        # another frame's state (an unseen start frame is in no bundle's clip).
+        held = arrays.concat([start[None], sampling.clip_layouts])
+        return StreamAnchor(colours, weights=sampling.layout_weights, clip=held)
+    return StreamAnchor(colours, start, sampling.layout_weights)
 
 
 def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.random.Generator,
@@ -534,12 +539,15 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     picture while what moves in the clip moves freely, and tornado's cloud stays over its trees
     instead of lifting away, which neither correction reaches (300 frames drift 1.7-1.8 instead of
     3.5; docs/training.md, "Holding the layout"). Or it is the clip's, pixel by pixel
-    (`arrays.nearest_layout`): each pixel takes the clip frame whose layout looks most like the
-    frame's within `layout_window` px of it. Where the clip holds still that is the start frame's
-    picture again; where it moves, the stream is held to a state the clip shows there, whichever
-    one it is nearest, so the pull can act on what moves too: tornado keeps its funnel for 300
-    frames, where with the start frame's it lifts into the cloud, fish keeps its school, boat_race
-    its smooth wakes (docs/training.md, "Holding to the clip").
+    (`arrays.nearest_layout`): each pixel takes the start frame's or a clip frame's layout,
+    whichever looks most like the frame's within `layout_window` px of it. Where the clip holds
+    still that is the start frame's picture again; where it moves, the stream is held to a state
+    the clip shows there, whichever one it is nearest, so the pull can act on what moves too:
+    tornado keeps its funnel for 300 frames, where with the start frame's it lifts into the cloud,
+    fish keeps its school, boat_race its smooth wakes (docs/training.md, "Holding to the clip").
+    A stream's first frames stay nearest its start frame, as the clip's next frame does, so they
+    predict unseen frames as well as with the start frame's hold ("The start frame among the
+    pictures").
     The corrected frame then takes the anchor's colours (default: the frame's own): its mean colour
     and colour covariance, so brightness, contrast and saturation, as shown (clamped). Correction
     mends patches, it does not change the exposure: a small bias of the Projector, or the contrast a

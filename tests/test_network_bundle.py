@@ -562,12 +562,17 @@ def test_a_stream_held_to_the_clip_takes_each_pixel_from_its_nearest_clip_layout
                                    layout_weights=np.full(frames.shape[2:], 0.3, np.float32))
     options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
     anchor = S.stream_anchor(sampling, options, frames[0])
-    assert anchor.layout is None and anchor.clip is clip
+    start = layout(frames[0], 1.0)  # an unseen start frame's picture is held to as well, first
+    assert anchor.layout is None
+    np.testing.assert_array_equal(anchor.clip, np.concatenate([start[None], clip]))
+    # so a frame that looks like its start frame stays there, where the clip's alone moves it
+    assert np.abs(nearest_layout(start, clip, 2) - start).max() > 0.1
+    np.testing.assert_array_equal(nearest_layout(start, anchor.clip, 2), start)
     eager = TorchDenoiser(tiny_bundle)
     out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
     x = _half_corrected(sampling, frames[3], eager)
     own = layout(x, 1.0)
-    held = x + 0.3 * (nearest_layout(own, clip, 2) - own)
+    held = x + 0.3 * (nearest_layout(own, anchor.clip, 2) - own)
     np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
     on_device = anchor.on_side_of(torch.from_numpy(frames[1]))  # the device runtime's: its test
     assert isinstance(on_device.clip, torch.Tensor) and on_device.layout is None

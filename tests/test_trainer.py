@@ -185,7 +185,7 @@ def test_the_projector_trains_a_share_at_the_correction_levels():
             cpu.correction_passes) == (1, 0.5, 0.5, 1)
     assert (cpu.coarse_correction_level, cpu.coarse_correction_weight) == (3, 0.15)
     assert PaperPreset().coarse_correction_level == 0 == get_preset("tiny").coarse_correction_level
-    assert (cpu.layout_pull, cpu.layout_sigma, cpu.layout_motion, cpu.layout_window) == (0.15, 0.6, 0.05, 0)
+    assert (cpu.layout_pull, cpu.layout_sigma, cpu.layout_motion, cpu.layout_window) == (0.3, 0.6, 0.0, 3)
     assert PaperPreset().layout_pull == 0 == get_preset("tiny").layout_pull  # no hold, no check
     paper = PaperPreset()
     assert (paper.projector_correction_share, paper.correction_weight, paper.correction_passes) == (0, 1, 1)

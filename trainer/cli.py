@@ -62,8 +62,8 @@ SERVING_FLAGS = [
     ("--layout-motion", non_negative_float, "STD", "layout_motion",
      "how much the clip's blurred frames vary where no pixel is held, 0 = every pixel alike"),
     ("--layout-window", int_at_least(0), "PX", "layout_window",
-     "hold each pixel to the clip frame whose layout within PX px looks most like the frame's, "
-     "0 = to the stream's start frame"),
+     "hold each pixel to the start frame or clip frame whose layout within PX px looks most "
+     "like the frame's, 0 = to the stream's start frame alone"),
 ]
 
 

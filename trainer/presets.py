@@ -257,16 +257,18 @@ class CpuPreset(TinyPreset):
     # 300-frame drift falls by 40% on tornado and 30% on ants, holds on boat_race and fish
     # (docs/training.md, "A margin for the Predictor"), for about a fifth of a served frame's speed.
     predictor_margin: int = 8
-    # Each frame of a stream moves 15% of the way to its start frame's picture (blurred by 0.6 px:
-    # the fine detail held too) where the clip holds still (none where the blurred frames' spread
-    # over the clip reaches 0.05), if the trainer measures that its streams drift less so
-    # (trainer/layout_check.py): tornado's 300 frames drift 1.7-1.8 instead of 3.5, 2.1 with a
-    # 2.5 px blur (docs/training.md, "Holding the layout"). Held to the clip's pictures instead
-    # (layout_window 3, pull 0.3, motion 0) long streams keep far more, but a stream's first frames
-    # predict unseen frames worse (docs/training.md, "Holding to the clip"): not the default.
-    layout_pull: float = 0.15
+    # Each frame of a stream moves 30% of the way, at every pixel, to a picture (blurred by 0.6 px:
+    # the fine detail held too) of its start frame or of the clip frame that looks most like it
+    # within 3 px there, if the trainer measures that its streams drift less so
+    # (trainer/layout_check.py): tornado keeps its funnel for 300 frames and fish its school, and
+    # tornado drifts 1.1 from its last frame and 1.6 from frame 0, where held to its start frame's
+    # picture alone (where the clip holds still) it drifted 1.4-1.7 and 1.8-2.2; next frames beat
+    # copy by 0.1-0.3 dB more on three clips, 0.45 less on fish (docs/training.md, "Holding to the
+    # clip").
+    layout_pull: float = 0.3
     layout_sigma: float = 0.6
-    layout_motion: float = 0.05
+    layout_motion: float = 0.0
+    layout_window: int = 3
     projector_correction_share: float = 0.5
     time_budget_s: float = 900.0
     predictor_steps: int = 200_000  # caps: the time budget ends each role first on a CPU
