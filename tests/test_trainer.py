@@ -174,6 +174,8 @@ def test_presets_and_config_validation():
         TrainConfig(layout_pull=1.0, layout_sigma=2.0)
     with pytest.raises(ValueError, match=r"layout_sigma must be in \(0, 64\] px"):
         TrainConfig(layout_pull=0.1)
+    with pytest.raises(ValueError, match=r"layout_check_frames must be >= 40, got 39"):
+        TrainConfig(layout_check_frames=39)
 
 
 def test_the_projector_trains_a_share_at_the_correction_levels():
@@ -453,9 +455,10 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
     for it; presets without a pull (tiny, paper) measure nothing."""
     from sinfusion.trainer import layout_check, training
 
-    measured = []  # 8 frames instead of CHECK_FRAMES: a test's tiny clip
+    measured, asked = [], []  # 8 frames instead of the config's: a test's tiny clip
 
-    def check(bundle, **kwargs):
+    def check(bundle, frames, **kwargs):
+        asked.append(frames)
         measured.append(layout_check.check_layout_hold(bundle, frames=8, **kwargs))
         return measured[-1]
 
@@ -468,10 +471,11 @@ def test_the_trainer_measures_the_layout_hold_and_keeps_it_only_where_it_drifts_
         return real_train_role(run, *args, **kwargs)
 
     monkeypatch.setattr(training, "train_role", train_role)
-    config = tiny_config(steps=2, layout_pull=0.2, layout_sigma=1.5, time_budget_s=3600.0)
+    config = tiny_config(steps=2, layout_pull=0.2, layout_sigma=1.5, time_budget_s=3600.0,
+                         layout_check_frames=60)
     bundle = train_bundle(tiny_clip(8, 16, 24), tmp_path / "b", config, progress=False, device="cpu")
     record = bundle.manifest.quality["layout"]
-    assert [record] == measured
+    assert [record] == measured and asked == [60]  # --check-frames
     assert record["frames"] == 8 and record["seed"] == 0 and record["seconds"] > 0
     assert record["starts"] == [0, 7]
     assert (record["held_ratio"], record["free_ratio"]) == (max(record["held_ratios"]),
@@ -494,7 +498,7 @@ def test_ctrl_c_in_the_layout_check_keeps_the_trained_roles_and_resume_measures_
 
     calls = []
 
-    def check(bundle, **kwargs):
+    def check(bundle, frames, **kwargs):
         calls.append(bundle.path)
         if len(calls) == 1:
             raise KeyboardInterrupt  # what Ctrl-C does in the middle of the streams

@@ -50,6 +50,17 @@ def test_steps_per_role_override_steps_for_all(tmp_path, clip_mp4, capsys):
     assert [bundle.role(r).trained_steps for r in ("predictor", "projector")] == [2, 3]
 
 
+def test_check_frames_sets_the_layout_checks_streams():
+    """--check-frames shortens the trainer's layout check (the demo's 100); the preset's is 300."""
+    from sinfusion.trainer.cli import _train_config, build_parser
+
+    def config(*flags):
+        return _train_config(build_parser().parse_args(["train", "c.mp4", "--out", "o", *flags]))
+
+    assert config().layout_check_frames == 300
+    assert config("--check-frames", "100").layout_check_frames == 100
+
+
 def test_train_then_sample_every_mode(tmp_path, clip_mp4, capsys):
     out = tmp_path / "bundle"
     code, err = run_cli(capsys, "train", clip_mp4, "--out", out, "--steps", "2", *TINY,
@@ -128,6 +139,8 @@ def test_bad_inputs_give_one_line_errors(tmp_path, capsys):
         (["train", clip, "--out", tmp_path / "o", "--size", "96by64"], ["--size", "WxH"]),
         (["train", clip, "--out", tmp_path / "o", "--size", "4x4"], ["--size", "[8, 4096]"]),
         (["train", clip, "--out", tmp_path / "o", "--blocks", "3"], ["blocks must be an even"]),
+        (["train", clip, "--out", tmp_path / "o", "--check-frames", "39"],
+         ["--check-frames", "must be an integer >= 40"]),
         (["train", clip, "--out", tmp_path / "o", "--correction-weight", "0"],
          ["--correction-weight", "(0, 1]"]),
         (["train", clip, "--out", tmp_path / "o", "--correction-passes", "9"],

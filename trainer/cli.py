@@ -68,7 +68,7 @@ SERVING_FLAGS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .presets import PRESETS, TIME_SHARES
+    from .presets import MIN_CHECK_FRAMES, PRESETS, TIME_SHARES
 
     # Help that quotes the presets is built from them, so that it cannot go stale (% is argparse's).
     shares = ", ".join(f"{role} {share:.0%}" for role, share in TIME_SHARES.items())
@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, kind, metavar, field_name, text in SERVING_FLAGS:
         t.add_argument(flag, type=kind, metavar=metavar, dest=field_name,
                        help=f"{text} (preset defaults: {defaults(field_name)}; docs/training.md)")
+    t.add_argument("--check-frames", type=int_at_least(MIN_CHECK_FRAMES), metavar="N",
+                   help="frames per stream of the layout check that keeps or drops the hold "
+                        "(default 300, the drift goal's; fewer is quicker and less sure)")
     t.add_argument("--stop-margin", type=non_negative_float, metavar="DB",
                    help="stop the predictor early once it beats copy by DB and stops improving "
                         "(0 = never early; default 0.5)")
@@ -185,7 +188,7 @@ def _train_config(args: argparse.Namespace):
         "blocks": args.blocks, "checkpoint_every": args.checkpoint_every,
         "preview_every": args.preview_every, "max_side": args.max_side,
         "time_budget_s": args.time, "holdout": args.holdout, "eval_every_s": args.eval_every,
-        "stop_margin_db": args.stop_margin,
+        "stop_margin_db": args.stop_margin, "layout_check_frames": args.check_frames,
         **{field_name: getattr(args, field_name) for *_, field_name, _ in SERVING_FLAGS},
         **{f"{role}_steps": getattr(args, f"{role}_steps")
            for role in ("predictor", "projector", "interpolator")},

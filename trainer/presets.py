@@ -22,6 +22,8 @@ RUN_FILE = "run.json"  # training/run.json in a bundle: the config of its traini
 # Projector's correction, and a correcting Projector needs as much training as the Predictor
 # (docs/training.md, "Projector correction").
 TIME_SHARES = {"predictor": 0.4, "projector": 0.4, "interpolator": 0.2}
+# The layout check's shortest streams: its drift ratio then compares 10 early frames with 10 late.
+MIN_CHECK_FRAMES = 40
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class TrainConfig:
     layout_sigma: float = 0.0
     layout_motion: float = 0.0
     layout_window: int = 0
+    # Frames per stream of the trainer's layout check (trainer/layout_check.py): the drift goal's
+    # 300 by default; fewer is quicker and less sure (a stream's last quarter is its late frames).
+    layout_check_frames: int = 300
     # Share of the Projector's samples drawn at the correction levels 1..correction_steps (its job in
     # every predicted frame), the rest at any level 1..T (Generate draws its first frame from noise).
     # The paper draws every level alike (0).
@@ -147,6 +152,8 @@ class TrainConfig:
                                  f"{self.holdout}"),
             (self.eval_every_s > 0, f"eval_every_s must be > 0, got {self.eval_every_s}"),
             (self.stop_margin_db >= 0, f"stop_margin_db must be >= 0, got {self.stop_margin_db}"),
+            (self.layout_check_frames >= MIN_CHECK_FRAMES,
+             f"layout_check_frames must be >= {MIN_CHECK_FRAMES}, got {self.layout_check_frames}"),
         ]
         for role in ROLES:
             steps = self.steps_for(role)

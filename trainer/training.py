@@ -231,7 +231,7 @@ def train_bundle(
         if role in checked_after and needs_check(bundle) and (
                 not finished_before or "layout" not in bundle.manifest.quality):
             try:
-                check_layout_hold(bundle, announce=progress)
+                check_layout_hold(bundle, frames=config.layout_check_frames, announce=progress)
             except KeyboardInterrupt:  # both roles are saved: --resume measures again, then goes on
                 raise TrainingInterrupted(bundle.path, role, run.state.step, run.total,
                                           doing="while measuring the layout hold (the Predictor "
