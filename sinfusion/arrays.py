@@ -149,21 +149,33 @@ def layout(frame, sigma: float):
     return down @ frame @ across.T
 
 
-def nearest_layout(own, clip, radius: int):
+def nearest_layout(own, clip, radius: int, first=None):
     """Each pixel of the clip's layouts `clip` (N, C, H, W) whose neighbourhood is nearest the
     frame's layout `own` (C, H, W): at every pixel, the clip frame with the least summed squared
     difference over the (2 radius + 1)^2 window around it (mirrored past the frame's edges), the
     first of equals. Where the clip holds still every frame agrees; where it moves, a pixel takes
-    the clip's state that its surroundings look most like."""
+    the clip's state that its surroundings look most like. `first` (C, H, W), where given, is a
+    candidate before the clip's, without copying the clip (the clip's layouts are shared by every
+    stream of a bundle, a stream's own first frame is not)."""
     c, h, w = (int(n) for n in own.shape)
     error = ((clip - own[None]) ** 2).sum(1)  # (N, H, W)
+    if first is not None:
+        error = concat([((first - own) ** 2).sum(0)[None], error])
     if is_host(own):
         error = _window_matrix(h, radius) @ error @ _window_matrix(w, radius).T
         best = error.argmin(axis=0)[None, None]  # (1, 1, H, W)
-        return np.take_along_axis(clip, np.broadcast_to(best, (1, c, h, w)), axis=0)[0]
+        if first is None:
+            return np.take_along_axis(clip, np.broadcast_to(best, (1, c, h, w)), axis=0)[0]
+        index = np.broadcast_to(np.maximum(best - 1, 0), (1, c, h, w))
+        return np.where(best[0] == 0, first, np.take_along_axis(clip, index, axis=0)[0])
     down, across = (_on_device(_window_matrix, n, radius, own.device) for n in (h, w))
     best = (down @ error @ across.T).argmin(dim=0)
-    return clip.gather(0, best.expand(1, c, h, w))[0]
+    if first is None:
+        return clip.gather(0, best.expand(1, c, h, w))[0]
+    import torch
+
+    from_clip = clip.gather(0, (best - 1).clamp(min=0).expand(1, c, h, w))[0]
+    return torch.where(best == 0, first, from_clip)
 
 
 def rows(batch) -> list:

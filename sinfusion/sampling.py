@@ -447,8 +447,8 @@ class StreamAnchor:
     """What the correction holds every frame of a stream to, taken once from its start frame: the
     colours, and where the bundle holds the layout, each pixel's pull (the bundle's
     `layout_weights`) towards the start frame's layout (`arrays.layout`) or, where the bundle has
-    a `layout_window`, towards the start frame's and the clip's layouts (N + 1, 3, H, W), matched
-    pixel by pixel."""
+    a `layout_window`, towards the start frame's and the clip's layouts (N, 3, H, W, the bundle's,
+    shared by its streams), matched pixel by pixel."""
 
     colours: arrays.Colours
     layout: object | None = None
@@ -496,14 +496,11 @@ def stream_anchor(sampling: BundleSampling, options: SamplingOptions, frame) -> 
     colours = arrays.colours_of(frame)
     if sampling.layout_weights is None:
         return StreamAnchor(colours)
-    start = arrays.layout(frame, sampling.layout_sigma)
-    if sampling.clip_layouts is not None:
-        # The start frame's own picture is one of those held to: a stream's first frames stay
-        # nearest it, as the clip's next frame does, where only the clip's would pull them to
-        # another frame's state (an unseen start frame is in no bundle's clip).
-        held = arrays.concat([start[None], sampling.clip_layouts])
-        return StreamAnchor(colours, weights=sampling.layout_weights, clip=held)
-    return StreamAnchor(colours, start, sampling.layout_weights)
+    # With the clip's layouts, the start frame's own is one of those held to: a stream's first
+    # frames stay nearest it, as the clip's next frame does, where the clip's alone would pull them
+    # to another frame's state (an unseen start frame is in no bundle's clip).
+    return StreamAnchor(colours, arrays.layout(frame, sampling.layout_sigma),
+                        sampling.layout_weights, sampling.clip_layouts)
 
 
 def _projector_pass(rs: RoleSampling, x, level: int, weight: float, rng: np.random.Generator,
@@ -570,7 +567,7 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
         anchor = anchor.on_side_of(x)
         own = arrays.layout(x, sampling.layout_sigma)
         held = anchor.layout if anchor.clip is None else \
-            arrays.nearest_layout(own, anchor.clip, sampling.layout_window)
+            arrays.nearest_layout(own, anchor.clip, sampling.layout_window, first=anchor.layout)
         x = x + anchor.weights * (held - own)
     return arrays.keep_colours(x, colours)
 

@@ -455,6 +455,16 @@ def test_nearest_layout_takes_each_pixel_from_the_clip_frame_that_looks_most_lik
     np.testing.assert_array_equal(nearest_layout(own, clip, 1), expected)
     on_device = nearest_layout(torch.from_numpy(own), torch.from_numpy(clip), 1)
     np.testing.assert_array_equal(on_device.numpy(), expected)
+    # A first candidate is the clip with it in front, first of equals, without the copy
+    first = clip[3] + 0.5 * rng.standard_normal((3, 9, 11)).astype(np.float32)
+    joined = np.concatenate([first[None], clip])
+    expected = nearest_layout(own, joined, 1)
+    assert (expected == first).any() and (expected != first).any()  # both kinds of pixel
+    np.testing.assert_array_equal(nearest_layout(own, clip, 1, first=first), expected)
+    np.testing.assert_array_equal(nearest_layout(clip[3], clip, 1, first=clip[3]), clip[3])
+    on_device = nearest_layout(*(torch.from_numpy(a) for a in (own, clip)), 1,
+                               first=torch.from_numpy(first))
+    np.testing.assert_array_equal(on_device.numpy(), expected)
 
 
 def test_a_long_clip_is_held_to_evenly_spaced_layouts():
@@ -563,17 +573,17 @@ def test_a_stream_held_to_the_clip_takes_each_pixel_from_its_nearest_clip_layout
     options = S.SamplingOptions(steps=2, method="ddim", correction_steps=1)
     anchor = S.stream_anchor(sampling, options, frames[0])
     start = layout(frames[0], 1.0)  # an unseen start frame's picture is held to as well, first
-    assert anchor.layout is None
-    np.testing.assert_array_equal(anchor.clip, np.concatenate([start[None], clip]))
+    np.testing.assert_array_equal(anchor.layout, start)
+    assert anchor.clip is clip  # the bundle's, shared by its streams: not copied
     # so a frame that looks like its start frame stays there, where the clip's alone moves it
     assert np.abs(nearest_layout(start, clip, 2) - start).max() > 0.1
-    np.testing.assert_array_equal(nearest_layout(start, anchor.clip, 2), start)
+    np.testing.assert_array_equal(nearest_layout(start, clip, 2, first=start), start)
     eager = TorchDenoiser(tiny_bundle)
     out = S.run_to_value(S.correct(sampling, frames[3], np.random.default_rng(2), options, anchor), eager)
     x = _half_corrected(sampling, frames[3], eager)
     own = layout(x, 1.0)
-    held = x + 0.3 * (nearest_layout(own, anchor.clip, 2) - own)
+    held = x + 0.3 * (nearest_layout(own, np.concatenate([start[None], clip]), 2) - own)
     np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
     on_device = anchor.on_side_of(torch.from_numpy(frames[1]))  # the device runtime's: its test
-    assert isinstance(on_device.clip, torch.Tensor) and on_device.layout is None
+    assert isinstance(on_device.clip, torch.Tensor) and isinstance(on_device.layout, torch.Tensor)
     assert S.options_record(options, sampling)["layout_window"] == 2
