@@ -14,6 +14,7 @@ torch is imported only when a tensor is actually seen: an ONNX Runtime server ne
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,24 @@ def like(a, reference):
         return a.to(reference.device, torch.float32)
     src = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     return src.to(reference.device, non_blocking=True)
+
+
+_SHARED_COPIES: dict[tuple[int, str], object] = {}
+
+
+def shared_like(a, reference):
+    """`like`, for a host array that many streams share and none changes (a bundle's clip
+    layouts): one copy per device, kept while `a` lives, not one per stream."""
+    if is_host(reference) or not is_host(a):
+        return like(a, reference)
+    key = (id(a), str(reference.device))
+    copy = _SHARED_COPIES.get(key)
+    if copy is None:
+        # a copy of the host array first: a tensor on the CPU would share its memory, and keep it
+        # (and so the entry) alive for ever
+        copy = _SHARED_COPIES[key] = like(np.array(a, np.float32), reference)
+        weakref.finalize(a, _SHARED_COPIES.pop, key, None)
+    return copy
 
 
 def stack(arrays: Sequence):

@@ -457,12 +457,14 @@ class StreamAnchor:
 
     def on_side_of(self, x) -> StreamAnchor:
         """The same anchor next to x (host or device): a stream whose frames live on a device
-        copies its host layouts and pulls there once, not with every frame."""
+        copies its host layouts and pulls there once, not with every frame, and the bundle's
+        clip layouts once for all its streams."""
         colours = self.colours.on_side_of(x)
         if self.weights is None or arrays.is_host(x) == arrays.is_host(self.weights):
             return self if colours is self.colours else replace(self, colours=colours)
         return StreamAnchor(colours, *(None if a is None else arrays.like(a, x)
-                                       for a in (self.layout, self.weights, self.clip)))
+                                       for a in (self.layout, self.weights)),
+                            None if self.clip is None else arrays.shared_like(self.clip, x))
 
 
 def layout_weights(frames: np.ndarray, pull: float, sigma: float, motion: float) -> np.ndarray:

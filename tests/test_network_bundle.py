@@ -586,4 +586,22 @@ def test_a_stream_held_to_the_clip_takes_each_pixel_from_its_nearest_clip_layout
     np.testing.assert_allclose(out, keep_colours(held, colours_of(frames[0])), atol=1e-5)
     on_device = anchor.on_side_of(torch.from_numpy(frames[1]))  # the device runtime's: its test
     assert isinstance(on_device.clip, torch.Tensor) and isinstance(on_device.layout, torch.Tensor)
+    other = S.stream_anchor(sampling, options, frames[2]).on_side_of(torch.from_numpy(frames[1]))
+    assert other.clip is on_device.clip  # one device copy of the bundle's clip for its streams
     assert S.options_record(options, sampling)["layout_window"] == 2
+
+
+def test_a_shared_device_copy_lives_as_long_as_its_host_array():
+    import gc
+
+    from sinfusion import arrays
+
+    host, device = np.ones((2, 3), np.float32), torch.zeros(1)
+    copy = arrays.shared_like(host, device)
+    assert isinstance(copy, torch.Tensor) and arrays.shared_like(host, device) is copy
+    assert arrays.shared_like(host, np.zeros(1)) is host  # next to a host array: itself
+    key = (id(host), str(device.device))
+    assert key in arrays._SHARED_COPIES
+    del host
+    gc.collect()
+    assert key not in arrays._SHARED_COPIES
