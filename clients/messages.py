@@ -82,7 +82,7 @@ class ModelInfo:
     layout_pull: float = 0.0  # share of the way a stream's frame moves to its first frame's layout
     layout_sigma: float = 0.0  # px of blur that makes a frame's layout
     layout_motion: float = 0.0  # the clip's layout spread where nothing is held (0: held everywhere)
-    layout_window: int = 0  # px matched to the clip's layouts (0: the first frame's is held)
+    layout_window: int = 0  # px matched to the first and clip frames' layouts (0: the first's alone)
 
     @classmethod
     def from_proto(cls, m: pb.ModelInfo) -> ModelInfo:
