@@ -267,11 +267,11 @@ class CpuPreset(TinyPreset):
     # Each frame of a stream moves 30% of the way, at every pixel, to a picture (blurred by 0.6 px:
     # the fine detail held too) of its start frame or of the clip frame that looks most like it
     # within 3 px there, if the trainer measures that its streams drift less so
-    # (trainer/layout_check.py): tornado keeps its funnel for 300 frames and fish its school, and
-    # tornado drifts 1.1 from its last frame and 1.6 from frame 0, where held to its start frame's
-    # picture alone (where the clip holds still) it drifted 1.4-1.7 and 1.8-2.2; next frames beat
-    # copy by 0.1-0.3 dB more on three clips, 0.45 less on fish (docs/training.md, "Holding to the
-    # clip").
+    # (trainer/layout_check.py): tornado keeps its funnel for 300 frames and drifts 1.1 from its
+    # last frame and 1.6-1.7 from frame 0, where held to its start frame's picture alone (where
+    # the clip holds still) it drifted 1.4-1.7 and 1.8-2.2; next frames beat copy by 0.1-0.3 dB
+    # more on three clips, 0.45 less on fish (docs/training.md, "Holding to the clip", "The
+    # start frame among the pictures").
     layout_pull: float = 0.3
     layout_sigma: float = 0.6
     layout_motion: float = 0.0
