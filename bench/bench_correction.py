@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     from sinfusion.quality.nnf import PatchMatchOptions, nearest_neighbour_field
     from sinfusion.quality.stability import _collect, colour_stats, stability_checks, write_sheet
     from sinfusion.runtimes.torch_runtime import TorchDenoiser, load_network
-    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, clip_layouts, extrapolate
-    from sinfusion.trainer.monitor import holdout_count
+    from sinfusion.sampling import DEFAULT_DDIM_STEPS, SamplingOptions, extrapolate
+    from sinfusion.trainer.monitor import holdout_count, seen_layouts
 
     torch.set_num_threads(args.threads)
     projector = args.projector or args.predictor
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     pairs = nextframe.holdout_pairs(len(frames), held_out)
     # Held to the clip, the next frame is held to the trained frames' pictures only, as the
     # trainer scores it: the held-out frames' would pull each prediction to its own target.
-    scored = sampling if sampling.clip_layouts is None else replace(
-        sampling, clip_layouts=clip_layouts(frames[:len(frames) - held_out], sampling.layout_sigma))
+    scored = replace(sampling, clip_layouts=seen_layouts(
+        sampling, frames, (len(frames) - held_out, len(frames))))
     for level in (int(v) for v in args.tcorr.split(",")):
         started = time.monotonic()
         options = SamplingOptions(args.steps or DEFAULT_DDIM_STEPS, args.method, level)

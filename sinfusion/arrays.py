@@ -178,23 +178,22 @@ def nearest_layout(own, clip, radius: int, first=None):
     stream of a bundle, a stream's own first frame is not)."""
     c, h, w = (int(n) for n in own.shape)
     error = ((clip - own[None]) ** 2).sum(1)  # (N, H, W)
+    offset = 0 if first is None else 1  # candidate i is clip frame i - offset
     if first is not None:
         error = concat([((first - own) ** 2).sum(0)[None], error])
     if is_host(own):
-        error = _window_matrix(h, radius) @ error @ _window_matrix(w, radius).T
-        best = error.argmin(axis=0)[None, None]  # (1, 1, H, W)
-        if first is None:
-            return np.take_along_axis(clip, np.broadcast_to(best, (1, c, h, w)), axis=0)[0]
-        index = np.broadcast_to(np.maximum(best - 1, 0), (1, c, h, w))
-        return np.where(best[0] == 0, first, np.take_along_axis(clip, index, axis=0)[0])
+        best = (_window_matrix(h, radius) @ error @ _window_matrix(w, radius).T).argmin(axis=0)
+        index = np.broadcast_to(np.maximum(best - offset, 0)[None, None], (1, c, h, w))
+        picked = np.take_along_axis(clip, index, axis=0)[0]
+        return picked if first is None else np.where(best == 0, first, picked)
     down, across = (_on_device(_window_matrix, n, radius, own.device) for n in (h, w))
     best = (down @ error @ across.T).argmin(dim=0)
+    picked = clip.gather(0, (best - offset).clamp(min=0).expand(1, c, h, w))[0]
     if first is None:
-        return clip.gather(0, best.expand(1, c, h, w))[0]
+        return picked
     import torch
 
-    from_clip = clip.gather(0, (best - 1).clamp(min=0).expand(1, c, h, w))[0]
-    return torch.where(best == 0, first, from_clip)
+    return torch.where(best == 0, first, picked)
 
 
 def rows(batch) -> list:

@@ -284,7 +284,7 @@ class BundleSampling:
     layout_pull: float = 0.0  # 0: none
     layout_sigma: float = 0.0  # px at the bundle's frame size
     layout_motion: float = 0.0  # 0: held everywhere alike
-    layout_window: int = 0  # px: 0 holds the start frame's layout, above 0 the clip's (`correct`)
+    layout_window: int = 0  # px: 0 holds the start frame's layout, above 0 it and the clip's (`correct`)
     # Each pixel's pull (H, W), from the clip (`layout_weights`); None: no frame is held
     layout_weights: np.ndarray | None = field(default=None, compare=False, repr=False)
     # The clip's layouts (N, 3, H, W) held to where layout_window is above 0 (`clip_layouts`)
@@ -462,8 +462,7 @@ class StreamAnchor:
         colours = self.colours.on_side_of(x)
         if self.weights is None or arrays.is_host(x) == arrays.is_host(self.weights):
             return self if colours is self.colours else replace(self, colours=colours)
-        return StreamAnchor(colours, *(None if a is None else arrays.like(a, x)
-                                       for a in (self.layout, self.weights)),
+        return StreamAnchor(colours, arrays.like(self.layout, x), arrays.like(self.weights, x),
                             None if self.clip is None else arrays.shared_like(self.clip, x))
 
 

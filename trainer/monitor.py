@@ -50,6 +50,17 @@ from sinfusion.sampling import (BundleSampling, RoleSampling, SamplingOptions, c
 MIN_FRAMES_FOR_HOLDOUT = 12
 
 
+def seen_layouts(served: BundleSampling, frames: np.ndarray, holdout: tuple[int, int]):
+    """The clip layouts a stream held to the clip is pulled to, of the clip's uint8 frames outside
+    the held-out ones [first, end): held to the held-out frames themselves, a prediction would be
+    pulled to the very frame it is scored against (tornado +1.94 dB over copy instead of +1.28 on
+    one bundle). None where the bundle holds no clip layouts."""
+    if served.clip_layouts is None:
+        return None
+    first, end = holdout
+    return clip_layouts(np.concatenate([frames[:first], frames[end:]]), served.layout_sigma)
+
+
 def holdout_count(frame_count: int, requested: int = -1) -> int:
     """Frames held out at the end of a clip: `requested`, or automatic (-1); 0 when too short."""
     if requested >= 0:
@@ -132,15 +143,8 @@ class NextFrameMonitor:
         return self.measure_with(denoiser, self.facts, run.state.step, run.state.elapsed_s)
 
     def seen_layouts(self, served: BundleSampling):
-        """The clip layouts a stream held to the clip is pulled to, of the frames outside the
-        held-out ones: held to the held-out frames themselves, a prediction would be pulled to
-        the very frame it is scored against (tornado +1.94 dB over copy instead of +1.28 on one
-        bundle). None where the bundle holds no clip layouts."""
-        if served.clip_layouts is None:
-            return None
-        first, end = self.holdout
-        seen = np.concatenate([self.frames[:first], self.frames[end:]])
-        return clip_layouts(seen, served.layout_sigma)
+        """`seen_layouts` of this monitor's clip and held-out frames."""
+        return seen_layouts(served, self.frames, self.holdout)
 
     def sampling_record(self) -> dict:
         return options_record(self.options, self.facts)
