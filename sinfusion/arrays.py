@@ -255,10 +255,17 @@ def _colour_transform(target, current):
     return target @ torch.linalg.solve_triangular(current, eye, upper=False)
 
 
-def _set_colours(x, mean, target, rounds: int):
-    """x with colour mean `mean` (3, 1) and covariance factor `target`, on x's side, clamped. On the
-    host the rounds stop once a rescale clamps nothing (it is then exact); a device runs them all
-    rather than wait for the device to say so."""
+def match_covariance(x, mean: Sequence[float], cov: Sequence[Sequence[float]], rounds: int = 8):
+    """A frame (3, H, W) with mean colour `mean` (3) and colour covariance `cov` (3 x 3), such as a
+    clip's palette, clamped to [-1, 1], where x is. For one frame drawn from noise: frame after
+    frame a stream keeps its colours with `keep_colours`, which does not re-draw a lost hue. The
+    rescale is repeated on the clamped frame, giving back most of the contrast the clamp takes; on
+    the host the rounds stop once a rescale clamps nothing (it is then exact), a device runs them
+    all rather than wait for the device to say so."""
+    mean = like(np.asarray(mean, np.float64).reshape(3, 1), x)
+    target = like(_colour_factor(np.asarray(cov, np.float64)), x)
+    if not is_host(x):
+        mean, target = mean.double(), target.double()
     shape = tuple(x.shape)
     for _ in range(rounds):
         m, c = _colour_moments(x)
@@ -275,42 +282,143 @@ def _set_colours(x, mean, target, rounds: int):
 
 @dataclass(frozen=True)
 class Colours:
-    """A frame's colours as keep_colours sets them: the mean colour (3, 1) and the lower Cholesky
-    factor of the colour covariance (3, 3), float64, on the side of the frame they came from. A
-    stream computes its start frame's once."""
+    """A frame's colours as keep_colours sets them: each channel's mean and standard deviation
+    (3, 1) and the saturation (1, 1), the mean over its pixels of the spread of their channels (max
+    less min), float64, on the side of the frame they came from. A stream computes its start
+    frame's once."""
 
     mean: object
-    factor: object
+    std: object
+    saturation: object
 
     def on_side_of(self, x) -> Colours:
-        """The same colours next to x (host or device): 12 numbers cross at most."""
+        """The same colours next to x (host or device): 7 numbers cross at most."""
         if is_host(x) == is_host(self.mean):
             return self
+        parts = (self.mean, self.std, self.saturation)
         if is_host(x):
-            return Colours(to_host(self.mean).astype(np.float64), to_host(self.factor).astype(np.float64))
-        return Colours(like(self.mean, x).double(), like(self.factor, x).double())
+            return Colours(*(to_host(a).astype(np.float64) for a in parts))
+        return Colours(*(like(a, x).double() for a in parts))
+
+
+def _mean(a, axis: int):
+    """a's mean along `axis`, kept as a length-1 axis, where a is."""
+    return a.mean(axis=axis, keepdims=True) if is_host(a) else a.mean(dim=axis, keepdim=True)
+
+
+def _flat_stats(flat):
+    """Each channel's mean and standard deviation (3, 1) of a frame's pixels (3, N), where it is
+    (the mean of squares: torch's std is several times slower on a CPU)."""
+    mean = _mean(flat, 1)
+    centred = flat - mean
+    variance = _mean(centred * centred, 1)
+    return mean, (np.sqrt(variance) if is_host(flat) else variance.sqrt())
+
+
+def _saturation(flat):
+    """A frame's saturation (1, 1): the mean over its pixels (3, N) of max less min of their channels."""
+    if is_host(flat):
+        return (flat.max(axis=0) - flat.min(axis=0)).mean().reshape(1, 1)
+    return (flat.amax(dim=0) - flat.amin(dim=0)).mean().reshape(1, 1)
+
+
+def _as_double(flat):
+    return flat.astype(np.float64) if is_host(flat) else flat.double()
 
 
 def colours_of(frame) -> Colours:
     """The colours of a frame (3, H, W), where it is."""
-    mean, cov = _colour_moments(frame)
-    return Colours(mean, _colour_factor(cov))
+    flat = _as_double(frame.reshape(3, -1))
+    return Colours(*_flat_stats(flat), _saturation(flat))
 
 
-def colours_from(mean: Sequence[float], cov: Sequence[Sequence[float]]) -> Colours:
-    """Colours from a mean colour (3) and a colour covariance (3 x 3), such as a clip's palette."""
-    return Colours(np.asarray(mean, np.float64).reshape(3, 1),
-                   _colour_factor(np.asarray(cov, np.float64)))
+def _standardised(flat, colours: Colours):
+    """Pixels (3, N) with each channel's mean and standard deviation set to the colours'."""
+    m, s = _flat_stats(flat)
+    return (flat - m) / (s + 1e-6) * colours.std + colours.mean
+
+
+def _with_colours(flat, colours: Colours, evaluations: int):
+    """Pixels (3, N) as grey + g chroma (the pixels' grey, and what each channel adds to it), each
+    channel then standardised to the colours' mean and deviation, with the gain g that gives the
+    colours' saturation: the secant method on its logarithm from no gain, a fixed count of
+    saturations measured, so that a device is not asked whether it has converged (6: to 1e-5 of
+    it for a frame three times as saturated; a stream's next frame, within a few percent of it,
+    is there in 3), the gain within MAX_SATURATION_GAIN either way (standardised channels cap how
+    saturated a frame can get: one out of reach is met as nearly as that allows). A channel of
+    grey + g chroma has a mean and variance linear and quadratic in g, so each measurement is one
+    pass over the pixels."""
+    if is_host(flat):
+        log, exp, sqrt, where = np.log, np.exp, np.sqrt, np.where
+
+        def bounded(u):
+            return np.clip(u, -LOG_MAX_GAIN, LOG_MAX_GAIN)
+    else:
+        import torch
+
+        log, exp, sqrt, where = torch.log, torch.exp, torch.sqrt, torch.where
+
+        def bounded(u):
+            return u.clamp(-LOG_MAX_GAIN, LOG_MAX_GAIN)
+
+    grey = _mean(flat, 0)
+    chroma = flat - grey
+    grey_mean, chroma_mean = _mean(grey, 1), _mean(chroma, 1)
+    grey_dev, chroma_dev = grey - grey_mean, chroma - chroma_mean
+    grey_var = _mean(grey_dev * grey_dev, 1)
+    cross, chroma_var = _mean(grey_dev * chroma_dev, 1), _mean(chroma_dev * chroma_dev, 1)
+
+    def coefficients(gain):  # the standardised channels as a grey + b chroma + c
+        variance = grey_var + 2.0 * gain * cross + gain * gain * chroma_var
+        scale = colours.std / (sqrt(variance * (variance > 0)) + 1e-6)
+        return scale, gain * scale, colours.mean - scale * (grey_mean + gain * chroma_mean)
+
+    def measured(u):
+        a, b, c = coefficients(exp(u))
+        return _saturation(a * grey + b * chroma + c) + tiny
+
+    tiny = 1e-8  # a grey frame has no chroma to scale, a grey target none to keep
+    target = colours.saturation + tiny
+    u0 = 0.0 * target
+    h0 = measured(u0)
+    u1 = bounded(log(target / h0))
+    for _ in range(evaluations - 1):
+        h1 = measured(u1)
+        moved = (h1 - h0) != 0
+        step = (target - h1) * (u1 - u0) / where(moved, h1 - h0, 1.0)
+        u0, h0, u1 = u1, h1, bounded(u1 + where(moved, step, 0.0 * step))
+    a, b, c = coefficients(exp(u1))
+    return a * grey + b * chroma + c
+
+
+MAX_SATURATION_GAIN = 4.0
+LOG_MAX_GAIN = float(np.log(MAX_SATURATION_GAIN))
 
 
 def keep_colours(x, colours: Colours, rounds: int = 8):
     """x (3, H, W) given `colours` (so a frame's brightness, contrast and saturation), as it will be
-    shown: clamped to [-1, 1]. Clamping after a rescale takes back some of the contrast it gave, so
-    the rescale is repeated on the clamped frame: each round takes about four fifths of what is
-    left even with a tenth of the pixels at the limits. The colours may come from the other side
-    (a stream's host start frame, device frames)."""
+    shown: clamped to [-1, 1]. Each channel's mean and standard deviation are set, and the chroma
+    (each pixel less its grey) scaled so the frame's saturation is the colours' (`_with_colours`).
+    It holds a stream to its start frame's colours without the colour covariance: where the
+    Predictor blurs a saturated thing away (fish's red fish), restoring the covariance stretches
+    that very hue over every pixel, and fish's school of orange fish turned to red streaks frame
+    after frame (docs/training.md, "Colours without the covariance"). Clamping after a rescale
+    takes back some of the contrast it gave, so each channel's rescale is repeated on the clamped
+    frame (its saturation is left as the clamp has it, a little under the colours'): each round
+    takes about four fifths of what is left even with a tenth of the pixels at the limits. On the host the rounds stop once a rescale clamps nothing (it is
+    then exact); a device runs them all rather than wait for the device to say so. The colours
+    may come from the other side (a stream's host start frame, device frames)."""
     colours = colours.on_side_of(x)
-    return _set_colours(x, colours.mean, colours.factor, rounds)
+    host, shape, dtype = is_host(x), tuple(x.shape), x.dtype
+    flat = _as_double(x.reshape(3, -1))
+    flat = _with_colours(flat, colours, evaluations=6)
+    for _ in range(rounds):
+        if host and -1.0 <= flat.min() and flat.max() <= 1.0:
+            break
+        flat = _standardised(np.clip(flat, -1.0, 1.0) if host else flat.clamp(-1.0, 1.0), colours)
+    if host:
+        return np.clip(flat, -1.0, 1.0).astype(np.float32).reshape(shape)
+    return flat.clamp(-1.0, 1.0).reshape(shape).to(dtype)
 
 
 def to_host(a) -> np.ndarray:

@@ -434,7 +434,7 @@ def generate_frame(sampling: BundleSampling, shape: tuple[int, int], rng: np.ran
         return x
     if palette.cov is None:  # recorded before the covariance was
         return arrays.match_channels(x, palette.mean, palette.std)
-    return arrays.keep_colours(x, arrays.colours_from(palette.mean, palette.cov))
+    return arrays.match_covariance(x, palette.mean, palette.cov)
 
 
 def corrects(sampling: BundleSampling, options: SamplingOptions) -> bool:
@@ -546,8 +546,8 @@ def correct(sampling: BundleSampling, frame: np.ndarray, rng: np.random.Generato
     A stream's first frames stay nearest its start frame, as the clip's next frame does, so they
     predict unseen frames as well as with the start frame's hold ("The start frame among the
     pictures").
-    The corrected frame then takes the anchor's colours (default: the frame's own): its mean colour
-    and colour covariance, so brightness, contrast and saturation, as shown (clamped). Correction
+    The corrected frame then takes the anchor's colours (default: the frame's own): each channel's
+    mean and contrast and the frame's saturation (`arrays.keep_colours`), as shown (clamped). Correction
     mends patches, it does not change the exposure: a small bias of the Projector, or the contrast a
     clamp takes from a frame, would otherwise add up over a stream (measured: tornado's brightness
     went from the clip's 0.42 to 0.51 in 300 corrected frames).

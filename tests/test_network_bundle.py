@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sinfusion import sampling as S
-from sinfusion.arrays import (_colour_moments, colours_from, colours_of, crop_margin, keep_colours,
-                             layout, match_channels, nearest_layout, pad_mirrored)
+from sinfusion.arrays import (_colour_moments, colours_of, crop_margin, keep_colours, layout,
+                             match_channels, match_covariance, nearest_layout, pad_mirrored)
 from sinfusion.bundle import Bundle, BundleError
 from sinfusion.config import NetworkConfig, default_config
 from sinfusion.network import DiffusionStep, SinFusionNet
@@ -138,9 +138,8 @@ def test_bundle_records_the_clips_palette_and_generate_paints_with_it(tiny_bundl
     frame = x[0].transpose(2, 0, 1).copy()
     np.testing.assert_allclose(match_channels(torch.from_numpy(frame), palette.mean, palette.std).numpy(),
                                match_channels(frame, palette.mean, palette.std), atol=1e-5)
-    palette_colours = colours_from(palette.mean, palette.cov)
-    np.testing.assert_allclose(keep_colours(torch.from_numpy(frame), palette_colours).numpy(),
-                               keep_colours(frame, palette_colours), atol=1e-5)
+    np.testing.assert_allclose(match_covariance(torch.from_numpy(frame), palette.mean, palette.cov).numpy(),
+                               match_covariance(frame, palette.mean, palette.cov), atol=1e-5)
 
     path = tiny_bundle.path / "manifest.json"
     data = json.loads(path.read_text())
@@ -187,16 +186,24 @@ def test_manifest_records_the_correction_weight(tiny_bundle):
         Bundle.open(tiny_bundle.path)
 
 
-def assert_same_colours(x, reference, atol=1e-4):
-    (m, c), (mr, cr) = _colour_moments(np.asarray(x)), _colour_moments(np.asarray(reference))
-    np.testing.assert_allclose(m, mr, atol=atol)
-    np.testing.assert_allclose(c, cr, atol=atol)
+def assert_same_colours(x, reference, atol=1e-4, clamped=False):
+    """Each channel's mean and standard deviation and the saturation, as keep_colours keeps them;
+    `clamped` where the clamp took part of the frame, whose saturation is then left a little off
+    (within 1% here: a clip's frames clamp far less) while the contrast is given back."""
+    x, reference = (np.asarray(a, np.float64).reshape(3, -1) for a in (x, reference))
+    np.testing.assert_allclose(x.mean(1), reference.mean(1), atol=atol)
+    np.testing.assert_allclose(x.std(1), reference.std(1), atol=atol)
+    saturation, expected = np.ptp(x, axis=0).mean(), np.ptp(reference, axis=0).mean()
+    if clamped:
+        assert abs(saturation - expected) < 0.01 * expected
+    else:
+        np.testing.assert_allclose(saturation, expected, atol=atol)
 
 
 def test_correction_keeps_the_frames_colours(tiny_bundle):
-    """The Projector's correction mends a frame without changing its colours (mean colour and colour
-    covariance: a bias would add up over a stream), or gives it those of `colours`; the bundle's
-    correction weight keeps that share of the Projector's change; off, it returns the frame."""
+    """The Projector's correction mends a frame without changing its colours (each channel's mean
+    and contrast and its saturation: a bias would add up over a stream), or gives it those of
+    `colours`; the bundle's correction weight keeps that share of the Projector's change; off, it returns the frame."""
     sampling, denoiser = tiny_bundle.sampling(), TorchDenoiser(tiny_bundle)
     frames = tiny_bundle.frames().astype(np.float32).transpose(0, 3, 1, 2) / 127.5 - 1
     frame = frames[3]
@@ -208,11 +215,13 @@ def test_correction_keeps_the_frames_colours(tiny_bundle):
 
     fixed = corrected(sampling)
     assert np.abs(fixed - frame).mean() > 1e-3  # the Projector did change it
-    assert_same_colours(fixed, frame)
-    assert_same_colours(corrected(sampling, S.StreamAnchor(colours_of(frames[0]))), frames[0])
+    # an untrained Projector's frame: much of it clamped
+    assert_same_colours(fixed, frame, clamped=True)
+    assert_same_colours(corrected(sampling, S.StreamAnchor(colours_of(frames[0]))), frames[0],
+                        clamped=True)
     assert sampling.correction_weight == 1.0  # the tiny preset's (and the paper's)
     half = corrected(dataclasses.replace(sampling, correction_weight=0.5))
-    assert_same_colours(half, frame)
+    assert_same_colours(half, frame, clamped=True)
     rng, rs = np.random.default_rng(0), sampling["projector"]  # the same draws, by hand
     raw = S.run_to_value(S.denoise("projector", rs, S.noise_to_level(frame, rs.schedule, 2, rng), rng,
                                    start=2), denoiser)
@@ -236,7 +245,7 @@ def test_keep_colours_holds_after_the_clamp_on_host_and_device():
     x = rng.normal(0, 0.2, (3, 16, 24)).astype(np.float32)
     kept = keep_colours(x, colours_of(reference))
     assert kept.dtype == np.float32 and kept.min() >= -1 and kept.max() <= 1
-    assert_same_colours(kept, reference, atol=5e-4)
+    assert_same_colours(kept, reference, atol=5e-4, clamped=True)
     np.testing.assert_allclose(keep_colours(torch.from_numpy(x), colours_of(torch.from_numpy(reference))).numpy(),
                                kept, atol=1e-4)
     grey = np.repeat(rng.normal(0, 0.3, (1, 16, 24)), 3, axis=0).astype(np.float32)
@@ -244,6 +253,34 @@ def test_keep_colours_holds_after_the_clamp_on_host_and_device():
     assert np.isfinite(kept).all()
     np.testing.assert_allclose(kept[0], kept[1], atol=1e-4)  # to a hundredth of a grey level
     np.testing.assert_allclose(kept, grey, atol=1e-3)
+
+
+def test_keep_colours_reaches_a_saturation_far_from_the_frames():
+    """A frame half or twice as saturated as its reference gets the reference's saturation (the
+    chroma gain's secant search), each channel's mean and contrast, the same on a device; the
+    colour covariance is not what is kept: given the colours of a frame whose red and green go
+    together, a frame whose channels do not stays far from that."""
+    rng = np.random.default_rng(3)
+    reference = rng.normal(0.0, 0.2, (3, 24, 32)).astype(np.float32)  # nothing near the clamp
+    grey = reference.mean(axis=0, keepdims=True)
+    for gain in (0.5, 2.0):
+        x = (grey + gain * (reference - grey)).astype(np.float32)
+        kept = keep_colours(x, colours_of(reference))
+        assert_same_colours(kept, reference, atol=1e-4)
+        np.testing.assert_allclose(keep_colours(torch.from_numpy(x), colours_of(reference)).numpy(), kept,
+                                   atol=1e-4)
+    base = rng.normal(0.0, 0.3, (1, 24, 32))
+    correlated = np.clip(np.concatenate([base, base + rng.normal(0, 0.1, base.shape),
+                                         rng.normal(0.0, 0.3, base.shape)]), -1, 1).astype(np.float32)
+    kept = keep_colours(reference, colours_of(correlated))
+    assert_same_colours(kept, correlated, atol=1e-4, clamped=True)
+
+    def correlation(frame):  # of the red and green channels
+        _, cov = _colour_moments(frame)
+        return cov[0, 1] / np.sqrt(cov[0, 0] * cov[1, 1])
+
+    assert abs(correlation(reference)) < 0.1 and correlation(correlated) > 0.9
+    assert abs(correlation(kept)) < 0.6  # less saturated, so nearer; not the covariance's
 
 
 def test_a_corrected_stream_keeps_its_first_frames_colours(tiny_bundle):
@@ -254,7 +291,7 @@ def test_a_corrected_stream_keeps_its_first_frames_colours(tiny_bundle):
                          S.SamplingOptions(steps=2, method="ddim", correction_steps=1))
     out = [f.image for f in S.run(loop, TorchDenoiser(tiny_bundle))]
     for frame in out:
-        assert_same_colours(frame, frames[0])
+        assert_same_colours(frame, frames[0], clamped=True)  # an untrained bundle's frames
 
 
 def test_manifest_records_the_predictor_margin(tiny_bundle):
